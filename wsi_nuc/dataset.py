@@ -1,0 +1,110 @@
+"""Read annotated nucleus datasets in the shared layout (images/*.png, labels/*.tif, dataset.json)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class Sample:
+    """One annotated image: RGB uint8 (H, W, 3), instance labels (H, W), and its scale."""
+
+    stem: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    mpp: float | None
+
+
+def read_index(root: str | Path) -> dict:
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not root.is_dir():
+        raise InputError(f"{root}: not a dataset folder")
+    if not meta_path.is_file():
+        raise InputError(f"{root}: no dataset.json (expected images/, labels/, dataset.json)")
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{meta_path}: not valid JSON ({e})") from None
+
+
+def list_stems(root: str | Path, split: str = "all") -> list[str]:
+    """Stems of the images in ``split`` ('train', 'val' or 'all'); a set without a split is all 'all'."""
+    root = Path(root)
+    meta = read_index(root)
+    stems = sorted(p.stem for p in (root / "images").glob("*.png"))
+    if not stems:
+        raise InputError(f"{root}: no images/*.png")
+    splits = meta.get("split")
+    if split == "all" or not splits:
+        return stems
+    if split not in splits:
+        raise InputError(f"{root}: dataset.json has no split named {split!r}")
+    wanted = set(splits[split])
+    return [s for s in stems if s in wanted]
+
+
+def image_mpp(meta: dict, stem: str) -> float | None:
+    per = (meta.get("images") or {}).get(stem) or {}
+    return per.get("mpp") or meta.get("mpp")
+
+
+def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labels: bool = True) -> Sample:
+    from PIL import Image
+    import tifffile
+
+    root = Path(root)
+    meta = meta if meta is not None else read_index(root)
+    with Image.open(root / "images" / f"{stem}.png") as im:
+        image = np.asarray(im.convert("RGB"))
+    labels = None
+    lab_path = root / "labels" / f"{stem}.tif"
+    if with_labels and lab_path.exists():
+        labels = tifffile.imread(lab_path).astype(np.int32)
+    return Sample(stem, image, labels, image_mpp(meta, stem))
+
+
+def resample_factor(sample_mpp: float | None, work_mpp: float | None) -> float:
+    """Zoom factor from the sample's scale to the working scale (1 where either is unknown)."""
+    if not sample_mpp or not work_mpp:
+        return 1.0
+    return float(sample_mpp) / float(work_mpp)
+
+
+def resize_image(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[:2] == tuple(shape):
+        return img
+    return np.asarray(Image.fromarray(img).resize((shape[1], shape[0]), Image.BILINEAR if
+                      shape[0] > img.shape[0] else Image.BOX))
+
+
+def resize_labels(lab: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image, sampling pixel centres."""
+    if lab.shape == tuple(shape):
+        return lab
+    h, w = lab.shape
+    ys = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(int), h - 1)
+    xs = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(int), w - 1)
+    return lab[ys][:, xs]
+
+
+def load_at_mpp(root, stem, work_mpp, meta=None) -> Sample:
+    """A sample resampled to the working scale (labels relabelled sequentially)."""
+    from skimage.segmentation import relabel_sequential
+
+    s = load_sample(root, stem, meta)
+    f = resample_factor(s.mpp, work_mpp)
+    if abs(f - 1) > 1e-3:
+        shape = (max(1, round(s.image.shape[0] * f)), max(1, round(s.image.shape[1] * f)))
+        s.image = resize_image(s.image, shape)
+        if s.labels is not None:
+            s.labels = relabel_sequential(resize_labels(s.labels, shape))[0].astype(np.int32)
+        s.mpp = work_mpp
+    return s

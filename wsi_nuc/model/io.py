@@ -1,0 +1,71 @@
+"""Model folders: ``config.json`` + ``model.safetensors`` (+ ``card.md``); shipped names or paths."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .net import NetConfig, UNet
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = "he-teacher"
+
+
+def resolve_model_dir(name_or_path: str | Path | None) -> Path:
+    """A shipped model name (``wsi_nuc/models/<name>``) or a folder holding ``config.json``."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    cand = Path(name)
+    if not cand.is_dir():
+        cand = SHIPPED / name
+    if not (cand / "config.json").is_file():
+        known = ", ".join(shipped_models()) or "none"
+        raise InputError(f"{name}: not a model folder or shipped model (shipped: {known})")
+    return cand
+
+
+def shipped_models() -> list[str]:
+    if not SHIPPED.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file())
+
+
+def read_model_config(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def save_model(model: UNet, model_dir: str | Path, meta: dict, half: bool = False) -> Path:
+    """Write ``config.json`` and ``model.safetensors``; ``half`` stores weights as fp16."""
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v
+    save_file(state, str(model_dir / "model.safetensors"))
+    cfg = dict(meta)
+    cfg["arch"] = model.cfg.to_dict()
+    cfg["storage_dtype"] = "float16" if half else "float32"
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return model_dir
+
+
+def load_model(name_or_path=None, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """Load a model folder without pickle; returns (network in eval mode on ``device``, config dict)."""
+    from safetensors.torch import load_file
+
+    model_dir = resolve_model_dir(name_or_path)
+    cfg = read_model_config(model_dir)
+    net = UNet(NetConfig.from_dict(cfg["arch"]))
+    state = load_file(str(model_dir / "model.safetensors"))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    net.load_state_dict(state)
+    net.eval().to(device)
+    cfg["path"] = str(model_dir)
+    cfg.setdefault("name", model_dir.name)
+    return net, cfg

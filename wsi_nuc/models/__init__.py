@@ -1,0 +1,1 @@
+"""Shipped model folders: <name>/config.json, model.safetensors, card.md."""

@@ -1,0 +1,1 @@
+"""Training: data, augmentation, targets, losses, loop, distillation, quantisation."""

@@ -1,0 +1,169 @@
+"""Supervised training of a multi-head U-Net on a dataset folder: resumable, logged, checkpointed.
+
+Steps: (1) load the train/val images at the working mpp; (2) draw augmented crops and their targets;
+(3) optimise the head losses with AdamW and a warm-up + cosine schedule; (4) every few minutes write a
+checkpoint; (5) every ``val_every`` steps score val loss; (6) at the end export a model folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import write_config
+from ..dataset import list_stems, load_at_mpp, read_index
+from ..model.io import save_model
+from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
+from .augment import AugmentConfig, augment
+from .losses import head_losses
+from .targets import make_targets
+
+NORM_MEAN, NORM_STD = 0.5, 0.25
+
+
+def to_input(batch_rgb: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) RGB 0..255 -> normalised (B, 3, H, W) float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(batch_rgb, dtype=np.float32)).permute(0, 3, 1, 2)
+    return (x / 255.0 - NORM_MEAN) / NORM_STD
+
+
+def stack_targets(targets: list[dict]) -> dict:
+    return {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
+
+
+def load_split(data_cfg: dict, split: str, mpp) -> list:
+    samples = []
+    for root in data_cfg["roots"]:
+        meta = read_index(root)
+        for stem in list_stems(root, split):
+            s = load_at_mpp(root, stem, mpp, meta)
+            if s.labels is not None:
+                samples.append(s)
+    return samples
+
+
+def make_batch(samples, size, n, aug_cfg, rng):
+    imgs, tgts = [], []
+    for _ in range(n):
+        s = samples[rng.integers(len(samples))]
+        img, lab = augment(s.image, s.labels, size, aug_cfg, rng)
+        imgs.append(img)
+        tgts.append(make_targets(lab))
+    return to_input(np.stack(imgs)), stack_targets(tgts)
+
+
+def val_batches(samples, size):
+    """Deterministic tiles covering each val image (no augmentation)."""
+    for s in samples:
+        h, w = s.labels.shape
+        for y in range(0, max(h - size, 0) + 1, size):
+            for x in range(0, max(w - size, 0) + 1, size):
+                img = s.image[y:y + size, x:x + size].astype(np.float32)
+                lab = s.labels[y:y + size, x:x + size]
+                if img.shape[:2] != (size, size):
+                    continue
+                yield to_input(img[None]), stack_targets([make_targets(lab)])
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def model_meta(cfg: dict) -> dict:
+    return {
+        "name": cfg.get("name", "model"),
+        "version": cfg.get("version", "0.1.0"),
+        "mpp": cfg["data"].get("mpp"),
+        "norm": {"mean": NORM_MEAN, "std": NORM_STD},
+        "postprocess": cfg.get("postprocess", {}),
+        "licence": cfg.get("licence", ""),
+        "training_data": cfg.get("training_data", ""),
+    }
+
+
+def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
+    """Train (or resume) a run in ``out_dir``; returns the exported model folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, out / "config.resolved.yaml")
+    tc = cfg["train"]
+    torch.set_num_threads(int(tc.get("threads", 2)))
+    torch.manual_seed(int(tc.get("seed", 0)))
+    mpp = cfg["data"].get("mpp")
+    net = UNet(NetConfig.from_dict(cfg["model"]))
+    opt = torch.optim.AdamW(net.parameters(), lr=tc["lr"], weight_decay=tc.get("weight_decay", 1e-4))
+    aug_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in (cfg.get("augment") or {}).items()})
+    weights = tc.get("loss_weights", {})
+    step, cpu_s = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        step, cpu_s = int(state["step"]), float(state["cpu_s"])
+        log(f"resumed from {ckpt} at step {step}")
+    rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
+    train_set = load_split(cfg["data"], "train", mpp)
+    val_set = load_split(cfg["data"], "val", mpp)
+    log(f"{len(train_set)} train / {len(val_set)} val images at mpp={mpp}; "
+        f"params={count_params(net):,} MACs/px={macs_per_pixel(net.cfg):,.0f}")
+    total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
+    logf = open(out / "log.jsonl", "a")
+    last_ckpt = time.time()
+    t_cpu0 = time.process_time()
+    run_loss = None
+    while step < total:
+        net.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50)))
+        x, t = make_batch(train_set, size, bs, aug_cfg, rng)
+        loss, parts = head_losses(net(x), t, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        run_loss = float(loss) if run_loss is None else 0.95 * run_loss + 0.05 * float(loss)
+        if step % 10 == 0:
+            rec = {"step": step, "loss": float(loss), "ema": run_loss, "lr": opt.param_groups[0]["lr"],
+                   "cpu_s": cpu_s + time.process_time() - t_cpu0, "time": time.time(), **parts}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+        if step % int(tc.get("val_every", 100)) == 0 or step == total:
+            vl = validate(net, val_set, size, weights)
+            logf.write(json.dumps({"step": step, "val_loss": vl}) + "\n")
+            logf.flush()
+            log(f"step {step}/{total} loss {run_loss:.4f} val {vl:.4f}")
+        if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
+            save_checkpoint(ckpt, net, opt, step, cpu_s + time.process_time() - t_cpu0)
+            if step % int(tc.get("snapshot_every", 250)) < 1 or step == total:
+                pass
+            last_ckpt = time.time()
+        if step % int(tc.get("snapshot_every", 250)) == 0:
+            save_model(net, out / "snapshots" / f"step{step:06d}", model_meta(cfg))
+    cpu_s += time.process_time() - t_cpu0
+    meta = model_meta(cfg)
+    meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
+    model_dir = save_model(net, out / "model", meta)
+    logf.close()
+    return model_dir
+
+
+def save_checkpoint(path: Path, net, opt, step, cpu_s) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "step": step, "cpu_s": cpu_s}, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def validate(net, val_set, size, weights) -> float:
+    net.eval()
+    losses = [float(head_losses(net(x), t, weights)[0]) for x, t in val_batches(val_set, size)]
+    return float(np.mean(losses)) if losses else float("nan")

@@ -1,0 +1,68 @@
+"""Per-head training losses: Dice+BCE, focal, MSE+gradient."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(-2, -1))
+    denom = p.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1))
+    return (1 - (2 * inter + eps) / (denom + eps)).mean()
+
+
+def weighted_bce(logits, target, weight=None, pos_weight=None) -> torch.Tensor:
+    pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw)
+    if weight is not None:
+        return (loss * weight).sum() / weight.sum()
+    return loss.mean()
+
+
+def centre_focal(logits, target, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """Penalty-reduced focal loss on a Gaussian centre heatmap (CornerNet/CenterNet form)."""
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.ge(0.99).float()
+    neg = 1 - pos
+    pos_loss = -torch.log(p) * (1 - p) ** alpha * pos
+    neg_loss = -torch.log(1 - p) * p**alpha * (1 - target) ** beta * neg
+    n = pos.sum().clamp(min=1.0)
+    return (pos_loss.sum() + neg_loss.sum()) / n
+
+
+def _grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device) / 4
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    c = x.shape[1]
+    gx = F.conv2d(x, kx.expand(c, 1, 3, 3), padding=1, groups=c)
+    gy = F.conv2d(x, kx.t().expand(c, 1, 3, 3).contiguous(), padding=1, groups=c)
+    return gx, gy
+
+
+def mse_grad(pred, target, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE, and MSE of Sobel gradients inside ``mask`` (HoVer-Net's MSGE); pred/target (B, C, H, W)."""
+    mse = F.mse_loss(pred, target)
+    gpx, gpy = _grad(pred)
+    gtx, gty = _grad(target)
+    m = mask.unsqueeze(1) if mask.dim() == 3 else mask
+    denom = m.sum().clamp(min=1.0) * pred.shape[1]
+    g = (((gpx - gtx) ** 2 + (gpy - gty) ** 2) * m).sum() / denom
+    return mse, g
+
+
+def head_losses(out: torch.Tensor, t: dict, w: dict) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of all head losses; ``out`` is (B, 6, H, W) in the order of ``net.HEADS``."""
+    fg, bd, dist, hv, ctr = out[:, 0], out[:, 1], out[:, 2], out[:, 3:5], out[:, 5]
+    parts = {
+        "fg_bce": weighted_bce(fg, t["fg"], t["weight"]),
+        "fg_dice": soft_dice(fg, t["fg"]),
+        "bd_bce": weighted_bce(bd, t["boundary"], t["weight"]),
+        "bd_dice": soft_dice(bd, t["boundary"]),
+        "centre": centre_focal(ctr, t["centre"]),
+    }
+    parts["dist_mse"], parts["dist_grad"] = mse_grad(torch.sigmoid(dist).unsqueeze(1),
+                                                     t["dist"].unsqueeze(1), t["fg"])
+    parts["hv_mse"], parts["hv_grad"] = mse_grad(torch.tanh(hv), t["hv"], t["fg"])
+    total = sum(w.get(k, 1.0) * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
