@@ -21,10 +21,118 @@ def _train(a) -> int:
     return 0
 
 
+def _run(a) -> int:
+    from .pipeline import RunSettings, run_slide
+
+    st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
+                     tissue_detection=not a.no_tissue_detection, workers=a.workers,
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet)
+    summary = run_slide(a.slide, a.out, st)
+    if not a.quiet:
+        secs = summary["seconds"]["total"]
+        print(f"{summary['nucleus_count']} nuclei in {summary['tissue_area_mm2']:.2f} mm² of tissue, "
+              f"{secs:.1f} s -> {summary['output']}")
+    return 0
+
+
+def _eval(a) -> int:
+    import json
+
+    from .evaluate import evaluate
+
+    def log(sc):
+        if not a.json:
+            print(f"{sc['image']:<40} aji {sc['aji']:.4f}  pq {sc['pq']:.4f}  f1 {sc['f1']:.4f}  "
+                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}", flush=True)
+
+    res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log)
+    agg = res["aggregate"]
+    if a.json:
+        print(json.dumps({**agg, "split": res["split"], "model": res["model"]}))
+    elif agg:
+        print(f"{'mean over ' + str(agg['n_images']) + ' images':<40} aji {agg['aji']:.4f}  "
+              f"pq {agg['pq']:.4f}  f1 {agg['f1']:.4f}  dice {agg['dice']:.4f}  map_dsb {agg['map_dsb']:.4f}")
+        print(f"{'':<40} aji_pooled {agg['aji_pooled']:.4f}  dq {agg['dq']:.4f}  sq {agg['sq']:.4f}")
+    else:
+        print("no labelled images: predictions only")
+    return 0
+
+
+def _info(a) -> int:
+    import json
+
+    from .slide import open_slide
+
+    with open_slide(a.slide, a.mpp, check=False) as r:
+        d = r.info.to_dict()
+    if a.json:
+        print(json.dumps(d))
+    else:
+        for k, v in d.items():
+            print(f"{k:<18} {v}")
+    return 0
+
+
+def _models(a) -> int:
+    from .model.io import DEFAULT_MODEL, read_model_config, resolve_model_dir, shipped_models
+
+    for name in shipped_models():
+        cfg = read_model_config(resolve_model_dir(name))
+        val = cfg.get("metrics", {}).get("val", {})
+        speed = cfg.get("speed", {})
+        mark = "*" if name == DEFAULT_MODEL else " "
+        print(f"{mark} {name:<18} v{cfg.get('version', '?'):<7} mpp {cfg.get('mpp')}  "
+              f"a-AJI {val.get('aji', float('nan')):.3f}  PQ {val.get('pq', float('nan')):.3f}  "
+              f"params {cfg.get('params', 0) / 1e6:.2f} M  {speed.get('mpx_per_s', float('nan')):.2f} Mpx/s")
+    print("* default")
+    return 0
+
+
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsi-nuc", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="segment every nucleus of one slide")
+    r.add_argument("slide")
+    r.add_argument("--out", default="wsi-nuc-out", help="output folder; results go to OUT/<slide stem>/")
+    r.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--tile", type=_positive_int, default=512, help="tile core edge, working px (default 512)")
+    r.add_argument("--halo", type=int, default=64, help="context around each tile, working px (default 64)")
+    r.add_argument("--mpp", type=float, help="microns per level-0 pixel, when the slide has none or a wrong one")
+    r.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
+    r.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
+    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    r.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_run)
+
+    e = sub.add_parser("eval", help="score a model on an annotated dataset folder")
+    e.add_argument("dataset")
+    e.add_argument("--model")
+    e.add_argument("--split", choices=("val", "train", "all"),
+                   help="default: val when dataset.json has a split, else all")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--json", action="store_true", help="print the aggregate metrics as one JSON object")
+    e.add_argument("--save-predictions", metavar="DIR", help="write DIR/<stem>.tif instance labels")
+    e.set_defaults(func=_eval)
+
+    i = sub.add_parser("info", help="what the reader sees in a slide")
+    i.add_argument("slide")
+    i.add_argument("--mpp", type=float)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
+    m = sub.add_parser("models", help="list the shipped models")
+    m.set_defaults(func=_models)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")

@@ -1,0 +1,114 @@
+"""Tiled == untiled: cutting a label image into tiles and stitching gives back the same nuclei (no model)."""
+import numpy as np
+import pytest
+from skimage.draw import polygon as draw_polygon, ellipse
+
+from wsi_nuc.segment import owned_nuclei
+from wsi_nuc.stitch import deduplicate
+from wsi_nuc.tiling import make_grid
+
+
+def synthetic_labels(h, w, n, seed, rmax=9):
+    """Random ellipses, overlapping ones cut by later ones (so many nuclei touch), without holes."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((h, w), np.int32)
+    for i in range(1, n + 1):
+        r, c = rng.uniform(0, h), rng.uniform(0, w)
+        rr, cc = ellipse(r, c, rng.uniform(3, rmax), rng.uniform(3, rmax), shape=(h, w),
+                         rotation=rng.uniform(0, np.pi))
+        lab[rr, cc] = i
+    # keep only the largest connected piece of each id (cut nuclei may split)
+    from scipy import ndimage as ndi
+    out = np.zeros_like(lab)
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        cc, n_cc = ndi.label(lab[sl] == i)
+        if n_cc == 0:
+            continue
+        big = np.argmax(np.bincount(cc.ravel())[1:]) + 1
+        piece = cc == big
+        # nuclei have no holes: drop a piece that encloses another (its outline would cover it)
+        if piece.sum() >= 8 and ndi.binary_fill_holes(np.pad(piece, 1)).sum() == piece.sum():
+            out[sl][piece] = i
+    return out
+
+
+def tile_and_stitch(lab, tile, halo, margin=8, f=1.0):
+    h, w = lab.shape
+    grid = make_grid(h, w, tile, halo, align=16)
+    img = np.zeros((h, w, 3), np.uint8)
+    results = []
+    for t in grid:
+        r = t.read
+        pad = ((max(0, -r.y0), max(0, r.y1 - h)), (max(0, -r.x0), max(0, r.x1 - w)))
+        crop = np.pad(lab[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad)
+        icrop = np.pad(img[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad + ((0, 0),))
+        results.append(owned_nuclei(t, crop, icrop, None, f, 0.5, 0.5 / f, margin))
+    keep = deduplicate(results, band=2 * margin + 1)
+    return results, keep
+
+
+def rasterise(results, keep, shape, f=1.0):
+    out = np.zeros(shape, np.int32)
+    count = np.zeros(shape, np.int32)
+    nid = 0
+    for tn, k in zip(results, keep):
+        for i in np.nonzero(k)[0]:
+            nid += 1
+            p = tn.polygon(i)
+            rr, cc = draw_polygon(p[:, 1] / f - 0.5, p[:, 0] / f - 0.5, shape)
+            out[rr, cc] = nid
+            count[rr, cc] += 1
+    return out, count, nid
+
+
+def same_instances(a, b):
+    """Label images equal up to a renumbering of ids."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+@pytest.mark.parametrize("tile,offset", [(16, 0), (32, 5), (48, 17), (64, 0), (96, 33), (128, 1), (512, 0)])
+def test_tiled_equals_untiled(tile, offset):
+    lab = synthetic_labels(300, 260, 260, seed=tile + offset)
+    lab = np.pad(lab, ((offset, 0), (offset // 2, 0)))
+    results, keep = tile_and_stitch(lab, tile, halo=32)
+    out, count, n = rasterise(results, keep, lab.shape)
+    assert count.max() <= 1, "overlapping survivors: a duplicate escaped the stitcher"
+    assert n == len(np.unique(lab)) - 1
+    assert same_instances(lab, out)
+
+
+def test_each_nucleus_has_one_owner_without_dedup():
+    lab = synthetic_labels(200, 200, 150, seed=3)
+    results, _ = tile_and_stitch(lab, 48, halo=32, margin=0)
+    ids = np.concatenate([np.round(tn.columns["centroid_x_px"] * 1000 + tn.columns["centroid_y_px"]) for tn in results])
+    assert len(ids) == len(np.unique(ids)) == len(np.unique(lab)) - 1
+
+
+def test_scaled_coordinates_level0():
+    """With f = 2 (working at half the level-0 resolution) outlines land in level-0 pixels."""
+    lab = synthetic_labels(128, 128, 40, seed=7)
+    results, keep = tile_and_stitch(lab, 64, halo=32, f=2.0)
+    out, count, n = rasterise(results, keep, lab.shape, f=2.0)
+    assert same_instances(lab, out)
+    xs = np.concatenate([tn.columns["centroid_x_px"] for tn in results])
+    assert xs.max() > 128  # level-0 units are twice the working ones
+
+
+def test_duplicate_views_are_merged():
+    """Two tiles seeing the same nucleus with slightly different outlines keep one of them."""
+    from wsi_nuc.segment import TileNuclei, pack_polygons
+    from wsi_nuc.tiling import Box
+
+    sq = np.array([[10, 10], [20, 10], [20, 20], [10, 20]], float)
+    a = TileNuclei("a", 0, 0, Box(0, 0, 16, 16), *pack_polygons([sq]), np.array([1.0]))
+    b = TileNuclei("b", 0, 1, Box(0, 16, 16, 32), *pack_polygons([sq + 1]), np.array([-1.0]))
+    keep = deduplicate([a, b], band=17)
+    assert keep[0].tolist() == [True] and keep[1].tolist() == [False]
+    far = TileNuclei("c", 0, 1, Box(0, 16, 16, 32), *pack_polygons([sq + 30]), np.array([0.0]))
+    keep = deduplicate([a, far], band=17)
+    assert keep[0].tolist() == [True] and keep[1].tolist() == [True]

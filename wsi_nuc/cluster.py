@@ -1,0 +1,47 @@
+"""Dask clients: an existing scheduler, or a LocalCluster of single-threaded worker processes."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from .errors import InputError
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 2))
+
+
+def torch_threads(n_workers: int) -> int:
+    """Torch threads per worker so that workers together use the machine's cores once."""
+    return max(1, (os.cpu_count() or 1) // max(1, n_workers))
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None, dashboard: bool = False):
+    """Yield a ``distributed.Client``: connected to ``scheduler``, or to a fresh LocalCluster."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker",
+                 "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = workers or default_workers()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=":0" if dashboard else None, silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

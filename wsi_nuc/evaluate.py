@@ -1,0 +1,56 @@
+"""Score a model on an annotated dataset folder with the same inference and instance code as ``run``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import list_stems, load_sample, read_index
+from .instances import InstanceParams
+
+
+def save_prediction(path: Path, labels: np.ndarray) -> None:
+    import tifffile
+
+    dtype = np.uint16 if labels.max(initial=0) < 65535 else np.uint32
+    tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
+
+
+def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | None = None,
+             device: str = "auto", save_dir: str | Path | None = None, params: dict | None = None,
+             log=None) -> dict:
+    """Per-image and aggregate metrics of ``model`` on ``dataset_dir``.
+
+    ``split`` defaults to ``val`` when dataset.json has a split, else ``all``. ``params`` overrides the
+    model's post-processing settings (for tuning). Returns ``{"aggregate": {...}, "images": [...]}``.
+    """
+    from .metrics import aggregate, score_image
+    from .predict import get_predictor
+    from .segment import segment_image
+
+    root = Path(dataset_dir)
+    meta = read_index(root)
+    if split is None:
+        split = "val" if meta.get("split") else "all"
+    stems = list_stems(root, split)
+    predictor = get_predictor(model, device)
+    p = InstanceParams.from_dict({**(predictor.config.get("postprocess") or {}), **(params or {})})
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+    per_image = []
+    for stem in stems:
+        s = load_sample(root, stem, meta)
+        pred = segment_image(s.image, predictor, p, s.mpp)
+        if save_dir is not None:
+            save_prediction(save_dir / f"{stem}.tif", pred)
+        if s.labels is None:
+            continue
+        sc = score_image(s.labels, pred)
+        sc["image"] = stem
+        per_image.append(sc)
+        if log:
+            log(sc)
+    agg = aggregate(per_image) if per_image else {}
+    return {"dataset": str(root), "split": split, "model": predictor.config.get("name"),
+            "postprocess": p.to_dict(), "aggregate": agg, "images": per_image}

@@ -1,0 +1,167 @@
+"""One slide on a Dask cluster: tile tasks (read -> predict -> instances -> owned nuclei), streamed back.
+
+The Dask layer only wires plain functions: :func:`process_tiles` is the task, run on a worker that keeps
+one slide reader and one model per process; :func:`run_tiles` submits tasks with a bounded number in
+flight (tiles are streamed, never gathered all at once) and spools each finished tile to disk, so an
+interrupted slide resumes from its finished tiles.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .instances import InstanceParams
+from .segment import TileNuclei, tile_nuclei
+from .tiling import Tile
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How working pixels map onto the slide: ``f`` level-0 pixels per working pixel."""
+
+    slide: str
+    slide_mpp: float | None       # the --mpp override, if any
+    level0_mpp: float
+    work_mpp: float
+    f: float
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    model: str | None
+    device: str
+    threads: int | None
+    batch: int
+    margin: int
+    params: dict
+
+
+_READERS: dict = {}
+
+
+def _reader(path: str, mpp: float | None):
+    from .slide import open_slide
+
+    key = (path, mpp, os.getpid())
+    if key not in _READERS:
+        _READERS.clear()
+        _READERS[key] = open_slide(path, mpp)
+    return _READERS[key]
+
+
+def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[TileNuclei]:
+    """The Dask task: read, predict (batched) and segment a few tiles; pure and idempotent."""
+    from .predict import get_predictor
+    from .slide import read_region
+
+    reader = _reader(geom.slide, geom.slide_mpp)
+    predictor = get_predictor(ts.model, ts.device, ts.threads)
+    params = InstanceParams.from_dict(ts.params)
+    f = geom.f
+    images = np.stack([read_region(reader, t.read.x0 * f, t.read.y0 * f, t.read.w * f, t.read.h * f,
+                                   t.read.w, t.read.h) for t in tiles])
+    out = []
+    for s in range(0, len(tiles), ts.batch):
+        maps = predictor.maps(images[s:s + ts.batch])
+        for k, t in enumerate(tiles[s:s + ts.batch]):
+            out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
+                                   ts.margin))
+    return out
+
+
+def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
+    """Identity of a slide run: finished tiles are reused only when all of this matches."""
+    st = os.stat(geom.slide)
+    ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model,
+                  ts.margin, sorted(ts.params.items()), tile, halo))
+    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+
+
+def _load_spool(spool: Path) -> dict:
+    done = {}
+    if spool.is_dir():
+        for p in spool.glob("*.pkl"):
+            try:
+                with open(p, "rb") as fh:
+                    tn = pickle.load(fh)  # our own spool, written by this run's key; not user input
+                done[tn.key] = tn
+            except Exception:
+                p.unlink(missing_ok=True)
+    return done
+
+
+def _save_spool(spool: Path, tn: TileNuclei) -> None:
+    tmp = spool / f".{tn.key}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(tn, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(spool / f"{tn.key}.pkl")
+
+
+def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: Path | None = None,
+              per_task: int = 4, max_in_flight: int | None = None,
+              on_done: Callable[[int], None] | None = None, resources: dict | None = None) -> list[TileNuclei]:
+    """Run every tile through :func:`process_tiles` on ``client``; results in tile order.
+
+    At most ``max_in_flight`` tasks are queued at once (default: 2 per worker thread), so a huge slide
+    does not flood the scheduler. With ``spool``, finished tiles are read back instead of recomputed.
+    """
+    from distributed import as_completed
+
+    results = {}
+    if spool is not None:
+        spool.mkdir(parents=True, exist_ok=True)
+        done = _load_spool(spool)
+        results = {t.key: done[t.key] for t in tiles if t.key in done}
+        if results and on_done:
+            on_done(len(results))
+    todo = [t for t in tiles if t.key not in results]
+    chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    if max_in_flight is None:
+        nthreads = sum(client.nthreads().values()) or 1
+        max_in_flight = 2 * nthreads
+    it = iter(chunks)
+    ac = as_completed()
+
+    def submit_next() -> bool:
+        chunk = next(it, None)
+        if chunk is None:
+            return False
+        key = f"wsi-nuc-{spool.name if spool else 'tiles'}-{chunk[0].key}"
+        ac.add(client.submit(process_tiles, geom, chunk, ts, key=key, retries=3, pure=False,
+                             resources=resources))
+        return True
+
+    for _ in range(max_in_flight):
+        if not submit_next():
+            break
+    for fut in ac:
+        batch = fut.result()
+        fut.release()
+        for tn in batch:
+            results[tn.key] = tn
+            if spool is not None:
+                _save_spool(spool, tn)
+        if on_done:
+            on_done(len(batch))
+        submit_next()
+    return [results[t.key] for t in tiles if t.key in results]
+
+
+def iter_final(tiles: list[TileNuclei], keep: list[np.ndarray]) -> Iterable[tuple[int, TileNuclei, int]]:
+    """(global id, tile, index in tile) for every surviving nucleus, ids 1..N in tile then centroid order."""
+    nid = 0
+    for tn, k in zip(tiles, keep):
+        idx = np.nonzero(k)[0]
+        if len(idx):
+            cy = tn.columns["centroid_y_px"][idx]
+            cx = tn.columns["centroid_x_px"][idx]
+            idx = idx[np.lexsort((cx, cy))]
+        for i in idx:
+            nid += 1
+            yield nid, tn, int(i)

@@ -1,0 +1,285 @@
+"""One slide end to end: open, find tissue, tile, segment on Dask, stitch, write outputs atomically.
+
+    run_slide("slide.svs", "out/", RunSettings())  ->  out/slide/{nuclei.geojson, nuclei.csv,
+                                                        labels.zarr, summary.json, qc.png}
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, asdict, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "labels.zarr", "summary.json", "qc.png")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a slide run depends on (CLI flags map 1:1 onto these)."""
+
+    model: str | None = None
+    device: str = "auto"
+    tile: int = 512                 # core edge, working px
+    halo: int = 64                  # context on each side, working px (> largest nucleus radius)
+    mpp: float | None = None        # override of the slide's level-0 mpp
+    tissue_detection: bool = True
+    workers: int | None = None
+    scheduler: str | None = None
+    batch: int = 4                  # tiles per network forward pass
+    tiles_per_task: int = 4
+    margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
+    quiet: bool = False
+    geojson_gz: bool = False
+
+
+@dataclass
+class Timer:
+    stages: dict = field(default_factory=dict)
+
+    def __call__(self, name):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.stages[name] = round(timer.stages.get(name, 0) + time.perf_counter() - self.t0, 3)
+
+        return _T()
+
+
+def slide_stem(path: str | Path) -> str:
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".wsi-nuc-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{out}: output folder cannot be written ({e.strerror or e})") from None
+
+
+def is_complete(folder: Path) -> bool:
+    """A slide folder is complete when every output exists (outputs are moved into place together)."""
+    return folder.is_dir() and all((folder / n).exists() for n in OUTPUT_FILES)
+
+
+def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSettings(), client=None,
+              progress=None) -> dict:
+    """Segment every nucleus of one slide and write its outputs to ``out/<slide stem>/``.
+
+    ``client``: an existing ``distributed.Client`` (else one is made from the settings).
+    ``progress``: callable(n_tiles_done) for cohort progress; default a tqdm bar unless ``quiet``.
+    Returns the summary dict (also written as ``summary.json``).
+    """
+    from .cluster import dask_client, torch_threads
+    from .graph import Geometry, TaskSettings, run_tiles, spool_key
+    from .model.io import read_model_config, resolve_model_dir
+    from .slide import open_slide
+    from .stitch import deduplicate
+    from .tiling import make_grid
+    from .tissue import detect_tissue, full_mask
+    from .writers.atomic import atomic_dir, safe_child
+
+    timer = Timer()
+    t_start = time.perf_counter()
+    path = Path(path)
+    out = Path(out)
+    with timer("open"):
+        reader = open_slide(path, settings.mpp)
+        info = reader.info
+        model_dir = resolve_model_dir(settings.model)
+        mcfg = read_model_config(model_dir)
+    check_output_dir(out)
+    try:
+        final = safe_child(out, slide_stem(path))
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+    work_mpp = float(mcfg.get("mpp") or info.mpp)
+    f = work_mpp / info.mpp
+    H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
+    with timer("tissue"):
+        tissue = detect_tissue(reader) if settings.tissue_detection else full_mask(info)
+    grid = make_grid(H, W, settings.tile, settings.halo, align=16,
+                     keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
+    geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
+    nthreads_hint = settings.workers
+    ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
+                      dict(mcfg.get("postprocess") or {}))
+    spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
+    bar = None
+    if progress is None and not settings.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(grid), unit="tile", desc=final.name, leave=False)
+        progress = bar.update
+    ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
+    with timer("segment"), ctx as cl:
+        n_workers = len(cl.scheduler_info().get("workers", {})) or (nthreads_hint or 1)
+        ts = TaskSettings(ts.model, ts.device, torch_threads(n_workers) if settings.scheduler is None
+                          and client is None else None, ts.batch, ts.margin, ts.params)
+        resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
+        tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
+                          on_done=progress, resources=resources)
+    if bar is not None:
+        bar.close()
+    with timer("stitch"):
+        keep = deduplicate(tiles, band=2 * settings.margin + 1)
+    with atomic_dir(final) as tmp:
+        summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
+                                mcfg, model_dir)
+        summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    reader.close()
+    shutil.rmtree(spool, ignore_errors=True)
+    summary["output"] = str(final)
+    return summary
+
+
+def _has_gpu_resource(client) -> bool:
+    workers = client.scheduler_info().get("workers", {})
+    return any("GPU" in (w.get("resources") or {}) for w in workers.values())
+
+
+def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, timer, settings, mcfg,
+                  model_dir) -> dict:
+    """GeoJSON, CSV and zarr from the same surviving nuclei (so ids agree), then QC image and summary."""
+    from . import __version__
+    from .graph import iter_final
+    from .morphometry import COLUMNS
+    from .writers.geojson import write_geojson
+    from .writers.labels_zarr import write_labels_zarr
+    from .writers.qc import write_qc_png
+    from .writers.table import write_csv
+
+    meas_cols = [c for c in COLUMNS if c not in ("nucleus_id",)]
+    with timer("write_geojson"):
+        gj = tmp / ("nuclei.geojson.gz" if settings.geojson_gz else "nuclei.geojson")
+
+        def features():
+            for nid, tn, i in iter_final(tiles, keep):
+                m = {"nucleus_id": nid}
+                m.update({c: float(tn.columns[c][i]) for c in meas_cols})
+                yield nid, tn.polygon(i), m
+
+        n = write_geojson(gj, features())
+        if settings.geojson_gz:  # keep the plain name too, as a pointer users expect
+            pass
+    with timer("write_csv"):
+        def rows():
+            for nid, tn, i in iter_final(tiles, keep):
+                r = {"nucleus_id": nid}
+                r.update({c: tn.columns[c][i] for c in meas_cols})
+                yield r
+
+        write_csv(tmp / "nuclei.csv", COLUMNS, rows())
+    with timer("write_zarr"):
+        index = FinalIndex(tiles, keep, geom.f, grid.halo)
+        write_labels_zarr(tmp / "labels.zarr", (grid.height, grid.width), index, geom.f, geom.level0_mpp)
+    tissue_mm2 = float(tissue.area_mm2(info.mpp))
+    with timer("write_qc"):
+        write_qc(tmp / "qc.png", reader, tissue, tiles, keep)
+    import torch
+
+    return {
+        "slide": {**info.to_dict(), "path": str(info.path)},
+        "working_mpp": geom.work_mpp,
+        "level0_per_working_px": geom.f,
+        "tiles": {"core_px": grid.tile, "halo_px": grid.halo, "count": len(grid)},
+        "tissue_area_mm2": round(tissue_mm2, 4),
+        "tissue_detection": settings.tissue_detection,
+        "nucleus_count": n,
+        "nuclei_per_mm2": round(n / tissue_mm2, 2) if tissue_mm2 > 0 else None,
+        "labels_zarr": {"resolution": "working", "scale_um": geom.work_mpp,
+                        "level0_px_per_label_px": geom.f},
+        "seconds": dict(timer.stages),
+        "model": {"name": mcfg.get("name", model_dir.name), "version": mcfg.get("version"),
+                  "path": str(model_dir)},
+        "software": {"wsi_nuc": __version__, "python": platform.python_version(),
+                     "torch": torch.__version__, **_versions()},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet",)},
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import version, PackageNotFoundError
+
+    out = {}
+    for pkg in ("openslide-python", "openslide-bin", "tiffslide", "dask", "distributed", "zarr",
+                "scikit-image", "shapely", "kornia", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class FinalIndex:
+    """Surviving outlines that touch a working-pixel box, found through their tile (no global tree)."""
+
+    def __init__(self, tiles, keep, f, halo):
+        from .graph import iter_final
+
+        self.f = f
+        self.halo = halo
+        self.entries = {}
+        for nid, tn, i in iter_final(tiles, keep):
+            self.entries.setdefault(tn.key, (tn, []))[1].append((nid, i))
+
+    def __call__(self, y0, x0, y1, x1):
+        from .tiling import Box
+
+        box = Box(y0, x0, y1, x1)
+        f = self.f
+        for tn, items in self.entries.values():
+            if not tn.core.expand(self.halo).intersects(box):
+                continue
+            for nid, i in items:
+                p = tn.polygon(i)
+                if (p[:, 0].max() / f < x0 or p[:, 0].min() / f > x1 or
+                        p[:, 1].max() / f < y0 or p[:, 1].min() / f > y1):
+                    continue
+                yield nid, p
+
+    query = __call__
+
+
+def write_qc(path: Path, reader, tissue, tiles, keep) -> None:
+    from .graph import iter_final
+    from .slide import read_thumbnail
+    from .writers.qc import write_qc_png
+
+    thumb, scale = read_thumbnail(reader, 1024)
+    cents = np.array([(tn.columns["centroid_x_px"][i], tn.columns["centroid_y_px"][i])
+                      for _, tn, i in iter_final(tiles, keep)], float).reshape(-1, 2)
+    zooms = []
+    for tn, k in sorted(zip(tiles, keep), key=lambda z: -int(z[1].sum()))[:4]:
+        if not k.any():
+            break
+        idx = np.nonzero(k)[0]
+        cx, cy = tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]
+        x0, y0 = float(np.median(cx)) - 128, float(np.median(cy)) - 128
+        from .slide import read_region
+
+        scale0 = 1.0
+        crop = read_region(reader, x0, y0, 256 * scale0, 256 * scale0, 256, 256)
+        polys = [tn.polygon(i) - (x0, y0) for i in idx
+                 if x0 <= tn.columns["centroid_x_px"][i] < x0 + 256 and y0 <= tn.columns["centroid_y_px"][i] < y0 + 256]
+        zooms.append((crop, polys))
+    write_qc_png(path, thumb, scale, tissue.mask, cents, zooms)

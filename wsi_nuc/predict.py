@@ -1,0 +1,77 @@
+"""Batched inference on a device: RGB tiles in, per-pixel head maps out (probabilities / offsets)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model.io import load_model
+
+# Output channels of ``Predictor.maps`` (after the activations).
+MAP_CHANNELS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from .errors import InputError
+
+        raise InputError("--device cuda: no CUDA device is available here")
+    return torch.device(device)
+
+
+@dataclass
+class Predictor:
+    """A loaded network on a device, with its config (working mpp, normalisation, post-processing)."""
+
+    net: torch.nn.Module
+    config: dict
+    device: torch.device
+
+    @property
+    def mpp(self) -> float | None:
+        return self.config.get("mpp")
+
+    @property
+    def stride(self) -> int:
+        return int(getattr(self.net, "stride", 16))
+
+    @torch.inference_mode()
+    def maps(self, images: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, 6, H, W) float32 maps; pads to the stride with glass and crops back."""
+        b, h, w, _ = images.shape
+        s = self.stride
+        ph, pw = -h % s, -w % s
+        if ph or pw:
+            images = np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
+        norm = self.config.get("norm", {"mean": 0.5, "std": 0.25})
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(norm["mean"]).div_(norm["std"])
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                out = self.net(x)
+        else:
+            out = self.net(x)
+        out = out.float()
+        act = torch.empty_like(out)
+        act[:, [0, 1, 2, 5]] = torch.sigmoid(out[:, [0, 1, 2, 5]])
+        act[:, 3:5] = torch.tanh(out[:, 3:5])
+        return act[:, :, :h, :w].cpu().numpy()
+
+
+_CACHE: dict = {}
+
+
+def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None) -> Predictor:
+    """The process's predictor for (model, device): loaded once per worker process, then reused."""
+    dev = resolve_device(device)
+    key = (str(model), str(dev), os.getpid())
+    if key not in _CACHE:
+        if threads:
+            torch.set_num_threads(int(threads))
+        net, cfg = load_model(model, dev)
+        _CACHE[key] = Predictor(net, cfg, dev)
+    return _CACHE[key]

@@ -1,0 +1,187 @@
+"""Streamed GeoJSON of nucleus detections, in level-0 pixel coordinates, as QuPath imports them.
+
+The file is a FeatureCollection written one feature per line (header, features, footer), so a slide
+with millions of nuclei never holds the whole document in memory. ``.gz`` paths are gzip-compressed.
+
+Geometry conventions:
+
+- every polygon goes through :func:`clean_polygon`: valid and simple (QuPath 0.6 refuses invalid
+  geometry), a single ring without holes (the largest part of a multi-part shape), coordinates rounded
+  to 2 decimals and re-validated after rounding;
+- the exterior ring is closed and counter-clockwise in the numeric (x, y) sense, as RFC 7946 asks
+  (with y pointing down in the image, that ring looks clockwise on screen);
+- ``id`` is a UUID derived deterministically from the nucleus id (and an optional namespace string,
+  e.g. the slide name), so re-running gives the same ids and QuPath accepts them as object ids;
+- measurements that are NaN/inf are omitted (JSON has no NaN; QuPath treats missing as NaN).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+from shapely.geometry.polygon import orient
+
+from .atomic import atomic_file
+
+DEFAULT_COLOR = (220, 40, 40)
+_UUID_NS = uuid.UUID("6b1f4a52-8d2e-4c57-9a0e-3f6d2b7c9e11")  # fixed namespace for wsi-nuc objects
+_HEADER = '{"type": "FeatureCollection", "features": [\n'
+_FOOTER = "\n]}\n"
+
+
+def _largest_polygon(geom) -> Polygon | None:
+    """The largest-area Polygon in ``geom`` (any geometry type), holes dropped; None if there is none."""
+    if geom is None or geom.is_empty:
+        return None
+    parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+    polys = []
+    for g in parts:
+        polys.extend(shapely.get_parts(g) if g.geom_type == "MultiPolygon" else [g])
+    if not polys:
+        return None
+    best = max(polys, key=lambda p: p.area)
+    if best.area <= 0:
+        return None
+    return Polygon(best.exterior)
+
+
+def clean_polygon(xy: np.ndarray, decimals: int = 2) -> np.ndarray | None:
+    """Make one valid, simple polygon ring from vertices ``xy`` (K, 2); None if nothing is left.
+
+    Steps: drop non-finite vertices; ``shapely.make_valid`` when invalid (bow-ties, spikes, repeated
+    points); keep the largest polygon part and its exterior only (holes dropped); snap to a grid of
+    ``10**-decimals`` with ``shapely.set_precision`` (validity-preserving); orient counter-clockwise
+    (RFC 7946); round; re-validate the rounded ring. Returns a closed (M, 2) float64 ring (first vertex
+    repeated at the end), M >= 4.
+    """
+    a = np.asarray(xy, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"polygon vertices must be (K, 2), got {a.shape}")
+    a = a[np.isfinite(a).all(axis=1)]
+    if len(a) < 3:
+        return None
+    grid = 10.0 ** (-decimals)
+    geom = Polygon(a)
+    for _ in range(3):
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+        poly = _largest_polygon(geom)
+        if poly is None:
+            return None
+        poly = poly.simplify(0)  # removes collinear / repeated vertices only (lossless)
+        snapped = _largest_polygon(shapely.set_precision(poly, grid))
+        if snapped is None:
+            return None
+        snapped = orient(snapped, sign=1.0)
+        ring = np.round(np.asarray(snapped.exterior.coords, dtype=np.float64), decimals)
+        check = Polygon(ring)
+        if len(ring) >= 4 and check.is_valid and check.area > 0:
+            return ring
+        geom = check  # rounding broke it: repair the rounded ring and try again
+    return None
+
+
+def _number(v):
+    """JSON-safe number, or None for NaN/inf/non-numbers."""
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(x):
+        return None
+    return x
+
+
+def feature_uuid(nucleus_id: int, namespace: str = "") -> str:
+    """Deterministic UUID string for a nucleus (``uuid5`` of namespace and id)."""
+    return str(uuid.uuid5(_UUID_NS, f"{namespace}:{int(nucleus_id)}"))
+
+
+def make_feature(nucleus_id: int, ring: np.ndarray, measurements: Mapping | None = None,
+                 color=DEFAULT_COLOR, id_namespace: str = "", classification: str = "Nucleus") -> dict:
+    """One QuPath detection feature for an already-clean closed ring (see :func:`clean_polygon`)."""
+    meas = {"nucleus_id": int(nucleus_id)}
+    for k, v in (measurements or {}).items():
+        if k == "nucleus_id":
+            continue
+        x = _number(v)
+        if x is not None:
+            meas[str(k)] = x
+    coords = [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
+    return {
+        "type": "Feature",
+        "id": feature_uuid(nucleus_id, id_namespace),
+        "geometry": {"type": "Polygon", "coordinates": [coords]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": classification, "color": [int(c) for c in color]},
+            "isLocked": False,
+            "measurements": meas,
+        },
+    }
+
+
+def _open_text(path: Path, mode: str):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, mode + "t", encoding="utf-8", compresslevel=6)
+    return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def write_geojson(path: Path | str, features: Iterable[tuple[int, np.ndarray, Mapping]],
+                  color=DEFAULT_COLOR, id_namespace: str = "") -> int:
+    """Stream nuclei to a GeoJSON FeatureCollection; return the number of features written.
+
+    ``features`` yields ``(nucleus_id, polygon_xy_level0 (K, 2), measurements {name: number})``.
+    Polygons that :func:`clean_polygon` cannot make valid are skipped (not counted). The file appears
+    under ``path`` only when complete (written to a temporary sibling, then renamed).
+    """
+    path = Path(path)
+    n = 0
+    with atomic_file(path) as tmp:
+        with _open_text(tmp, "w") as fh:
+            fh.write(_HEADER)
+            for nid, xy, meas in features:
+                ring = clean_polygon(xy)
+                if ring is None:
+                    continue
+                feat = make_feature(nid, ring, meas, color=color, id_namespace=id_namespace)
+                if n:
+                    fh.write(",\n")
+                fh.write(json.dumps(feat, separators=(",", ":"), allow_nan=False))
+                n += 1
+            fh.write(_FOOTER)
+    return n
+
+
+def iter_geojson(path: Path | str) -> Iterator[dict]:
+    """Yield the features of a GeoJSON file. Files written by :func:`write_geojson` are streamed line by
+    line; any other FeatureCollection (or single Feature) is read with ``json.load``."""
+    path = Path(path)
+    with _open_text(path, "r") as fh:
+        first = fh.readline()
+        if first == _HEADER:
+            for line in fh:
+                s = line.strip()
+                if not s or s == "]}":
+                    continue
+                yield json.loads(s.rstrip(","))
+            return
+        doc = json.load(io.StringIO(first + fh.read()))
+    if doc.get("type") == "FeatureCollection":
+        yield from doc.get("features", [])
+    elif doc.get("type") == "Feature":
+        yield doc
+    else:
+        raise ValueError(f"{path}: not a GeoJSON Feature or FeatureCollection")

@@ -1,0 +1,188 @@
+"""OME-Zarr (NGFF 0.4) label image of all nuclei, rasterised from the final polygons chunk by chunk.
+
+Layout written at ``path`` (zarr format 2, as NGFF 0.4 requires; ``dimension_separator = "/"``)::
+
+    labels.zarr/
+      .zgroup
+      .zattrs     multiscales (axes y, x in micrometer; dataset "0" scaled by [mpp_work, mpp_work]),
+                  image-label (version 0.4), wsi_nuc {level0_mpp, mpp_work, f, note, ...}
+      0/          uint32 (H_work, W_work), chunks (chunk, chunk), Blosc-zstd, fill 0 = background
+
+The group is itself a label image (``multiscales`` + ``image-label``), so napari-ome-zarr opens it as a
+labels layer and ``zarr.open_group(path)["0"]`` is the array. Values equal the ``nucleus_id`` of the
+GeoJSON and CSV. Labels are at the working resolution: working pixel (r, c) covers level-0
+[c f, (c + 1) f) x [r f, (r + 1) f).
+
+Rasterisation: a working pixel gets a nucleus when its centre lies inside the nucleus polygon. Level-0
+vertices map to working pixel-centre coordinates with ``x_work = x_level0 / f - 0.5`` (and y alike), so
+a polygon traced around a pixel mask (contour through the midpoints between inside and outside pixel
+centres, level-0 = (c + 0.5) f) rasterises back to exactly that mask.
+
+Overlaps: where polygons overlap, the smaller polygon (by area) wins; equal areas go to the lower id.
+The rule depends only on the set of polygons covering a pixel, so it is the same in every chunk and
+independent of the query order.
+
+Only one chunk is in memory at a time; chunks no polygon touches are never written (fill value 0).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import shapely
+from skimage.draw import polygon as _draw_polygon
+
+from .atomic import atomic_dir
+
+NOTE = ("labels are at the working resolution; multiply by f to get level-0 pixels "
+        "(working pixel (r, c) covers level-0 x in [c*f, (c+1)*f), y in [r*f, (r+1)*f))")
+
+
+def _shoelace(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+class PolygonIndex:
+    """Spatial index of nucleus polygons (level-0 coordinates) answering working-pixel box queries.
+
+    ``query(y0, x0, y1, x1)`` returns the ``(nucleus_id, polygon_level0 (K, 2) xy)`` pairs whose bounding
+    box touches the working-pixel box rows [y0, y1), columns [x0, x1), ordered by id. It is an STRtree
+    over the polygons' bounding boxes in working pixel-edge coordinates (level-0 / f).
+    """
+
+    def __init__(self, ids: Sequence[int], polygons_level0: Sequence[np.ndarray], f: float):
+        if len(ids) != len(polygons_level0):
+            raise ValueError(f"{len(ids)} ids but {len(polygons_level0)} polygons")
+        self.f = float(f)
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.polygons = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons_level0]
+        n = len(self.polygons)
+        bb = np.empty((n, 4), np.float64)
+        for i, p in enumerate(self.polygons):
+            if len(p):
+                bb[i] = (p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max())
+            else:
+                bb[i] = np.nan
+        bb /= self.f
+        self.areas = np.array([_shoelace(p) if len(p) >= 3 else 0.0 for p in self.polygons])
+        ok = np.isfinite(bb).all(axis=1)
+        self._valid = np.flatnonzero(ok)
+        self._tree = shapely.STRtree(shapely.box(bb[ok, 0], bb[ok, 1], bb[ok, 2], bb[ok, 3]))
+
+    def __len__(self) -> int:
+        return len(self.polygons)
+
+    def query_indices(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        if len(self._valid) == 0:
+            return np.empty(0, np.intp)
+        hit = self._tree.query(shapely.box(x0, y0, x1, y1))
+        idx = self._valid[np.asarray(hit, dtype=np.intp)]
+        return idx[np.argsort(self.ids[idx], kind="stable")]
+
+    def query(self, y0: int, x0: int, y1: int, x1: int) -> list[tuple[int, np.ndarray]]:
+        return [(int(self.ids[i]), self.polygons[i]) for i in self.query_indices(y0, x0, y1, x1)]
+
+
+def rasterise(pairs: Iterable[tuple[int, np.ndarray]], y0: int, x0: int, y1: int, x1: int, f: float,
+              dtype=np.uint32) -> np.ndarray:
+    """Rasterise level-0 polygons into the working-pixel box rows [y0, y1), cols [x0, x1).
+
+    A pixel takes the id of the smallest polygon containing its centre (ties: lowest id).
+    """
+    out = np.zeros((y1 - y0, x1 - x0), dtype=dtype)
+    items = []
+    for nid, xy in pairs:
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if len(xy) < 3 or nid == 0:
+            continue
+        items.append((_shoelace(xy), int(nid), xy))
+    # paint large first and, among equal areas, high ids first: the last painter (small / low id) wins
+    items.sort(key=lambda t: (-t[0], -t[1]))
+    shape = out.shape
+    for _, nid, xy in items:
+        cw = xy[:, 0] / f - 0.5 - x0
+        rw = xy[:, 1] / f - 0.5 - y0
+        rr, cc = _draw_polygon(rw, cw, shape=shape)
+        if len(rr):
+            out[rr, cc] = nid
+    return out
+
+
+def _create_group_and_array(path: Path, shape: tuple[int, int], chunk: int):
+    import zarr
+    import numcodecs
+
+    compressor = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+    chunks = (min(chunk, max(shape[0], 1)), min(chunk, max(shape[1], 1)))
+    major = int(zarr.__version__.split(".")[0])
+    if major >= 3:
+        g = zarr.open_group(str(path), mode="w", zarr_format=2)
+        arr = g.create_array("0", shape=shape, chunks=chunks, dtype="uint32", fill_value=0,
+                             compressors=compressor,
+                             chunk_key_encoding={"name": "v2", "separator": "/"})
+    else:  # zarr 2.x
+        g = zarr.open_group(str(path), mode="w")
+        arr = g.create_dataset("0", shape=shape, chunks=chunks, dtype="uint32", fill_value=0,
+                               compressor=compressor, dimension_separator="/")
+    return g, arr
+
+
+def ome_attrs(mpp_work: float, level0_mpp: float, f: float, name: str = "nuclei",
+              extra: dict | None = None) -> dict:
+    """The group attributes: NGFF 0.4 multiscales + image-label, and a wsi_nuc note."""
+    attrs = {
+        "multiscales": [{
+            "version": "0.4",
+            "name": name,
+            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [float(mpp_work), float(mpp_work)]}]}],
+        }],
+        "image-label": {"version": "0.4"},
+        "wsi_nuc": {"level0_mpp": float(level0_mpp), "mpp_work": float(mpp_work), "f": float(f),
+                    "note": NOTE, "background": 0,
+                    "ids": "equal to nucleus_id in nuclei.geojson / nuclei.csv",
+                    "overlaps": "smaller polygon wins; equal areas: lower id"},
+    }
+    if extra:
+        attrs["wsi_nuc"].update(extra)
+    return attrs
+
+
+def write_labels_zarr(path: Path | str, shape_work: tuple[int, int],
+                      polygons: PolygonIndex | Callable[[int, int, int, int], Iterable[tuple[int, np.ndarray]]],
+                      f: float, level0_mpp: float, chunk: int = 1024, name: str = "nuclei") -> None:
+    """Write the OME-Zarr label image at ``path`` chunk by chunk (never the whole slide in memory).
+
+    ``polygons`` is a :class:`PolygonIndex` (or any object with ``query(y0, x0, y1, x1)``) or a callable
+    ``(y0, x0, y1, x1) -> iterable of (nucleus_id, polygon_level0 (K, 2) xy)`` giving at least the
+    polygons that touch that working-pixel box. ``shape_work`` = (rows, cols) at the working resolution;
+    ``f`` = level-0 pixels per working pixel. The folder appears under ``path`` only when complete.
+    """
+    path = Path(path)
+    h, w = int(shape_work[0]), int(shape_work[1])
+    if h < 0 or w < 0:
+        raise ValueError(f"bad label shape {shape_work}")
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    f = float(f)
+    query = polygons.query if hasattr(polygons, "query") else polygons
+    max_id = 0
+    with atomic_dir(path) as tmp:
+        g, arr = _create_group_and_array(tmp, (h, w), chunk)
+        for y0 in range(0, h, chunk):
+            y1 = min(y0 + chunk, h)
+            for x0 in range(0, w, chunk):
+                x1 = min(x0 + chunk, w)
+                pairs = list(query(y0, x0, y1, x1))
+                if not pairs:
+                    continue
+                buf = rasterise(pairs, y0, x0, y1, x1, f)
+                m = int(buf.max(initial=0))
+                if m:
+                    max_id = max(max_id, m)
+                    arr[y0:y1, x0:x1] = buf
+        g.attrs.update(ome_attrs(f * level0_mpp, level0_mpp, f, name=name, extra={"max_label": max_id}))
