@@ -21,6 +21,35 @@ def _train(a) -> int:
     return 0
 
 
+def _distill(a) -> int:
+    from .config import load_config
+    from .train.distill import distill
+
+    cfg = load_config(a.config, a.set)
+    out = a.out or f"runs/{cfg.get('name', 'model')}"
+    model_dir = distill(cfg, out, log=lambda m: print(m, flush=True))
+    print(f"model written to {model_dir}")
+    return 0
+
+
+def _quantize(a) -> int:
+    from .train.quantize import quantize_model
+
+    out = quantize_model(a.model, a.dataset, a.out, n_crops=a.crops, batch=a.batch,
+                         reduce_range=not a.full_range, log=lambda m: print(m, flush=True))
+    print(f"INT8 model written to {out}")
+    return 0
+
+
+def _calibrate(a) -> int:
+    from .refine import calibrate_model
+
+    cal = calibrate_model(a.model, a.dataset, a.split, use_rgb=a.rgb, steps=a.steps)
+    print(f"LTS fitted on {cal['n_images']} {a.split} images: ECE {cal['ece_before']:.4f} -> "
+          f"{cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
+    return 0
+
+
 def _run(a) -> int:
     from .pipeline import RunSettings, run_slide
 
@@ -139,6 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/<name>); re-running resumes it")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.set_defaults(func=_train)
+
+    d = sub.add_parser("distill", help="distil a teacher model into a small student from a YAML config")
+    d.add_argument("config")
+    d.add_argument("--out", help="run folder (default runs/<name>); re-running resumes it")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    d.set_defaults(func=_distill)
+
+    q = sub.add_parser("quantize", help="INT8 post-training static quantisation of a model folder")
+    q.add_argument("model", help="shipped model name or model folder")
+    q.add_argument("--out", required=True, help="folder for the INT8 model")
+    q.add_argument("--dataset", required=True, help="annotated dataset folder (its train split calibrates)")
+    q.add_argument("--crops", type=_positive_int, default=80, help="calibration crops (default 80)")
+    q.add_argument("--batch", type=_positive_int, default=8, help="calibration batch (default 8)")
+    q.add_argument("--full-range", action="store_true",
+                   help="8-bit activations (needs AVX512-VNNI or newer CPUs; default 7-bit reduce_range)")
+    q.set_defaults(func=_quantize)
+
+    c = sub.add_parser("calibrate", help="fit Local Temperature Scaling of the fg head, stored in the model")
+    c.add_argument("model", help="shipped model name or model folder (written to)")
+    c.add_argument("--dataset", required=True, help="annotated dataset folder")
+    c.add_argument("--split", choices=("val", "train", "all"), default="val")
+    c.add_argument("--rgb", action="store_true", help="the temperature head also sees the RGB input")
+    c.add_argument("--steps", type=_positive_int, default=300, help="optimiser steps (default 300)")
+    c.set_defaults(func=_calibrate)
     return p
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,8 +52,9 @@ MPP_MIN, MPP_MAX = 0.1, 2.0
 _MAX_WINDOW_PX = 4096 * 4096
 _PROBE_PX = 8
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-# Exceptions that signal programming errors: never disguised as bad input.
-_BUG_ERRORS = (MemoryError, TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
+# Not bad input: never turned into InputError.  Anything else a reader library raises on a file
+# (they raise all sorts on malformed input) becomes one, chained so --debug shows the traceback.
+_BUG_ERRORS = (MemoryError,)
 _OME_UNITS_UM = {
     "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "micrometer": 1.0,
     "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4,
@@ -239,23 +239,29 @@ class _OpenSlideReader(_BaseReader):
         self.plain = False
 
     def level_origin(self, level: int, x: int) -> float:
-        # OpenSlide places pixel 0 at level coordinate x / downsample (fractional; it interpolates)
-        return x / self._level_ds[level]
+        # OpenSlide places pixel 0 at level coordinate x / downsample (fractional: it interpolates).
+        # Negative coordinates are truncated inconsistently by OpenSlide, so read_level handles
+        # them itself: the origin is then the nearest whole level pixel.
+        ds = self._level_ds[level]
+        return x / ds if x >= 0 else float(round(x / ds))
 
     def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        w, h = int(w), int(h)
+        w, h, x, y = int(w), int(h), int(x), int(y)
         if w <= 0 or h <= 0:
             return _white(h, w)
         if not 0 <= level < len(self._level_dims):
             raise ValueError(f"level {level} out of range (slide has {len(self._level_dims)})")
-        ds = self._level_ds[level]
         lw, lh = self._level_dims[level]
-        ox, oy = x / ds, y / ds
+        ox, oy = self.level_origin(level, x), self.level_origin(level, y)
         if ox >= lw or oy >= lh or ox + w <= 0 or oy + h <= 0:
             return _white(h, w)
+        # negative side: start reading at level pixel 0 and pad with white
+        px, py = (int(-ox) if x < 0 else 0), (int(-oy) if y < 0 else 0)
+        rx, ry = max(x, 0), max(y, 0)
+        rw, rh = w - px, h - py
         try:
-            img = self._slide.read_region((int(x), int(y)), level, (w, h))
-            return _to_rgb8(np.asarray(img))
+            img = self._slide.read_region((rx, ry), level, (rw, rh))
+            part = _to_rgb8(np.asarray(img))
         except _BUG_ERRORS:
             raise
         except Exception as e:
@@ -263,6 +269,11 @@ class _OpenSlideReader(_BaseReader):
                 f"{self.path}: cannot decode pixel data at level {level}, "
                 f"x={x} y={y} {w}x{h} ({_one_line(e)})"
             ) from e
+        if px == 0 and py == 0:
+            return part
+        out = _white(h, w)
+        out[py:, px:] = part
+        return out
 
     def close(self) -> None:
         s, self._slide = getattr(self, "_slide", None), None
@@ -491,13 +502,16 @@ def _try_openers(path: str, head: bytes) -> _BaseReader:
             return causes[0]
         return "; ".join(msgs)
 
+    if decode_errors and not open_errors:
+        raise InputError(f"{path}: slide opens but its pixel data cannot be decoded ({join(decode_errors)})")
     if decode_errors:
-        extra = f"; also {join(open_errors)}" if open_errors else ""
-        raise InputError(f"{path}: slide opens but its pixel data cannot be decoded ({join(decode_errors)}{extra})")
-    if open_errors and not (is_tiff and len(unrecognised) and all(m.startswith("tiffslide") for m in open_errors)):
-        raise InputError(f"{path}: cannot open slide ({join(open_errors)})")
+        parts = open_errors + [m.replace(": ", ": opens but pixel data cannot be decoded: ", 1) for m in decode_errors]
+        raise InputError(f"{path}: cannot read slide ({'; '.join(parts)})")
+    if open_errors and (not is_tiff or any(m.startswith("OpenSlide") for m in open_errors)):
+        # a reader recognised the format but could not open it
+        raise InputError(f"{path}: cannot open file ({join(open_errors)})")
     if is_tiff:
-        cause = f" ({join(open_errors)})" if open_errors else ""
+        cause = f" ({'; '.join(open_errors)})" if open_errors else ""
         raise InputError(
             f"{path}: looks like a TIFF but OpenSlide/tiffslide cannot read its structure "
             f"(truncated or corrupt file?){cause}"

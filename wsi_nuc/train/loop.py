@@ -156,9 +156,12 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     return model_dir
 
 
-def save_checkpoint(path: Path, net, opt, step, cpu_s) -> None:
+def save_checkpoint(path: Path, net, opt, step, cpu_s, extra: dict | None = None) -> None:
+    """Atomic checkpoint: keys model/optim/step/cpu_s (+ ``extra``, e.g. distillation adapters)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "step": step, "cpu_s": cpu_s}, tmp)
+    state = {"model": net.state_dict(), "optim": opt.state_dict(), "step": step, "cpu_s": cpu_s}
+    state.update(extra or {})
+    torch.save(state, tmp)
     tmp.replace(path)
 
 

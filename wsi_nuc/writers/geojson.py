@@ -56,7 +56,9 @@ def _largest_polygon(geom) -> Polygon | None:
 def clean_polygon(xy: np.ndarray, decimals: int = 2) -> np.ndarray | None:
     """Make one valid, simple polygon ring from vertices ``xy`` (K, 2); None if nothing is left.
 
-    Steps: drop non-finite vertices; ``shapely.make_valid`` when invalid (bow-ties, spikes, repeated
+    Fast path: if the ring rounded to ``decimals`` is already a valid polygon it is returned with
+    collinear vertices removed and counter-clockwise orientation. Otherwise: drop non-finite vertices;
+    ``shapely.make_valid`` (bow-ties, spikes, repeated
     points); keep the largest polygon part and its exterior only (holes dropped); snap to a grid of
     ``10**-decimals`` with ``shapely.set_precision`` (validity-preserving); orient counter-clockwise
     (RFC 7946); round; re-validate the rounded ring. Returns a closed (M, 2) float64 ring (first vertex
@@ -69,6 +71,15 @@ def clean_polygon(xy: np.ndarray, decimals: int = 2) -> np.ndarray | None:
     if len(a) < 3:
         return None
     grid = 10.0 ** (-decimals)
+    # fast path (the usual case): the rounded ring is already valid; dropping collinear vertices and
+    # re-orienting keep it valid and do not create new coordinates
+    fast = Polygon(np.round(a, decimals))
+    if fast.is_valid and fast.area > 0 and not fast.interiors:
+        fast = fast.simplify(0)
+        if fast.geom_type == "Polygon" and not fast.is_empty:
+            ring = np.asarray(orient(fast, sign=1.0).exterior.coords, dtype=np.float64)
+            if len(ring) >= 4:
+                return ring
     geom = Polygon(a)
     for _ in range(3):
         if not geom.is_valid:
@@ -133,8 +144,8 @@ def make_feature(nucleus_id: int, ring: np.ndarray, measurements: Mapping | None
     }
 
 
-def _open_text(path: Path, mode: str):
-    if path.name.endswith(".gz"):
+def _open_text(path: Path, mode: str, gz: bool | None = None):
+    if path.name.endswith(".gz") if gz is None else gz:
         return gzip.open(path, mode + "t", encoding="utf-8", compresslevel=6)
     return open(path, mode, encoding="utf-8", newline="\n")
 
@@ -150,7 +161,7 @@ def write_geojson(path: Path | str, features: Iterable[tuple[int, np.ndarray, Ma
     path = Path(path)
     n = 0
     with atomic_file(path) as tmp:
-        with _open_text(tmp, "w") as fh:
+        with _open_text(tmp, "w", gz=path.name.endswith(".gz")) as fh:
             fh.write(_HEADER)
             for nid, xy, meas in features:
                 ring = clean_polygon(xy)

@@ -10,8 +10,8 @@ Layout::
     +------------+------------+------------+------------+
 
 The density is nuclei per mm² (when ``level0_mpp`` is known, else per 10^6 level-0 px²): centroids
-binned on the thumbnail grid, Gaussian-smoothed, coloured with a small built-in colormap from 0 to the
-99th percentile, drawn semi-transparently over the thumbnail.
+binned on the thumbnail grid, Gaussian-smoothed (sigma 50 µm, at least 1 % of the thumbnail), coloured
+with a small built-in colormap from 0 to the 99th percentile, drawn semi-transparently over the thumbnail.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .atomic import atomic_file
 PANEL = 512          # longest side of each of the two top panels, in pixels
 ZOOM = 256           # side of each zoom tile
 MARGIN = 8
+SMOOTH_UM = 50.0     # density smoothing (Gaussian sigma) when the pixel size is known
 BG = (255, 255, 255)
 TEXT = (20, 20, 20)
 OUTLINE_TISSUE = (0, 170, 0)
@@ -97,12 +98,15 @@ def density_map(centroids_xy: np.ndarray, thumb_shape: tuple[int, int], thumb_sc
         ok = (row >= 0) & (row < th) & (col >= 0) & (col < tw)
         np.add.at(counts, (row[ok], col[ok]), 1.0)
     if sigma is None:
-        sigma = max(1.0, max(th, tw) / 60.0)
+        # ~50 µm when the scale is known, never finer than 1 % of the thumbnail nor 1 px
+        sigma = max(1.0, max(th, tw) / 100.0)
+        if level0_mpp:
+            sigma = max(sigma, SMOOTH_UM / (thumb_scale * float(level0_mpp)))
     dens = ndi.gaussian_filter(counts, sigma, mode="constant")
     if level0_mpp:
         px_mm = thumb_scale * float(level0_mpp) / 1000.0  # thumbnail pixel side in mm
-        return dens / (px_mm * px_mm), "nuclei / mm²"
-    return dens / (thumb_scale * thumb_scale) * 1e6, "nuclei / 10^6 px²"
+        return dens / (px_mm * px_mm), "nuclei/mm^2"
+    return dens / (thumb_scale * thumb_scale) * 1e6, "nuclei/Mpx^2 (level-0)"
 
 
 def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, tissue_mask_bool: np.ndarray,

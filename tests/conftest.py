@@ -1,0 +1,67 @@
+"""Shared test fixtures: the real slides in ../shared, and tiny images written into tmp_path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared data folder next to the repo (or $WSI_NUC_SHARED); skip when absent."""
+    p = Path(os.environ.get("WSI_NUC_SHARED", REPO.parent / "shared"))
+    if not p.is_dir():
+        pytest.skip(f"shared data folder not found: {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def slides(shared) -> Path:
+    """``shared/slides`` (see its README.md); skip when absent."""
+    p = shared / "slides"
+    if not p.is_dir():
+        pytest.skip(f"slides folder not found: {p}")
+    return p
+
+
+def write_image(path: Path, array: np.ndarray, *, dpi: float | None = None, tile: int | None = None,
+                mpp: float | None = None) -> Path:
+    """Write ``array`` (h, w[, c]) uint8 as a plain image chosen by the suffix.
+
+    .png/.jpg/.bmp via Pillow (``dpi`` sets the pHYs/JFIF density); .tif/.tiff via tifffile
+    (``tile`` makes it tiled; ``mpp`` writes resolution tags in centimetres).
+    """
+    path = Path(path)
+    arr = np.asarray(array)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        kw = {}
+        if tile:
+            kw["tile"] = (tile, tile)
+        if mpp:
+            kw["resolution"] = (1e4 / mpp, 1e4 / mpp)
+            kw["resolutionunit"] = "CENTIMETER"
+        tifffile.imwrite(path, arr, photometric="rgb" if arr.ndim == 3 and arr.shape[2] in (3, 4) else None, **kw)
+    else:
+        from PIL import Image
+
+        kw = {"dpi": (dpi, dpi)} if dpi else {}
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            kw["quality"] = 95
+        Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def make_image(tmp_path):
+    """``make_image(name, array, **kw)`` writes a tiny image into tmp_path; see write_image."""
+
+    def make(name: str, array: np.ndarray, **kw) -> Path:
+        return write_image(tmp_path / name, array, **kw)
+
+    return make

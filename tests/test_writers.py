@@ -1,0 +1,300 @@
+"""Writers: GeoJSON (QuPath), CSV, OME-Zarr labels, QC PNG, atomic folders. Real MoNuSeg labels where
+it matters."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from PIL import Image
+from scipy import ndimage as ndi
+from shapely.geometry import Polygon
+from skimage.measure import find_contours
+
+from wsi_nuc.writers import (PolygonIndex, atomic_dir, clean_polygon, iter_geojson, safe_child, safe_name,
+                             write_csv, write_geojson, write_labels_zarr, write_qc_png)
+from wsi_nuc.writers.labels_zarr import rasterise
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "monuseg2018-train"
+STEM = "TCGA-21-5784-01Z-00-DX1"
+F = 2.0           # level-0 px per working px (MoNuSeg 0.25 µm/px as level 0, working 0.5 µm/px)
+LEVEL0_MPP = 0.25
+
+
+def trace(mask: np.ndarray) -> np.ndarray | None:
+    """Outline of a binary mask in pixel-centre (row, col) coordinates: marching squares on the padded
+    mask, through the midpoints between inside and outside pixel centres."""
+    cs = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    if not cs:
+        return None
+    return max(cs, key=len) - 1.0
+
+
+def polygons_level0(labels: np.ndarray, ids, f: float = F) -> list[np.ndarray]:
+    """Level-0 (x, y) outlines of the given labels; working pixel centre c -> level-0 (c + 0.5) f."""
+    out = []
+    sl = ndi.find_objects(labels)
+    for i in ids:
+        s = sl[i - 1]
+        rc = trace(labels[s] == i)
+        y = (rc[:, 0] + s[0].start + 0.5) * f
+        x = (rc[:, 1] + s[1].start + 0.5) * f
+        out.append(np.column_stack([x, y]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def real():
+    img_p, lab_p = DATA / "images" / f"{STEM}.png", DATA / "labels" / f"{STEM}.tif"
+    if not (img_p.exists() and lab_p.exists()):
+        pytest.skip("MoNuSeg data not present")
+    import tifffile
+
+    rgb = np.asarray(Image.open(img_p).convert("RGB"))
+    labels = tifffile.imread(lab_p).astype(np.int32)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return rgb, labels, ids, polygons_level0(labels, ids)
+
+
+# ---------------------------------------------------------------- polygons ----
+
+def test_clean_polygon_on_real_outlines(real):
+    _, _, ids, polys = real
+    n_ok = 0
+    for xy in polys:
+        ring = clean_polygon(xy)
+        assert ring is not None
+        p = Polygon(ring)
+        assert p.is_valid and p.area > 0 and len(p.interiors) == 0
+        assert np.array_equal(ring[0], ring[-1])                       # closed
+        assert shapely.is_ccw(p.exterior)                              # RFC 7946 orientation
+        assert np.allclose(ring, np.round(ring, 2))                    # 2 decimals
+        n_ok += 1
+    assert n_ok == len(ids)
+
+
+def test_clean_polygon_repairs_bad_rings():
+    bowtie = np.array([[0, 0], [10, 10], [10, 0], [0, 10]], float)
+    assert not Polygon(bowtie).is_valid
+    ring = clean_polygon(bowtie)
+    assert ring is not None and Polygon(ring).is_valid and Polygon(ring).area == pytest.approx(25)
+    # degenerate inputs
+    assert clean_polygon(np.array([[0, 0], [1, 1], [2, 2]], float)) is None
+    assert clean_polygon(np.array([[0, 0], [1, 1]], float)) is None
+    # a thin sliver that rounding to 2 decimals would collapse
+    assert clean_polygon(np.array([[0, 0], [5, 0.001], [10, 0]], float)) is None
+    # clockwise input comes back counter-clockwise, same area; NaN vertices dropped
+    cw = np.array([[0, 0], [0, 4], [4, 4], [4, 0], [np.nan, 1]], float)
+    r = clean_polygon(cw)
+    assert shapely.is_ccw(Polygon(r).exterior) and Polygon(r).area == pytest.approx(16)
+    # near-duplicate vertices that coincide after rounding
+    r = clean_polygon(np.array([[0, 0], [10, 0], [10.001, 0.002], [10, 10], [0, 10]], float))
+    assert r is not None and Polygon(r).is_valid
+
+
+# ----------------------------------------------------------------- GeoJSON ----
+
+def _features(polys, ids, n=None):
+    for k, (i, xy) in enumerate(zip(ids, polys)):
+        if n is not None and k >= n:
+            return
+        yield int(i), xy, {"area_um2": float(k) + 0.5, "confidence": float("nan"),
+                          "mean_h_od": np.float32(0.25), "n": np.int64(3)}
+
+
+@pytest.mark.parametrize("name", ["nuclei.geojson", "nuclei.geojson.gz"])
+def test_geojson_qupath_fields(tmp_path, real, name):
+    _, _, ids, polys = real
+    path = tmp_path / name
+    n = write_geojson(path, _features(polys, ids), color=(10, 20, 30), id_namespace="slideA")
+    assert n == len(ids)
+    raw = gzip.open(path, "rt").read() if name.endswith(".gz") else path.read_text()
+    assert "NaN" not in raw and "Infinity" not in raw
+    doc = json.loads(raw)
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == n
+    ids_seen = set()
+    for feat in doc["features"]:
+        assert feat["type"] == "Feature" and isinstance(feat["id"], str)
+        ids_seen.add(feat["id"])
+        g = feat["geometry"]
+        assert g["type"] == "Polygon" and len(g["coordinates"]) == 1
+        ring = np.array(g["coordinates"][0])
+        assert Polygon(ring).is_valid and np.array_equal(ring[0], ring[-1])
+        pr = feat["properties"]
+        assert pr["objectType"] == "detection" and pr["isLocked"] is False
+        assert pr["classification"] == {"name": "Nucleus", "color": [10, 20, 30]}
+        meas = pr["measurements"]
+        assert isinstance(meas["nucleus_id"], int)
+        assert "confidence" not in meas                     # NaN omitted
+        assert meas["mean_h_od"] == pytest.approx(0.25) and meas["n"] == 3
+    assert len(ids_seen) == n                               # unique object ids
+    streamed = list(iter_geojson(path))
+    assert [f["properties"]["measurements"]["nucleus_id"] for f in streamed] == [int(i) for i in ids]
+
+
+def test_geojson_empty_and_invalid_skipped(tmp_path):
+    p = tmp_path / "empty.geojson"
+    assert write_geojson(p, iter(())) == 0
+    assert json.loads(p.read_text()) == {"type": "FeatureCollection", "features": []}
+    assert list(iter_geojson(p)) == []
+    feats = [(1, np.array([[0, 0], [1, 1], [2, 2]], float), {}),           # degenerate -> skipped
+             (2, np.array([[0, 0], [10, 10], [10, 0], [0, 10]], float), {})]  # bow-tie -> repaired
+    assert write_geojson(p, feats) == 1
+    (f,) = list(iter_geojson(p))
+    assert f["properties"]["measurements"] == {"nucleus_id": 2}
+    assert not list(tmp_path.glob(".*partial"))
+
+
+# --------------------------------------------------------------------- CSV ----
+
+def test_csv_rows_and_chunks(tmp_path):
+    cols = ["nucleus_id", "area_um2", "confidence", "label"]
+    chunk = {"nucleus_id": np.array([1, 2]), "area_um2": np.array([12.123456789, 1e-7]),
+             "confidence": np.array([np.nan, 0.5])}
+    rows = [{"nucleus_id": 3, "area_um2": 100000.0 / 3, "confidence": 0.1 + 0.2, "label": "x"}]
+    p = tmp_path / "nuclei.csv"
+    assert write_csv(p, cols, [chunk, *rows]) == 3
+    got = list(csv.reader(p.open()))
+    assert got[0] == cols
+    assert got[1] == ["1", "12.1235", "", ""]
+    assert got[2] == ["2", "1e-07", "0.5", ""]
+    assert got[3] == ["3", "33333.3333", "0.3", "x"]
+    pg = tmp_path / "nuclei.csv.gz"
+    write_csv(pg, cols, [chunk])
+    assert list(csv.reader(gzip.open(pg, "rt")))[1][0] == "1"
+
+
+# -------------------------------------------------------------------- zarr ----
+
+def test_labels_zarr_roundtrip_real(tmp_path, real):
+    import zarr
+
+    _, labels, ids, polys = real
+    index = PolygonIndex(ids, polys, F)
+    out = tmp_path / "labels.zarr"
+    write_labels_zarr(out, labels.shape, index, F, LEVEL0_MPP, chunk=128)
+    g = zarr.open_group(str(out), mode="r")
+    arr = g["0"]
+    assert arr.shape == labels.shape and arr.dtype == np.uint32 and arr.chunks == (128, 128)
+    back = arr[:]
+    assert set(np.unique(back[back > 0]).tolist()) == set(ids.tolist())
+    both = (back == labels) & (labels > 0)
+    iou = both.sum() / ((back > 0) | (labels > 0)).sum()
+    assert iou >= 0.95, iou
+    # NGFF 0.4 metadata
+    attrs = dict(g.attrs)
+    ms = attrs["multiscales"][0]
+    assert ms["version"] == "0.4"
+    assert [a["name"] for a in ms["axes"]] == ["y", "x"]
+    assert all(a["unit"] == "micrometer" for a in ms["axes"])
+    ds = ms["datasets"][0]
+    assert ds["path"] == "0"
+    assert ds["coordinateTransformations"][0] == {"type": "scale", "scale": [F * LEVEL0_MPP] * 2}
+    assert "image-label" in attrs
+    assert attrs["wsi_nuc"]["f"] == F and attrs["wsi_nuc"]["level0_mpp"] == LEVEL0_MPP
+    assert json.loads((out / "0" / ".zarray").read_text())["dimension_separator"] == "/"
+    assert not (tmp_path / ".labels.zarr.partial").exists()
+
+
+def test_rasterise_reproduces_traced_masks():
+    # tracing a pixel mask and rasterising the outline gives back the same pixels, for odd f too
+    rng = np.random.default_rng(1)
+    for f in (1.0, 2.0, 0.7, 3.3):
+        mask = ndi.binary_opening(rng.random((40, 50)) > 0.35, iterations=1)
+        lab, n = ndi.label(mask)
+        ids = [i for i in range(1, n + 1) if (lab == i).sum() >= 4]
+        # skip objects with holes (outlines drop holes by design)
+        ids = [i for i in ids if np.array_equal(ndi.binary_fill_holes(lab == i), lab == i)]
+        polys = [clean_polygon(p) for p in polygons_level0(lab, ids, f)]
+        got = rasterise(zip(ids, polys), 0, 0, *lab.shape, f)
+        want = np.where(np.isin(lab, ids), lab, 0)
+        assert np.array_equal(got, want), f
+
+
+def test_overlap_rule_and_chunk_independence(tmp_path):
+    import zarr
+
+    big = np.array([[0, 0], [40, 0], [40, 40], [0, 40]], float)        # level-0, f = 2 -> 20x20 px
+    small = np.array([[20, 20], [60, 20], [60, 50], [20, 50]], float)  # overlaps the big one
+    twin = small + [0, 0]                                               # same area as small, higher id
+    pairs = [(7, small), (3, big), (9, twin)]
+    arrays = []
+    for chunk in (5, 64):
+        out = tmp_path / f"l{chunk}.zarr"
+        write_labels_zarr(out, (30, 40), lambda y0, x0, y1, x1: pairs, 2.0, 0.5, chunk=chunk)
+        arrays.append(zarr.open_group(str(out), mode="r")["0"][:])
+    assert np.array_equal(arrays[0], arrays[1])
+    a = arrays[0]
+    assert a[5, 5] == 3        # only the big one
+    assert a[15, 15] == 7      # overlap: smaller area wins over 3; equal area 7 vs 9: lower id wins
+    assert 9 not in a
+
+
+def test_labels_zarr_empty(tmp_path):
+    import zarr
+
+    out = tmp_path / "e.zarr"
+    write_labels_zarr(out, (16, 16), PolygonIndex([], [], 2.0), 2.0, 0.25, chunk=8)
+    assert zarr.open_group(str(out), mode="r")["0"][:].max() == 0
+
+
+# ------------------------------------------------------------------ atomic ----
+
+def test_atomic_dir(tmp_path):
+    final = tmp_path / "slide"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as d:
+            (d / "x.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert not final.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+    with atomic_dir(final) as d:
+        (d / "a.txt").write_text("1")
+    assert (final / "a.txt").read_text() == "1"
+    with atomic_dir(final) as d:                 # replaces an earlier result
+        (d / "b.txt").write_text("2")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["slide"]
+
+
+def test_safe_child(tmp_path):
+    assert safe_child(tmp_path, "slide-01") == tmp_path / "slide-01"
+    for bad in ["../evil", "..", ".", "", "a/b", "/etc", "a\\b"]:
+        with pytest.raises(ValueError):
+            safe_child(tmp_path, bad)
+    assert safe_name("../evil") == "_evil"
+    assert safe_child(tmp_path, safe_name("../../x y/z")).parent == tmp_path
+
+
+# ---------------------------------------------------------------------- QC ----
+
+def test_qc_png(tmp_path, real):
+    rgb, labels, ids, polys = real
+    scale = 8.0                                   # level-0 px per thumbnail px
+    thumb = np.asarray(Image.fromarray(rgb).resize((250, 250)))  # tile = 2000 level-0 px (f = 2)
+    tissue = np.zeros((50, 50), bool)
+    tissue[5:45, 8:40] = True
+    cent = np.array([[p[:, 0].mean(), p[:, 1].mean()] for p in polys])
+    crop = rgb[100:228, 100:228]
+    in_crop = [np.column_stack([p[:, 0] / F - 100, p[:, 1] / F - 100]) for p in polys
+               if (p[:, 0] / F).min() >= 100 and (p[:, 0] / F).max() < 228
+               and (p[:, 1] / F).min() >= 100 and (p[:, 1] / F).max() < 228]
+    assert in_crop
+    out = tmp_path / "qc.png"
+    write_qc_png(out, thumb, scale, tissue, cent, [(crop, in_crop)] * 5, level0_mpp=LEVEL0_MPP, title=STEM)
+    im = np.asarray(Image.open(out).convert("RGB"))
+    assert im.shape[0] > 300 and im.shape[1] > 500
+    assert len(np.unique(im.reshape(-1, 3), axis=0)) > 100
+
+
+def test_qc_png_tiny_and_empty(tmp_path):
+    out = tmp_path / "qc.png"
+    thumb = np.full((16, 16, 3), 230, np.uint8)
+    write_qc_png(out, thumb, 1.0, np.ones((4, 4), bool), np.zeros((0, 2)), [])
+    im = np.asarray(Image.open(out).convert("RGB"))
+    assert im.shape[0] >= 16 and len(np.unique(im.reshape(-1, 3), axis=0)) > 2

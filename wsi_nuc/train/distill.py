@@ -1,0 +1,299 @@
+"""Offline knowledge distillation of the (frozen) teacher U-Net into a small student U-Net.
+
+Per training step, on the same augmented batch the supervised loop draws:
+
+1. the frozen teacher gives its raw head outputs and decoder features (no gradient);
+2. the student is trained on a weighted sum of
+
+   - ``supervised``: the ordinary head losses on the labels (:func:`head_losses`, ``train.loss_weights``);
+   - ``kd_fg`` / ``kd_boundary`` / ``kd_centre``: binary KL divergence between the teacher's and the
+     student's temperature-softened probabilities ``sigmoid(z / T)``, scaled by ``T**2`` (Hinton et al.);
+   - ``kd_dist`` / ``kd_hv``: MSE between the student's and the teacher's activated regression maps
+     (``sigmoid(dist)``, ``tanh(hv)``);
+   - ``feat``: intermediate-feature matching (FitNets): a 1x1 conv adapter maps each chosen student decoder
+     level onto the teacher's channels; MSE, normalised by the teacher feature's mean square so levels
+     of different magnitude count alike. Adapters exist only during training: they are checkpointed (to
+     resume) but never exported with the student.
+
+   Rare pixels are re-weighted in every KD term: the per-pixel KD loss is multiplied by
+   ``1 + rare_weight * (weight - 1)``, where ``weight`` is the training target's pixel weight map (high,
+   5 by default, on the borders between touching nuclei), and normalised by the sum of the weights. So
+   the student is not allowed to trade those few, decisive pixels for the bulk of easy ones.
+   ``rare_weight: 0`` gives uniform KD weights.
+
+Every term has a weight under ``distill:`` in the config; weight 0 switches it off (and skips its
+computation). The run folder, checkpoints (keys model/optim/step/cpu_s + adapters), resume, the
+val-every-N-steps log and the exported model folder follow :func:`wsi_nuc.train.loop.train`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..config import write_config
+from ..errors import InputError
+from ..model.io import load_model, save_model
+from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
+from .augment import AugmentConfig
+from .loop import NORM_MEAN, NORM_STD, load_split, lr_at, make_batch, model_meta, save_checkpoint, val_batches
+from .losses import head_losses
+
+# Defaults of the ``distill:`` config section.
+DISTILL_DEFAULTS = {
+    "temperature": 2.0,
+    "supervised": 1.0,       # weight of head_losses on the labels
+    "kd_fg": 1.0,
+    "kd_boundary": 1.0,
+    "kd_centre": 0.5,
+    "kd_dist": 2.0,
+    "kd_hv": 1.0,
+    "feat": 0.5,
+    "feature_levels": [0, 1, 2],   # decoder levels counted from the finest (0 = full resolution)
+    "rare_weight": 1.0,      # KD pixel weight = 1 + rare_weight * (weight_map - 1)
+    "max_params": 2_000_000,
+    "min_flop_ratio": 4.0,   # teacher MACs/px / student MACs/px
+}
+
+SIGMOID_HEADS = {"kd_fg": 0, "kd_boundary": 1, "kd_centre": 5}
+
+
+def distill_settings(cfg: dict) -> dict:
+    d = dict(DISTILL_DEFAULTS)
+    d.update(cfg.get("distill") or {})
+    unknown = set(d) - set(DISTILL_DEFAULTS)
+    if unknown:
+        raise InputError(f"distill: unknown keys {sorted(unknown)} (known: {sorted(DISTILL_DEFAULTS)})")
+    return d
+
+
+class FeatureAdapters(nn.Module):
+    """1x1 conv adapters from student decoder channels to teacher decoder channels, one per level.
+
+    ``levels`` count decoder levels from the finest (0 = full resolution, 1 = half, ...): the same level
+    has the same resolution in any two U-Nets of this family, whatever their depth.
+    """
+
+    def __init__(self, student: NetConfig, teacher: NetConfig, levels):
+        super().__init__()
+        n = min(student.depth, teacher.depth) - 1
+        self.levels = [int(k) for k in levels]
+        bad = [k for k in self.levels if not 0 <= k < n]
+        if bad:
+            raise InputError(f"distill.feature_levels {bad}: must lie in 0..{n - 1} for these depths")
+        sc, tc = student.channels(), teacher.channels()
+        self.convs = nn.ModuleList(nn.Conv2d(sc[k], tc[k], 1) for k in self.levels)
+
+    def forward(self, s_feats: list, t_feats: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pairs (adapted student feature, teacher feature); feature lists are coarse to fine."""
+        pairs = []
+        for k, conv in zip(self.levels, self.convs):
+            s, t = s_feats[-1 - k], t_feats[-1 - k]
+            a = conv(s)
+            if a.shape[-2:] != t.shape[-2:]:
+                a = F.interpolate(a, size=t.shape[-2:], mode="bilinear", align_corners=False)
+            pairs.append((a, t))
+        return pairs
+
+
+def binary_kl(s_logit: torch.Tensor, t_logit: torch.Tensor, T: float) -> torch.Tensor:
+    """Per-pixel KL(teacher || student) of Bernoulli distributions at temperature T, times T**2."""
+    ls_p, ls_n = F.logsigmoid(s_logit / T), F.logsigmoid(-s_logit / T)
+    lt_p, lt_n = F.logsigmoid(t_logit / T), F.logsigmoid(-t_logit / T)
+    pt = lt_p.exp()
+    kl = pt * (lt_p - ls_p) + (1 - pt) * (lt_n - ls_n)
+    return kl * (T * T)
+
+
+def _wmean(loss: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of a (B, H, W) or (B, C, H, W) loss map by a (B, H, W) weight map."""
+    if loss.dim() == 4:
+        loss = loss.mean(dim=1)
+    return (loss * w).sum() / w.sum().clamp(min=1e-6)
+
+
+def kd_losses(s_out: torch.Tensor, t_out: torch.Tensor, pix_w: torch.Tensor, T: float,
+              weights: dict) -> dict:
+    """Head-wise KD terms (unweighted values) for the terms whose weight is non-zero."""
+    parts = {}
+    for key, c in SIGMOID_HEADS.items():
+        if weights.get(key, 0):
+            parts[key] = _wmean(binary_kl(s_out[:, c], t_out[:, c], T), pix_w)
+    if weights.get("kd_dist", 0):
+        parts["kd_dist"] = _wmean((torch.sigmoid(s_out[:, 2]) - torch.sigmoid(t_out[:, 2])) ** 2, pix_w)
+    if weights.get("kd_hv", 0):
+        parts["kd_hv"] = _wmean((torch.tanh(s_out[:, 3:5]) - torch.tanh(t_out[:, 3:5])) ** 2, pix_w)
+    return parts
+
+
+def feature_loss(pairs, pix_w: torch.Tensor) -> torch.Tensor:
+    """Mean over levels of the normalised, rare-pixel-weighted feature MSE."""
+    total = 0.0
+    for a, t in pairs:
+        w = pix_w.unsqueeze(1)
+        if w.shape[-2:] != t.shape[-2:]:
+            w = F.adaptive_avg_pool2d(w, t.shape[-2:])
+        scale = t.detach().pow(2).mean().clamp(min=1e-6)
+        total = total + _wmean((a - t) ** 2, w[:, 0]) / scale
+    return total / max(1, len(pairs))
+
+
+def load_teacher(cfg: dict) -> tuple[UNet, dict]:
+    name = cfg.get("teacher")
+    if not name:
+        raise InputError("distill: the config needs 'teacher' (a shipped model name or a model folder)")
+    teacher, tcfg = load_model(name, "cpu")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    mpp = cfg["data"].get("mpp")
+    if tcfg.get("mpp") and mpp and abs(float(tcfg["mpp"]) - float(mpp)) > 1e-6:
+        raise InputError(f"teacher works at mpp {tcfg['mpp']}, the config at {mpp}: they must match")
+    norm = tcfg.get("norm") or {}
+    if norm and (norm.get("mean") != NORM_MEAN or norm.get("std") != NORM_STD):
+        raise InputError(f"teacher normalisation {norm} differs from the training loop's")
+    return teacher, tcfg
+
+
+def check_student(student: NetConfig, teacher: NetConfig, d: dict) -> dict:
+    """Param and FLOP budget of the student against the teacher; raises if over budget."""
+    n = count_params(UNet(student))
+    s_macs, t_macs = macs_per_pixel(student), macs_per_pixel(teacher)
+    ratio = t_macs / s_macs
+    if n > d["max_params"]:
+        raise InputError(f"student has {n:,} params, over distill.max_params {d['max_params']:,}")
+    if ratio < d["min_flop_ratio"]:
+        raise InputError(f"student MACs/px {s_macs:,.0f} is only {ratio:.2f}x fewer than the teacher's "
+                         f"{t_macs:,.0f} (distill.min_flop_ratio {d['min_flop_ratio']})")
+    return {"params": n, "student_macs_per_px": s_macs, "teacher_macs_per_px": t_macs,
+            "flop_ratio": round(ratio, 3)}
+
+
+def _step_loss(student, teacher, adapters, x, t, sup_w, d):
+    s_out, s_feats = student(x, return_features=True)
+    with torch.no_grad():
+        t_out, t_feats = teacher(x, return_features=True)
+    parts = {}
+    total = 0.0
+    if d["supervised"]:
+        sup, sparts = head_losses(s_out, t, sup_w)
+        total = total + d["supervised"] * sup
+    else:  # still logged, without a gradient
+        with torch.no_grad():
+            sup, sparts = head_losses(s_out, t, sup_w)
+    parts.update(sparts)
+    parts["supervised"] = float(sup.detach())
+    pix_w = 1.0 + float(d["rare_weight"]) * (t["weight"] - 1.0)
+    T = float(d["temperature"])
+    for k, v in kd_losses(s_out, t_out, pix_w, T, d).items():
+        total = total + d[k] * v
+        parts[k] = float(v.detach())
+    if d["feat"] and adapters is not None:
+        f = feature_loss(adapters(s_feats, t_feats), pix_w)
+        total = total + d["feat"] * f
+        parts["feat"] = float(f.detach())
+    return total, parts
+
+
+@torch.no_grad()
+def validate_distill(student, teacher, adapters, val_set, size, sup_w, d) -> dict:
+    """Mean supervised val loss (comparable with the teacher's ``val_loss``) and mean total KD loss."""
+    student.eval()
+    sup, tot = [], []
+    for x, t in val_batches(val_set, size):
+        total, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d)
+        sup.append(parts["supervised"])
+        tot.append(float(total))
+    return {"val_loss": float(np.mean(sup)) if sup else float("nan"),
+            "val_total": float(np.mean(tot)) if tot else float("nan")}
+
+
+def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
+    """Distil (or resume distilling) the config's teacher into its student; returns the model folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, out / "config.resolved.yaml")
+    tc = cfg["train"]
+    d = distill_settings(cfg)
+    torch.set_num_threads(int(tc.get("threads", 2)))
+    torch.manual_seed(int(tc.get("seed", 0)))
+    mpp = cfg["data"].get("mpp")
+    teacher, tcfg = load_teacher(cfg)
+    s_cfg = NetConfig.from_dict(cfg["model"])
+    budget = check_student(s_cfg, teacher.cfg, d)
+    student = UNet(s_cfg)
+    adapters = FeatureAdapters(s_cfg, teacher.cfg, d["feature_levels"]) if d["feat"] else None
+    params = list(student.parameters()) + (list(adapters.parameters()) if adapters is not None else [])
+    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 1e-4))
+    aug_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in (cfg.get("augment") or {}).items()})
+    sup_w = tc.get("loss_weights", {})
+    step, cpu_s = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        student.load_state_dict(state["model"])
+        if adapters is not None and "adapters" in state:
+            adapters.load_state_dict(state["adapters"])
+        opt.load_state_dict(state["optim"])
+        step, cpu_s = int(state["step"]), float(state["cpu_s"])
+        log(f"resumed from {ckpt} at step {step}")
+    rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
+    train_set = load_split(cfg["data"], "train", mpp)
+    val_set = load_split(cfg["data"], "val", mpp)
+    log(f"{len(train_set)} train / {len(val_set)} val images at mpp={mpp}; teacher {tcfg.get('name')} "
+        f"({budget['teacher_macs_per_px']:,.0f} MACs/px) -> student params={budget['params']:,} "
+        f"MACs/px={budget['student_macs_per_px']:,.0f} ({budget['flop_ratio']:.2f}x fewer)")
+    total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
+    logf = open(out / "log.jsonl", "a")
+    last_ckpt = time.time()
+    t_cpu0 = time.process_time()
+    run_loss = None
+
+    def extra():
+        return {"adapters": adapters.state_dict()} if adapters is not None else {}
+
+    while step < total:
+        student.train()
+        if adapters is not None:
+            adapters.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50)))
+        x, t = make_batch(train_set, size, bs, aug_cfg, rng)
+        loss, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        run_loss = float(loss) if run_loss is None else 0.95 * run_loss + 0.05 * float(loss)
+        if step % 10 == 0 or step == total:
+            rec = {"step": step, "loss": float(loss), "ema": run_loss, "lr": opt.param_groups[0]["lr"],
+                   "cpu_s": cpu_s + time.process_time() - t_cpu0, "time": time.time(), **parts}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+        if step % int(tc.get("val_every", 100)) == 0 or step == total:
+            v = validate_distill(student, teacher, adapters, val_set, size, sup_w, d)
+            logf.write(json.dumps({"step": step, **v}) + "\n")
+            logf.flush()
+            log(f"step {step}/{total} loss {run_loss:.4f} val {v['val_loss']:.4f} "
+                f"val_total {v['val_total']:.4f}")
+        if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
+            save_checkpoint(ckpt, student, opt, step, cpu_s + time.process_time() - t_cpu0, extra())
+            last_ckpt = time.time()
+        if step % int(tc.get("snapshot_every", 250)) == 0:
+            save_model(student, out / "snapshots" / f"step{step:06d}", model_meta(cfg))
+    cpu_s += time.process_time() - t_cpu0
+    meta = model_meta(cfg)
+    meta["params"] = budget["params"]
+    meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
+    meta["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),
+                            "teacher_name": tcfg.get("name"), **budget,
+                            "weights": {k: v for k, v in d.items() if k not in ("max_params", "min_flop_ratio")}}
+    model_dir = save_model(student, out / "model", meta)
+    logf.close()
+    return model_dir

@@ -1,0 +1,226 @@
+"""INT8 post-training static quantisation (PyTorch FX graph mode), stored without pickle.
+
+``quantize_model`` traces the fp32 U-Net with ``prepare_fx`` (eval mode: Conv+BN(+ReLU) are fused, BN
+folded into the conv), calibrates the inserted observers on training crops, checks the converted model
+against fp32, and writes a model folder whose ``model.safetensors`` holds the *prepared* graph's state:
+the BN-folded fp32 weights plus every activation observer's state (HistogramObserver: histogram, min,
+max). ``load_int8`` rebuilds it deterministically with no data: UNet(arch) -> prepare_fx (same qconfig)
+-> load that state -> ``convert_fx``. convert_fx derives the weight qparams from the weights and the
+activation qparams from the stored histograms, so the rebuilt model is bit-identical to the one checked.
+
+QConfig: weights int8 per-channel symmetric (PerChannelMinMaxObserver, qint8); activations quint8 with
+HistogramObserver, whose qparams minimise the L2 quantisation error over the calibration histogram;
+backend "x86" (fbgemm/onednn kernels). ``reduce_range`` (7-bit activations, default True, as PyTorch's
+x86 default) avoids int16 accumulation saturation on CPUs without AVX512-VNNI.
+
+INT8 models run on CPU only; the forward returns the same float (B, 6, H, W) raw outputs as the fp32 net.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..model.net import NetConfig, UNet
+
+BACKEND = "x86"
+
+
+class _Plain(nn.Module):
+    """Traceable wrapper: forward(x) -> raw outputs only (no ``return_features`` branch)."""
+
+    def __init__(self, net: UNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Int8UNet(nn.Module):
+    """A converted INT8 graph with the fp32 UNet's interface (``cfg``, ``stride``, float outputs)."""
+
+    def __init__(self, graph: nn.Module, cfg: NetConfig):
+        super().__init__()
+        self.graph = graph
+        self.cfg = cfg
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (self.cfg.depth - 1)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        if return_features:
+            raise ValueError("an INT8 model does not return decoder features")
+        return self.graph(x.float().cpu())
+
+
+def qconfig_mapping(reduce_range: bool = True):
+    from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+
+    qc = QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=bool(reduce_range)),
+                 weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                           qscheme=torch.per_channel_symmetric))
+    return QConfigMapping().set_global(qc)
+
+
+def prepare(net: UNet, reduce_range: bool = True) -> nn.Module:
+    """The observed (prepared) FX graph of an fp32 net, BN folded."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = BACKEND
+    example = (torch.zeros(1, net.cfg.in_channels, net.stride * 2, net.stride * 2),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_fx(_Plain(net.eval()), qconfig_mapping(reduce_range), example)
+
+
+def convert(prepared: nn.Module, cfg: NetConfig) -> Int8UNet:
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    torch.backends.quantized.engine = BACKEND
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Int8UNet(convert_fx(prepared), cfg).eval()
+
+
+def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8 random unaugmented crops of the train split at the working mpp."""
+    from .loop import load_split
+
+    if isinstance(data_cfg, (str, Path)):
+        data_cfg = {"roots": [str(data_cfg)]}
+    samples = load_split(data_cfg, "train", mpp)
+    if not samples:
+        raise InputError(f"no labelled train images in {data_cfg.get('roots')}")
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(int(n_crops)):
+        s = samples[rng.integers(len(samples))]
+        img = s.image
+        h, w = img.shape[:2]
+        if h < size or w < size:
+            img = np.pad(img, ((0, max(size - h, 0)), (0, max(size - w, 0)), (0, 0)), constant_values=235)
+            h, w = img.shape[:2]
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        crops.append(img[y:y + size, x:x + size])
+    return np.stack(crops)
+
+
+def _to_input(rgb: np.ndarray, norm: dict) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(0, 3, 1, 2)
+    return (x / 255.0 - norm["mean"]) / norm["std"]
+
+
+@torch.no_grad()
+def quantize_net(net: UNet, crops: np.ndarray, batch: int = 8, norm: dict | None = None,
+                 reduce_range: bool = True) -> tuple[dict, Int8UNet]:
+    """Calibrate on crops (n, H, W, 3) uint8; returns (prepared-graph state: folded weights + observer
+    state, int8 model)."""
+    norm = norm or {"mean": 0.5, "std": 0.25}
+    prepared = prepare(net, reduce_range)
+    for i in range(0, len(crops), int(batch)):
+        prepared(_to_input(crops[i:i + batch], norm))
+    # convert_fx may reuse the prepared modules: snapshot the state to save first
+    state = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
+    return state, convert(prepared, net.cfg)
+
+
+@torch.no_grad()
+def compare(net: nn.Module, qnet: nn.Module, x: torch.Tensor) -> dict:
+    """fp32 vs int8 on one batch: max / mean abs diff of sigmoid(fg), and of all raw outputs."""
+    a, b = net(x).float(), qnet(x).float()
+    pa, pb = torch.sigmoid(a[:, 0]), torch.sigmoid(b[:, 0])
+    return {"fg_prob_max_abs_diff": float((pa - pb).abs().max()),
+            "fg_prob_mean_abs_diff": float((pa - pb).abs().mean()),
+            "fg_mask_agreement": float(((pa > 0.5) == (pb > 0.5)).float().mean()),
+            "raw_max_abs_diff": float((a - b).abs().max())}
+
+
+def save_int8(state: dict, src_cfg: dict, out_dir: str | Path, info: dict) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    cfg = {k: v for k, v in src_cfg.items() if k not in ("path", "calibration")}
+    cfg["name"] = f"{src_cfg.get('name', 'model')}-int8"
+    cfg["quantized"] = "int8"
+    cfg["storage_dtype"] = "float32 (BN folded) + observer state"
+    cfg["quantization"] = info
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+def load_int8(model_dir, device: str | torch.device = "cpu") -> Int8UNet:
+    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
+    from safetensors.torch import load_file
+
+    from ..model.io import read_model_config, resolve_model_dir
+
+    if torch.device(device).type != "cpu":
+        raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
+    model_dir = resolve_model_dir(model_dir)
+    cfg = read_model_config(model_dir)
+    if cfg.get("quantized") != "int8":
+        raise InputError(f"{model_dir}: not an INT8 model folder")
+    q = cfg.get("quantization") or {}
+    arch = NetConfig.from_dict(cfg["arch"])
+    prepared = prepare(UNet(arch), q.get("reduce_range", True))
+    state = load_file(str(model_dir / "model.safetensors"))
+    missing, unexpected = prepared.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"{model_dir}: INT8 state does not match the traced graph (torch "
+                         f"{torch.__version__}, saved with {q.get('torch')}): missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return convert(prepared, arch)
+
+
+def time_forward(net, x, iters: int = 3) -> float:
+    with torch.no_grad():
+        net(x)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            net(x)
+    return (time.perf_counter() - t0) / iters
+
+
+def quantize_model(model_dir, dataset_cfg, out_dir, n_crops: int = 80, batch: int = 8, crop: int = 256,
+                   seed: int = 0, reduce_range: bool = True, bench: bool = True, log=print) -> Path:
+    """Quantise a model folder to INT8, calibrated on ``n_crops`` train crops at batch ``batch``.
+
+    ``dataset_cfg``: a dataset folder or a config ``data`` mapping (``roots``). The check (fp32 vs int8 on
+    held-out crops of the same images, and the load-from-disk round trip) goes into config.json.
+    """
+    from ..model.io import load_model
+
+    net, cfg = load_model(model_dir, "cpu")
+    norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
+    crops = calibration_crops(dataset_cfg, cfg.get("mpp"), n_crops, crop, seed)
+    state, qnet = quantize_net(net, crops, batch, norm, reduce_range)
+    check_x = _to_input(calibration_crops(dataset_cfg, cfg.get("mpp"), 4, crop, seed + 1), norm)
+    info = {"backend": BACKEND, "mode": "fx static", "weights": "int8 per-channel symmetric",
+            "activations": "quint8 HistogramObserver" + (" (reduce_range)" if reduce_range else ""),
+            "reduce_range": bool(reduce_range), "calibration_crops": int(n_crops), "batch": int(batch),
+            "crop": int(crop), "seed": int(seed), "source": str(cfg.get("path")), "torch": torch.__version__}
+    info["check"] = compare(net, qnet, check_x)
+    out = save_int8(state, cfg, out_dir, info)
+    reloaded = load_int8(out)
+    with torch.no_grad():
+        if not torch.equal(reloaded(check_x), qnet(check_x)):
+            raise RuntimeError("INT8 reload from safetensors is not bit-identical to the calibrated model")
+    if bench:
+        info["speed"] = {"batch": list(check_x.shape), "threads": torch.get_num_threads(),
+                         "fp32_s": round(time_forward(net, check_x), 4),
+                         "int8_s": round(time_forward(reloaded, check_x), 4)}
+        info["speed"]["speedup"] = round(info["speed"]["fp32_s"] / info["speed"]["int8_s"], 3)
+        save_int8(state, cfg, out_dir, info)
+    if log:
+        log(f"int8 vs fp32: {info['check']}" + (f"; speed {info['speed']}" if bench else ""))
+    return out
