@@ -64,6 +64,21 @@ def _run(a) -> int:
     return 0
 
 
+def _batch(a) -> int:
+    from .cohort import run_cohort
+    from .pipeline import RunSettings
+
+    st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
+                     tissue_detection=not a.no_tissue_detection, workers=a.workers,
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet)
+    res = run_cohort(a.cohort, a.out, st, force=a.force, parallel_slides=a.parallel_slides, debug=a.debug)
+    if not a.quiet:
+        n, done, skipped, failed = len(res.rows), res.count("done"), res.count("skipped"), res.count("failed")
+        print(f"{done + skipped}/{n} slides done ({skipped} skipped), {failed} failed, {res.seconds:.1f} s "
+              f"-> {res.manifest}")
+    return res.exit_code
+
+
 def _eval(a) -> int:
     import json
 
@@ -140,9 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
     r.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
     r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
-    r.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass")
+    r.add_argument("--batch", type=_positive_int, default=2, help="tiles per forward pass")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_run)
+
+    b = sub.add_parser("batch", help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
+    b.add_argument("cohort", help="CSV with a 'path' column (other columns are carried), a folder of slides "
+                                  "(not recursive), a quoted glob, or one slide")
+    b.add_argument("--out", default="wsi-nuc-out",
+                   help="output folder: OUT/<slide stem>/ per slide, OUT/cohort.csv, OUT/cohort_summary.csv")
+    b.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cuda: inference tasks ask for workers started with --resources GPU=1")
+    b.add_argument("--tile", type=_positive_int, default=512, help="tile core edge, working px (default 512)")
+    b.add_argument("--halo", type=int, default=64, help="context around each tile, working px (default 64)")
+    b.add_argument("--mpp", type=float, help="microns per level-0 pixel for every slide (a CSV 'mpp' column "
+                                             "overrides it per slide)")
+    b.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
+    b.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
+    b.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    b.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass")
+    b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
+                   help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
+    b.add_argument("--force", action="store_true", help="redo slides that are already done")
+    b.add_argument("--quiet", action="store_true", help="no progress line")
+    b.set_defaults(func=_batch)
 
     e = sub.add_parser("eval", help="score a model on an annotated dataset folder")
     e.add_argument("dataset")

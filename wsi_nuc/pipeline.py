@@ -33,7 +33,7 @@ class RunSettings:
     tissue_detection: bool = True
     workers: int | None = None
     scheduler: str | None = None
-    batch: int = 4                  # tiles per network forward pass
+    batch: int = 2                  # tiles per network forward pass
     tiles_per_task: int = 4
     margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
     quiet: bool = False
@@ -165,7 +165,6 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
     from .morphometry import COLUMNS
     from .writers.geojson import write_geojson
     from .writers.labels_zarr import write_labels_zarr
-    from .writers.qc import write_qc_png
     from .writers.table import write_csv
 
     meas_cols = [c for c in COLUMNS if c not in ("nucleus_id",)]
@@ -178,9 +177,7 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
                 m.update({c: float(tn.columns[c][i]) for c in meas_cols})
                 yield nid, tn.polygon(i), m
 
-        n = write_geojson(gj, features())
-        if settings.geojson_gz:  # keep the plain name too, as a pointer users expect
-            pass
+        n = write_geojson(gj, features(), id_namespace=Path(info.path).name)
     with timer("write_csv"):
         def rows():
             for nid, tn, i in iter_final(tiles, keep):
@@ -194,7 +191,7 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         write_labels_zarr(tmp / "labels.zarr", (grid.height, grid.width), index, geom.f, geom.level0_mpp)
     tissue_mm2 = float(tissue.area_mm2(info.mpp))
     with timer("write_qc"):
-        write_qc(tmp / "qc.png", reader, tissue, tiles, keep)
+        write_qc(tmp / "qc.png", reader, tissue, tiles, keep, info.mpp)
     import torch
 
     return {
@@ -260,7 +257,7 @@ class FinalIndex:
     query = __call__
 
 
-def write_qc(path: Path, reader, tissue, tiles, keep) -> None:
+def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float) -> None:
     from .graph import iter_final
     from .slide import read_thumbnail
     from .writers.qc import write_qc_png
@@ -282,4 +279,4 @@ def write_qc(path: Path, reader, tissue, tiles, keep) -> None:
         polys = [tn.polygon(i) - (x0, y0) for i in idx
                  if x0 <= tn.columns["centroid_x_px"][i] < x0 + 256 and y0 <= tn.columns["centroid_y_px"][i] < y0 + 256]
         zooms.append((crop, polys))
-    write_qc_png(path, thumb, scale, tissue.mask, cents, zooms)
+    write_qc_png(path, thumb, scale, tissue.mask, cents, zooms, level0_mpp=level0_mpp)

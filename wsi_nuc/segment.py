@@ -68,6 +68,7 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     3. outlines in level-0 coordinates and per-nucleus measurements.
     """
     from .morphometry import measure_nuclei
+    from .writers.geojson import clean_polygon
 
     ids = np.unique(labels)
     ids = ids[ids > 0]
@@ -78,7 +79,7 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     keep = np.array([tile.owns(y, x, margin) for y, x in zip(gy, gx)], bool) if len(ids) else np.zeros(0, bool)
     ids, gy, gx = ids[keep], gy[keep], gx[keep]
     origin = (tile.read.x0 * f, tile.read.y0 * f)
-    polys = polygons_level0(labels, ids, f, origin)
+    polys = [None if p is None else clean_polygon(p) for p in polygons_level0(labels, ids, f, origin)]
     ok = np.array([p is not None for p in polys], bool) if polys else np.zeros(0, bool)
     ids, gy, gx = ids[ok], gy[ok], gx[ok]
     polys = [p for p in polys if p is not None]

@@ -1,0 +1,117 @@
+"""Distillation: student budget, adapters, KD terms, and a 3-step run that resumes (real MoNuSeg crops)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from wsi_nuc.model.io import load_model, save_model
+from wsi_nuc.model.net import NetConfig, UNet, count_params, macs_per_pixel
+from wsi_nuc.train.distill import (
+    FeatureAdapters,
+    binary_kl,
+    check_student,
+    distill,
+    distill_settings,
+    kd_losses,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dataset_view(shared: Path, dst: Path, n_train: int = 2, n_val: int = 1) -> Path:
+    """A small dataset folder of symlinks to a few real MoNuSeg images (fast to load)."""
+    src = shared / "data" / "monuseg2018-train"
+    if not (src / "dataset.json").is_file():
+        pytest.skip(f"dataset not found: {src}")
+    meta = json.loads((src / "dataset.json").read_text())
+    train, val = meta["split"]["train"][:n_train], meta["split"]["val"][:n_val]
+    for sub, ext in (("images", "png"), ("labels", "tif")):
+        (dst / sub).mkdir(parents=True)
+        for stem in train + val:
+            (dst / sub / f"{stem}.{ext}").symlink_to(src / sub / f"{stem}.{ext}")
+    meta["split"] = {"train": train, "val": val}
+    (dst / "dataset.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_shipped_student_config_meets_budget():
+    s = yaml.safe_load((REPO / "configs" / "he-student.yaml").read_text())
+    t = yaml.safe_load((REPO / "configs" / "he-teacher.yaml").read_text())
+    sc, tc = NetConfig.from_dict(s["model"]), NetConfig.from_dict(t["model"])
+    assert count_params(UNet(sc)) <= 2_000_000
+    assert macs_per_pixel(tc) / macs_per_pixel(sc) >= 4.0
+    b = check_student(sc, tc, distill_settings(s))
+    assert b["flop_ratio"] >= 4.0 and b["params"] == count_params(UNet(sc))
+    # base 16 / max 128 is just over the 4x budget: the check must refuse it
+    with pytest.raises(Exception, match="fewer"):
+        check_student(NetConfig(base=16, depth=4, max_channels=128), tc, distill_settings(s))
+
+
+def test_adapters_map_student_to_teacher_shapes():
+    s_cfg, t_cfg = NetConfig(base=4, depth=3, max_channels=16), NetConfig(base=8, depth=4, max_channels=32)
+    s, t = UNet(s_cfg), UNet(t_cfg)
+    x = torch.randn(2, 3, 32, 32)
+    _, sf = s(x, return_features=True)
+    _, tf = t(x, return_features=True)
+    ad = FeatureAdapters(s_cfg, t_cfg, [0, 1])
+    pairs = ad(sf, tf)
+    assert [tuple(a.shape) for a, _ in pairs] == [(2, 8, 32, 32), (2, 16, 16, 16)]
+    assert all(a.shape == b.shape for a, b in pairs)
+    with pytest.raises(Exception):
+        FeatureAdapters(s_cfg, t_cfg, [2])  # the depth-3 student has only decoder levels 0 and 1
+
+
+def test_binary_kl_and_rare_weighting():
+    z = torch.randn(2, 8, 8)
+    assert float(binary_kl(z, z, 2.0).abs().max()) < 1e-6
+    assert float(binary_kl(z, z + 1, 2.0).min()) > 0
+    t_out = torch.randn(1, 6, 8, 8)
+    s_out = t_out.clone()
+    s_out[:, :, :2] += 3.0                   # the student errs only on the first two rows
+    w = dict(kd_fg=1, kd_boundary=1, kd_centre=1, kd_dist=1, kd_hv=1)
+    uniform = kd_losses(s_out, t_out, torch.ones(1, 8, 8), 2.0, w)
+    pix_w = torch.ones(1, 8, 8)
+    pix_w[:, :2] = 5.0                        # ... which are the rare (touching-border) pixels
+    rare = kd_losses(s_out, t_out, pix_w, 2.0, w)
+    assert set(rare) == set(w)
+    for k in w:
+        assert rare[k] > uniform[k] > 0
+    assert "kd_fg" not in kd_losses(s_out, t_out, pix_w, 2.0, {**w, "kd_fg": 0})
+
+
+def test_distill_three_steps_then_resume(shared, tmp_path):
+    data = dataset_view(shared, tmp_path / "data")
+    torch.manual_seed(0)
+    teacher = UNet(NetConfig(base=8, depth=3, max_channels=32))
+    save_model(teacher, tmp_path / "teacher", {"name": "t", "mpp": 0.5, "norm": {"mean": 0.5, "std": 0.25}})
+    cfg = yaml.safe_load((REPO / "configs" / "he-student.yaml").read_text())
+    cfg["teacher"] = str(tmp_path / "teacher")
+    cfg["data"]["roots"] = [str(data)]
+    cfg["model"] = {"base": 4, "depth": 3, "max_channels": 8}
+    cfg["train"].update(steps=3, batch=2, crop=128, val_every=100, snapshot_every=1000, warmup=2, threads=1)
+    cfg["distill"]["feature_levels"] = [0, 1]
+    logs = []
+    distill(cfg, tmp_path / "run", log=logs.append)
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if "loss" in r]
+    assert train_recs[-1]["step"] == 3 and np.isfinite(train_recs[-1]["loss"])
+    for k in ("kd_fg", "kd_boundary", "kd_centre", "kd_dist", "kd_hv", "feat", "supervised"):
+        assert np.isfinite(train_recs[-1][k]), k
+    assert np.isfinite([r for r in recs if "val_loss" in r][-1]["val_loss"])
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 3 and {"model", "optim", "step", "cpu_s", "adapters"} <= set(ck)
+    net, mcfg = load_model(tmp_path / "run" / "model")
+    assert not any(k.startswith("adapters") for k in net.state_dict())
+    assert mcfg["distillation"]["flop_ratio"] >= 4.0
+    # resume: two more steps continue from step 3
+    cfg["train"]["steps"] = 5
+    logs.clear()
+    distill(cfg, tmp_path / "run", log=logs.append)
+    assert any("at step 3" in m for m in logs)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["training"]["steps"] == 5

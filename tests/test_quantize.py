@@ -1,0 +1,67 @@
+"""INT8 static quantisation: calibrate on real crops, store in safetensors, rebuild, compare with fp32."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_nuc.model.io import load_model, save_model
+from wsi_nuc.model.net import NetConfig, UNet
+from wsi_nuc.train.quantize import calibration_crops, load_int8, quantize_model
+
+
+def dataset(shared: Path) -> Path:
+    root = shared / "data" / "monuseg2018-train"
+    if not (root / "dataset.json").is_file():
+        pytest.skip(f"dataset not found: {root}")
+    return root
+
+
+def small_model(tmp_path: Path, root: Path) -> Path:
+    """A random small UNet whose BatchNorm statistics are estimated on real crops (as after training)."""
+    torch.manual_seed(0)
+    net = UNet(NetConfig(base=8, depth=3, max_channels=16))
+    crops = calibration_crops(str(root), 0.5, 8, 64, seed=3)
+    x = (torch.from_numpy(crops.astype(np.float32)).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None                                   # cumulative average
+    with torch.no_grad():
+        net.train()(x)
+    return save_model(net.eval(), tmp_path / "fp32", {"name": "small", "mpp": 0.5,
+                                                       "norm": {"mean": 0.5, "std": 0.25}})
+
+
+def test_int8_from_safetensors_matches_fp32(shared, tmp_path):
+    torch.set_num_threads(1)
+    root = dataset(shared)
+    src = small_model(tmp_path, root)
+    out = quantize_model(src, str(root), tmp_path / "int8", n_crops=8, batch=4, crop=64, bench=False,
+                         log=None)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantized"] == "int8" and cfg["quantization"]["calibration_crops"] == 8
+    assert cfg["arch"]["base"] == 8
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "model.safetensors"))        # plain tensors, no pickle
+    assert any(k.endswith("histogram") for k in state)
+    assert not any("running_mean" in k for k in state)       # BatchNorm folded into the convs
+    fp32, _ = load_model(src)
+    q1, q2 = load_int8(out), load_int8(out)
+    x = torch.from_numpy(calibration_crops(str(root), 0.5, 2, 64, seed=5).astype(np.float32))
+    x = (x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
+    with torch.no_grad():
+        a, b, c = fp32(x), q1(x), q2(x)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert torch.equal(b, c), "rebuilding from disk must be deterministic"
+    pa, pb = torch.sigmoid(a[:, 0]), torch.sigmoid(b[:, 0])
+    assert float((pa - pb).abs().mean()) < 0.05
+    rel = float((a - b).abs().mean() / a.abs().mean())
+    assert rel < 0.1, rel
+    assert q1.stride == 4
+    with pytest.raises(Exception):
+        load_int8(src)                                        # not an INT8 folder
