@@ -399,6 +399,17 @@ def test_cohort_on_scheduler_and_workers(reference, dask_cluster, cohort_csv, mo
     print(f"\nscheduler + 2 workers: cohort {seconds:.1f} s, re-run {again:.1f} s")
 
 
+def test_device_cuda_without_gpu_workers_is_a_usage_error(dask_cluster, cohort_csv, model_dir, tmp_path,
+                                                           capsys):
+    rc = main(_args(cohort_csv, tmp_path / "out", model_dir, "--scheduler", dask_cluster, "--device", "cuda"))
+    if rc == 2:
+        assert "no worker of this cluster has a CUDA device" in capsys.readouterr().err
+    else:  # this machine's workers do have CUDA
+        import torch
+
+        assert torch.cuda.is_available()
+
+
 def test_worker_killed_mid_run_loses_nothing(reference, dask_cluster, cohort_csv, model_dir, tmp_path):
     from distributed import Client
 

@@ -16,6 +16,20 @@ def torch_threads(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
+class TorchThreads:
+    """Worker plugin: each LocalCluster worker process gets its share of the cores for torch."""
+
+    name = "wsi-nuc-torch-threads"
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def setup(self, worker):
+        import torch
+
+        torch.set_num_threads(self.n)
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, dashboard: bool = False):
     """Yield a ``distributed.Client``: connected to ``scheduler``, or to a fresh LocalCluster."""
@@ -37,9 +51,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
             client.close()
         return
     n = workers or default_workers()
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=":0" if dashboard else None, silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR)
     client = Client(cluster)
+    client.register_plugin(TorchThreads(torch_threads(n)), name=TorchThreads.name)
     try:
         yield client
     finally:

@@ -36,8 +36,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from .errors import InputError
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
@@ -415,18 +413,6 @@ class Progress:
         self.stream.flush()
 
 
-class TorchThreads(WorkerPlugin):
-    """Give each LocalCluster worker process its share of the cores (as ``wsi-nuc run`` does)."""
-
-    def __init__(self, n: int):
-        self.n = int(n)
-
-    def setup(self, worker):
-        import torch
-
-        torch.set_num_threads(self.n)
-
-
 def _dashboard(client, local: bool) -> str | None:
     """The dashboard link, when the scheduler serves one (a LocalCluster here needs bokeh for it)."""
     if local and importlib.util.find_spec("bokeh") is None:
@@ -437,6 +423,22 @@ def _dashboard(client, local: bool) -> str | None:
     except Exception:
         pass
     return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _check_cuda_workers(client) -> None:
+    """--device cuda on a cluster whose workers have no GPU would fail every slide: say so once."""
+    workers = client.scheduler_info().get("workers", {})
+    if not workers or any("GPU" in (w.get("resources") or {}) for w in workers.values()):
+        return  # none yet (an adaptive cluster) or GPU workers advertised: inference goes there
+    if not any(client.run(_cuda_available).values()):
+        raise InputError("--device cuda: no worker of this cluster has a CUDA device (start GPU workers "
+                         "with `dask worker ... --resources GPU=1`, or use --device cpu)")
 
 
 def default_parallel_slides(client) -> int:
@@ -462,7 +464,7 @@ def run_cohort(cohort, out, settings=None, *, force: bool = False, client=None,
     :func:`wsi_nuc.pipeline.run_slide` (tests). Raises InputError for bad usage before any slide starts;
     slide failures are recorded, never raised.
     """
-    from .cluster import dask_client, default_workers, torch_threads
+    from .cluster import dask_client
     from .model.io import resolve_model_dir
     from .pipeline import RunSettings, check_output_dir, run_slide
 
@@ -531,9 +533,8 @@ def run_cohort(cohort, out, settings=None, *, force: bool = False, client=None,
             with warnings.catch_warnings():  # "port 8787 in use, using another": not the user's concern
                 warnings.filterwarnings("ignore", message=".*already in use")
                 cl = stack.enter_context(ctx)
-            if local and run_slide_fn is None:
-                n = settings.workers or default_workers()
-                cl.register_plugin(TorchThreads(torch_threads(n)), name="wsi-nuc-torch-threads")
+            if settings.device == "cuda" and run_slide_fn is None:
+                _check_cuda_workers(cl)
             if not quiet:
                 progress.dashboard = _dashboard(cl, local)
             k = parallel_slides or default_parallel_slides(cl)

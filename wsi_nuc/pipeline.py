@@ -88,7 +88,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     ``progress``: callable(n_tiles_done) for cohort progress; default a tqdm bar unless ``quiet``.
     Returns the summary dict (also written as ``summary.json``).
     """
-    from .cluster import dask_client, torch_threads
+    from .cluster import dask_client
     from .graph import Geometry, TaskSettings, run_tiles, spool_key
     from .model.io import read_model_config, resolve_model_dir
     from .slide import open_slide
@@ -119,7 +119,6 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     grid = make_grid(H, W, settings.tile, settings.halo, align=16,
                      keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
     geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
-    nthreads_hint = settings.workers
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
                       dict(mcfg.get("postprocess") or {}))
     spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
@@ -131,9 +130,6 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
         progress = bar.update
     ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
     with timer("segment"), ctx as cl:
-        n_workers = len(cl.scheduler_info().get("workers", {})) or (nthreads_hint or 1)
-        ts = TaskSettings(ts.model, ts.device, torch_threads(n_workers) if settings.scheduler is None
-                          and client is None else None, ts.batch, ts.margin, ts.params)
         resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
         tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
                           on_done=progress, resources=resources)

@@ -143,14 +143,30 @@ def network_logits(net, rgb: np.ndarray, norm: dict | None = None, stride: int |
     return out[:, 0, :h, :w], x[:, :, :h, :w]
 
 
+def _patches(data, n: int, size: int, gen: torch.Generator):
+    """n random (logit, x, y) windows of at most size x size px (whole images when smaller)."""
+    out = []
+    for _ in range(n):
+        logit, x, y = data[int(torch.randint(len(data), (1,), generator=gen))]
+        h, w = logit.shape[-2:]
+        ph, pw = min(size, h), min(size, w)
+        r = int(torch.randint(h - ph + 1, (1,), generator=gen))
+        c = int(torch.randint(w - pw + 1, (1,), generator=gen))
+        out.append((logit[..., r:r + ph, c:c + pw], None if x is None else x[..., r:r + ph, c:c + pw],
+                    y[..., r:r + ph, c:c + pw]))
+    return out
+
+
 def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_min: float = 0.05,
             steps: int = 300, lr: float = 0.02, norm: dict | None = None, bins: int = 15,
-            log=None) -> LTSHead:
+            patch: int = 96, patches_per_step: int = 16, seed: int = 0, log=None) -> LTSHead:
     """Fit an LTS head on (RGB uint8 (H, W, 3), instance or binary labels (H, W)) pairs, network frozen.
 
-    ``net`` maps a normalised (B, 3, H, W) input to raw outputs whose channel 0 is the fg logit. The head
-    minimises the BCE of ``sigmoid(logit / T)`` on the fg labels with Adam, full batch over all pixels.
-    ``head.stats`` holds ECE and NLL before/after, measured on the same pixels (the val split).
+    ``net`` maps a normalised (B, 3, H, W) input to raw outputs whose channel 0 is the fg logit; it runs
+    once per image. The head then minimises the BCE of ``sigmoid(logit / T)`` on the fg labels with Adam,
+    each step on ``patches_per_step`` random ``patch``-px windows (the head sees only 5x5 px, so windows
+    lose nothing; ``patch=0`` uses whole images). ``head.stats`` holds ECE and NLL before/after over all
+    pixels of the fitting images (the val split: in-sample numbers).
     """
     was_training = getattr(net, "training", False)
     if hasattr(net, "eval"):
@@ -167,11 +183,14 @@ def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_mi
     head = LTSHead(use_rgb, hidden, t_min)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     n_px = sum(y.numel() for _, _, y in data)
+    gen = torch.Generator().manual_seed(int(seed))
     for it in range(int(steps)):
         opt.zero_grad(set_to_none=True)
+        batch = _patches(data, patches_per_step, patch, gen) if patch else data
+        m = sum(y.numel() for _, _, y in batch)
         loss = 0.0
-        for logit, x, y in data:
-            loss = loss + F.binary_cross_entropy_with_logits(head(logit, x), y, reduction="sum") / n_px
+        for logit, x, y in batch:
+            loss = loss + F.binary_cross_entropy_with_logits(head(logit, x), y, reduction="sum") / m
         loss.backward()
         opt.step()
         if log and (it % 50 == 0 or it == steps - 1):

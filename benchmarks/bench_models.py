@@ -1,0 +1,74 @@
+"""Accuracy and speed of the shipped models, measured in one run on this machine.
+
+    python benchmarks/bench_models.py --models he-teacher he-student he-student-int8 --out benchmarks/results/models.json
+
+For each model: val a-AJI / PQ / F1 (MoNuSeg val, same code as `wsi-nuc eval`), params, GMAC per Mpx,
+network-only ms per 256x256 tile (batch 8) and Mpx/s on 1024x1024 windows, with torch using --threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_nuc.evaluate import evaluate
+from wsi_nuc.model.net import count_params, macs_per_pixel
+from wsi_nuc.predict import get_predictor
+
+
+def time_maps(pred, shape, reps=3) -> float:
+    x = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    pred.maps(x)  # warm-up
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        pred.maps(x)
+        t.append(time.perf_counter() - t0)
+    return min(t)
+
+
+def bench(name: str, data: str, threads: int, params_override: dict | None = None) -> dict:
+    torch.set_num_threads(threads)
+    pred = get_predictor(name, "cpu")
+    arch = pred.config.get("arch", {})
+    from wsi_nuc.model.net import NetConfig
+
+    cfg = NetConfig.from_dict(arch)
+    t256 = time_maps(pred, (8, 256, 256, 3)) / 8
+    t1024 = time_maps(pred, (1, 1024, 1024, 3))
+    res = evaluate(data, name, "val", "cpu", params=params_override)["aggregate"]
+    return {
+        "model": name, "aji": res["aji"], "pq": res["pq"], "f1": res["f1"], "aji_pooled": res["aji_pooled"],
+        "params": count_params(pred.net) if hasattr(pred.net, "parameters") and count_params(pred.net) else
+        pred.config.get("params"),
+        "gmac_per_mpx": macs_per_pixel(cfg) / 1e3,
+        "ms_per_256_tile": t256 * 1e3, "mpx_per_s": 1024 * 1024 / t1024 / 1e6, "threads": threads,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["he-teacher"])
+    ap.add_argument("--data", default="../shared/data/monuseg2018-train")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    rows = [bench(m, a.data, a.threads) for m in a.models]
+    print("| model | val a-AJI | PQ | F1 | params | GMAC/Mpx | ms / 256² tile | Mpx/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['aji']:.3f} | {r['pq']:.3f} | {r['f1']:.3f} | {r['params'] / 1e6:.2f} M | "
+              f"{r['gmac_per_mpx']:.1f} | {r['ms_per_256_tile']:.0f} | {r['mpx_per_s']:.2f} |")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                           "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
