@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", required=True, help="annotated dataset folder")
     c.add_argument("--split", choices=("val", "train", "all"), default="val")
     c.add_argument("--rgb", action="store_true", help="the temperature head also sees the RGB input")
-    c.add_argument("--steps", type=_positive_int, default=300, help="optimiser steps (default 300)")
+    c.add_argument("--steps", type=_positive_int, default=30, help="L-BFGS iterations (default 30)")
     c.set_defaults(func=_calibrate)
     return p
 

@@ -173,7 +173,7 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
                 m.update({c: float(tn.columns[c][i]) for c in meas_cols})
                 yield nid, tn.polygon(i), m
 
-        n = write_geojson(gj, features(), id_namespace=Path(info.path).name)
+        n = write_geojson(gj, features(), id_namespace=Path(info.path).name, clean=False)  # cleaned per tile
     with timer("write_csv"):
         def rows():
             for nid, tn, i in iter_final(tiles, keep):

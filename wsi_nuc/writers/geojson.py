@@ -151,11 +151,12 @@ def _open_text(path: Path, mode: str, gz: bool | None = None):
 
 
 def write_geojson(path: Path | str, features: Iterable[tuple[int, np.ndarray, Mapping]],
-                  color=DEFAULT_COLOR, id_namespace: str = "") -> int:
+                  color=DEFAULT_COLOR, id_namespace: str = "", clean: bool = True) -> int:
     """Stream nuclei to a GeoJSON FeatureCollection; return the number of features written.
 
     ``features`` yields ``(nucleus_id, polygon_xy_level0 (K, 2), measurements {name: number})``.
-    Polygons that :func:`clean_polygon` cannot make valid are skipped (not counted). The file appears
+    Polygons that :func:`clean_polygon` cannot make valid are skipped (not counted); ``clean=False``
+    trusts rings that were already cleaned (closed, valid, 2-decimal) and writes them as they are. The file appears
     under ``path`` only when complete (written to a temporary sibling, then renamed).
     """
     path = Path(path)
@@ -164,7 +165,7 @@ def write_geojson(path: Path | str, features: Iterable[tuple[int, np.ndarray, Ma
         with _open_text(tmp, "w", gz=path.name.endswith(".gz")) as fh:
             fh.write(_HEADER)
             for nid, xy, meas in features:
-                ring = clean_polygon(xy)
+                ring = clean_polygon(xy) if clean else xy
                 if ring is None:
                     continue
                 feat = make_feature(nid, ring, meas, color=color, id_namespace=id_namespace)
