@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model.io import load_model
+from .model.io import load_model, read_model_config, resolve_model_dir
+from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 
 # Output channels of ``Predictor.maps`` (after the activations).
 MAP_CHANNELS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
@@ -30,6 +31,7 @@ class Predictor:
     net: torch.nn.Module
     config: dict
     device: torch.device
+    lts: torch.nn.Module | None = None      # local temperature scaling head (calibrated fg), if fitted
 
     @property
     def mpp(self) -> float | None:
@@ -57,9 +59,14 @@ class Predictor:
             out = self.net(x)
         out = out.float()
         act = torch.empty_like(out)
-        act[:, [0, 1, 2, 5]] = torch.sigmoid(out[:, [0, 1, 2, 5]])
+        act[:, 0] = calibrated_fg(out[:, 0], self.lts, x)
+        act[:, [1, 2, 5]] = torch.sigmoid(out[:, [1, 2, 5]])
         act[:, 3:5] = torch.tanh(out[:, 3:5])
-        return act[:, :, :h, :w].cpu().numpy()
+        act = act[:, :, :h, :w]
+        rp = RefineParams.from_dict(self.config.get("refine"))
+        if rp.enabled:
+            act = refine_maps(act, self.mpp, rp)
+        return act.cpu().numpy()
 
 
 _CACHE: dict = {}
@@ -67,11 +74,14 @@ _CACHE: dict = {}
 
 def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None) -> Predictor:
     """The process's predictor for (model, device): loaded once per worker process, then reused."""
+    if device == "auto" and read_model_config(resolve_model_dir(model)).get("quantized") == "int8":
+        device = "cpu"  # INT8 kernels are CPU kernels
     dev = resolve_device(device)
     key = (str(model), str(dev), os.getpid())
     if key not in _CACHE:
         if threads:
             torch.set_num_threads(int(threads))
         net, cfg = load_model(model, dev)
-        _CACHE[key] = Predictor(net, cfg, dev)
+        lts = load_lts(cfg["path"], cfg)
+        _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None)
     return _CACHE[key]

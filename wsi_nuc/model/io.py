@@ -61,11 +61,16 @@ def load_model(name_or_path=None, device: str | torch.device = "cpu") -> tuple[U
 
     model_dir = resolve_model_dir(name_or_path)
     cfg = read_model_config(model_dir)
-    net = UNet(NetConfig.from_dict(cfg["arch"]))
-    state = load_file(str(model_dir / "model.safetensors"))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    net.load_state_dict(state)
-    net.eval().to(device)
+    if cfg.get("quantized") == "int8":
+        from ..train.quantize import load_int8
+
+        net = load_int8(model_dir, device)
+    else:
+        net = UNet(NetConfig.from_dict(cfg["arch"]))
+        state = load_file(str(model_dir / "model.safetensors"))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        net.load_state_dict(state)
+        net.eval().to(device)
     cfg["path"] = str(model_dir)
     cfg.setdefault("name", model_dir.name)
     return net, cfg
