@@ -74,7 +74,8 @@ def _compact(labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, level0_mpp: float,
-                   origin_xy=(0.0, 0.0), confidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   origin_xy=(0.0, 0.0), confidence: np.ndarray | None = None,
+                   outlines: list | None = None) -> dict[str, np.ndarray]:
     """Measure the nuclei ``ids`` of a working-resolution label tile.
 
     Parameters
@@ -86,6 +87,11 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, le
     mpp_work, level0_mpp : µm per working pixel and per level-0 pixel; ``f = mpp_work / level0_mpp``.
     origin_xy : level-0 (x, y) of the top-left corner of ``labels[0, 0]``.
     confidence : optional float (H, W) map in 0..1, averaged over each nucleus.
+    outlines : optional list of (K, 2) level-0 (x, y) outlines, one per id (the pipeline's polygons). When
+        given, perimeter, circularity and solidity come from the outline (vectorised shapely: length,
+        area, convex hull), which is several times faster than per-crop pixel measures and matches what
+        QuPath computes from the same polygon; otherwise from the pixel mask (4-connected perimeter,
+        convex_hull_image).
 
     Returns every column of :data:`COLUMNS` except ``nucleus_id``, each a float64 array of ``len(ids)``.
     """
@@ -169,6 +175,9 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, le
         s = np.bincount(flat, conf.ravel(), nbins)
         out["confidence"] = np.where(present, s[idx] / cs, np.nan)
 
+    if outlines is not None:
+        return _outline_shape(out, outlines, present, level0_mpp)
+
     # ---- per-nucleus: perimeter and convex hull on the bounding-box crop ------------------------
     slices = ndi.find_objects(comp, max_label=nbins - 1)
     perim = np.full(n, np.nan)
@@ -190,4 +199,30 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, le
         circ = 4.0 * np.pi * area_px / np.where(perim > 0, perim, np.nan) ** 2
     out["circularity"] = np.where(present, np.clip(np.nan_to_num(circ, nan=1.0), 0.0, 1.0), np.nan)
     out["solidity"] = solid
+    return out
+
+
+def _outline_shape(out: dict, outlines: list, present: np.ndarray, level0_mpp: float) -> dict:
+    """Perimeter (µm), circularity and solidity from level-0 outlines, all nuclei at once."""
+    import shapely
+
+    if len(outlines) != len(present):
+        raise ValueError(f"{len(outlines)} outlines for {len(present)} ids")
+    ok = np.array([o is not None and len(o) >= 3 for o in outlines], bool)
+    perim = np.full(len(outlines), np.nan)
+    area = np.full(len(outlines), np.nan)
+    hull = np.full(len(outlines), np.nan)
+    if ok.any():
+        rings = [np.asarray(o, float) for o, k in zip(outlines, ok) if k]
+        index = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+        geoms = shapely.polygons(shapely.linearrings(np.concatenate(rings), indices=index))
+        perim[ok] = shapely.length(geoms) * level0_mpp
+        area[ok] = shapely.area(geoms)
+        hull[ok] = shapely.area(shapely.convex_hull(geoms))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circ = 4.0 * np.pi * area * level0_mpp ** 2 / perim ** 2
+        solid = area / hull
+    out["perimeter_um"] = np.where(present, perim, np.nan)
+    out["circularity"] = np.where(present, np.clip(np.nan_to_num(circ, nan=1.0), 0.0, 1.0), np.nan)
+    out["solidity"] = np.where(present, np.clip(np.nan_to_num(solid, nan=1.0), 0.0, 1.0), np.nan)
     return out

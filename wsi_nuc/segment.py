@@ -83,7 +83,8 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     ok = np.array([p is not None for p in polys], bool) if polys else np.zeros(0, bool)
     ids, gy, gx = ids[ok], gy[ok], gx[ok]
     polys = [p for p in polys if p is not None]
-    cols = measure_nuclei(labels, image, ids, mpp_work, level0_mpp, origin, confidence=confidence)
+    cols = measure_nuclei(labels, image, ids, mpp_work, level0_mpp, origin, confidence=confidence,
+                          outlines=polys)
     coords, offsets = pack_polygons(polys)
     depth = np.array([tile.core.depth(y, x) for y, x in zip(gy, gx)], float)
     return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth, cols)
