@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from .errors import InputError
 
 
@@ -16,7 +18,7 @@ def torch_threads(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
-class TorchThreads:
+class TorchThreads(WorkerPlugin):
     """Worker plugin: each LocalCluster worker process gets its share of the cores for torch."""
 
     name = "wsi-nuc-torch-threads"

@@ -153,15 +153,22 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
     return [results[t.key] for t in tiles if t.key in results]
 
 
-def iter_final(tiles: list[TileNuclei], keep: list[np.ndarray]) -> Iterable[tuple[int, TileNuclei, int]]:
-    """(global id, tile, index in tile) for every surviving nucleus, ids 1..N in tile then centroid order."""
-    nid = 0
+def final_order(tiles: list[TileNuclei], keep: list[np.ndarray]) -> list[tuple[TileNuclei, np.ndarray, int]]:
+    """Per tile: (tile, surviving indices in centroid order, first global id). Ids run 1..N in tile order
+    then centroid (y, x) order, so they do not depend on which worker finished first."""
+    out = []
+    nid = 1
     for tn, k in zip(tiles, keep):
         idx = np.nonzero(k)[0]
         if len(idx):
-            cy = tn.columns["centroid_y_px"][idx]
-            cx = tn.columns["centroid_x_px"][idx]
-            idx = idx[np.lexsort((cx, cy))]
-        for i in idx:
-            nid += 1
-            yield nid, tn, int(i)
+            idx = idx[np.lexsort((tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]))]
+        out.append((tn, idx, nid))
+        nid += len(idx)
+    return out
+
+
+def iter_final(tiles: list[TileNuclei], keep: list[np.ndarray]) -> Iterable[tuple[int, TileNuclei, int]]:
+    """(global id, tile, index in tile) for every surviving nucleus, in id order."""
+    for tn, idx, first in final_order(tiles, keep):
+        for j, i in enumerate(idx):
+            yield first + j, tn, int(i)

@@ -227,40 +227,39 @@ class FinalIndex:
     """Surviving outlines that touch a working-pixel box, found through their tile (no global tree)."""
 
     def __init__(self, tiles, keep, f, halo):
-        from .graph import iter_final
+        from .graph import final_order
 
         self.f = f
         self.halo = halo
-        self.entries = {}
-        for nid, tn, i in iter_final(tiles, keep):
-            self.entries.setdefault(tn.key, (tn, []))[1].append((nid, i))
+        self.order = [o for o in final_order(tiles, keep) if len(o[1])]
 
     def __call__(self, y0, x0, y1, x1):
         from .tiling import Box
 
         box = Box(y0, x0, y1, x1)
         f = self.f
-        for tn, items in self.entries.values():
+        for tn, idx, first in self.order:
             if not tn.core.expand(self.halo).intersects(box):
                 continue
-            for nid, i in items:
+            for j, i in enumerate(idx):
                 p = tn.polygon(i)
                 if (p[:, 0].max() / f < x0 or p[:, 0].min() / f > x1 or
                         p[:, 1].max() / f < y0 or p[:, 1].min() / f > y1):
                     continue
-                yield nid, p
+                yield first + j, p
 
     query = __call__
 
 
 def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float) -> None:
-    from .graph import iter_final
+    from .graph import final_order
     from .slide import read_thumbnail
     from .writers.qc import write_qc_png
 
     thumb, scale = read_thumbnail(reader, 1024)
-    cents = np.array([(tn.columns["centroid_x_px"][i], tn.columns["centroid_y_px"][i])
-                      for _, tn, i in iter_final(tiles, keep)], float).reshape(-1, 2)
+    cents = [np.stack([tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]], 1)
+             for tn, idx, _ in final_order(tiles, keep)]
+    cents = np.concatenate(cents) if cents else np.zeros((0, 2))
     zooms = []
     for tn, k in sorted(zip(tiles, keep), key=lambda z: -int(z[1].sum()))[:4]:
         if not k.any():
