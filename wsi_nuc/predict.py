@@ -43,12 +43,12 @@ class Predictor:
 
     @torch.inference_mode()
     def maps(self, images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, 6, H, W) float32 maps; pads to the stride with glass and crops back."""
+        """(B, H, W, 3) uint8 -> (B, 6, H, W) float32 maps; pads to the stride by mirroring, crops back."""
         b, h, w, _ = images.shape
         s = self.stride
         ph, pw = -h % s, -w % s
         if ph or pw:
-            images = np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
+            images = np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="symmetric")
         norm = self.config.get("norm", {"mean": 0.5, "std": 0.25})
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(norm["mean"]).div_(norm["std"])

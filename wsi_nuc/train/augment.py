@@ -25,13 +25,16 @@ class AugmentConfig:
 
 
 def sample_crop(img: np.ndarray, lab: np.ndarray, size: int, cfg: AugmentConfig, rng) -> tuple:
-    """Random crop of ``size`` px after scale jitter, flips and rot90; pads with glass when too small."""
+    """Random crop of ``size`` px after scale jitter, flips and rot90; pads with the image's median colour
+    when the image is smaller than the crop."""
     s = float(np.exp(rng.uniform(np.log(cfg.scale[0]), np.log(cfg.scale[1]))))
     src = int(round(size / s))
     h, w = lab.shape
     if h < src or w < src:
         py, px = max(src - h, 0), max(src - w, 0)
-        img = np.pad(img, ((0, py), (0, px), (0, 0)), constant_values=235)
+        fill = np.median(img.reshape(-1, img.shape[-1]), axis=0)  # background-like: glass or dark field
+        img = np.stack([np.pad(img[..., c], ((0, py), (0, px)), constant_values=fill[c])
+                        for c in range(img.shape[-1])], -1)
         lab = np.pad(lab, ((0, py), (0, px)))
         h, w = lab.shape
     y = rng.integers(0, h - src + 1)
@@ -66,10 +69,11 @@ def elastic(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng) -> tuple:
 
 def colour(img: np.ndarray, cfg: AugmentConfig, rng) -> np.ndarray:
     """HED stain jitter, then brightness/contrast/saturation; float32 RGB in 0..255 in and out."""
-    hed = rgb_to_hed(img / 255.0)
-    a = rng.uniform(1 - cfg.hed_sigma * 2, 1 + cfg.hed_sigma * 2, 3)
-    b = rng.uniform(-cfg.hed_bias, cfg.hed_bias, 3)
-    img = hed_to_rgb(hed * a + b) * 255.0
+    if cfg.hed_sigma or cfg.hed_bias:
+        hed = rgb_to_hed(img / 255.0)
+        a = rng.uniform(1 - cfg.hed_sigma * 2, 1 + cfg.hed_sigma * 2, 3)
+        b = rng.uniform(-cfg.hed_bias, cfg.hed_bias, 3)
+        img = hed_to_rgb(hed * a + b) * 255.0
     img = img * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + rng.uniform(-1, 1) * cfg.brightness * 255
     grey = img.mean(-1, keepdims=True)
     img = grey + (img - grey) * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
