@@ -78,7 +78,9 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
 def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
     """Identity of a slide run: finished tiles are reused only when all of this matches."""
     st = os.stat(geom.slide)
-    ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model,
+    weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(ts.model).glob("*")
+                     if p.is_file()) if ts.model and Path(ts.model).is_dir() else []
+    ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model, weights,
                   ts.margin, sorted(ts.params.items()), tile, halo))
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 

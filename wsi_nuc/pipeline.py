@@ -88,24 +88,32 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     ``progress``: callable(n_tiles_done) for cohort progress; default a tqdm bar unless ``quiet``.
     Returns the summary dict (also written as ``summary.json``).
     """
-    from .cluster import dask_client
-    from .graph import Geometry, TaskSettings, run_tiles, spool_key
     from .model.io import read_model_config, resolve_model_dir
     from .slide import open_slide
-    from .stitch import deduplicate
-    from .tiling import make_grid
-    from .tissue import detect_tissue, full_mask
-    from .writers.atomic import atomic_dir, safe_child
 
     timer = Timer()
     t_start = time.perf_counter()
     path = Path(path)
     out = Path(out)
     with timer("open"):
-        reader = open_slide(path, settings.mpp)
-        info = reader.info
         model_dir = resolve_model_dir(settings.model)
         mcfg = read_model_config(model_dir)
+        reader = open_slide(path, settings.mpp)
+    try:
+        return _run_open_slide(reader, path, out, settings, client, progress, model_dir, mcfg, timer, t_start)
+    finally:
+        reader.close()
+
+
+def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mcfg, timer, t_start) -> dict:
+    from .cluster import dask_client
+    from .graph import Geometry, TaskSettings, run_tiles, spool_key
+    from .stitch import deduplicate
+    from .tiling import make_grid
+    from .tissue import detect_tissue, full_mask
+    from .writers.atomic import atomic_dir, safe_child
+
+    info = reader.info
     check_output_dir(out)
     try:
         final = safe_child(out, slide_stem(path))
@@ -142,7 +150,6 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
                                 mcfg, model_dir)
         summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    reader.close()
     shutil.rmtree(spool, ignore_errors=True)
     summary["output"] = str(final)
     return summary

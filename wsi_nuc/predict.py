@@ -50,7 +50,7 @@ class Predictor:
         if ph or pw:
             images = np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="symmetric")
         norm = self.config.get("norm", {"mean": 0.5, "std": 0.25})
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = torch.from_numpy(np.array(images, copy=True)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(norm["mean"]).div_(norm["std"])
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):

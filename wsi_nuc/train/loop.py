@@ -130,9 +130,10 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
         loss.backward()
         opt.step()
         step += 1
-        run_loss = float(loss) if run_loss is None else 0.95 * run_loss + 0.05 * float(loss)
+        lv = float(loss.detach())
+        run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
         if step % 10 == 0:
-            rec = {"step": step, "loss": float(loss), "ema": run_loss, "lr": opt.param_groups[0]["lr"],
+            rec = {"step": step, "loss": lv, "ema": run_loss, "lr": opt.param_groups[0]["lr"],
                    "cpu_s": cpu_s + time.process_time() - t_cpu0, "time": time.time(), **parts}
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
