@@ -10,7 +10,6 @@ import argparse
 import itertools
 import json
 
-import numpy as np
 
 from wsi_nuc.dataset import list_stems, load_sample, read_index, resample_factor, resize_image, resize_labels
 from wsi_nuc.instances import InstanceParams, labels_from_maps

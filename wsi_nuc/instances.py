@@ -37,14 +37,18 @@ def markers_from_maps(maps: np.ndarray, mask: np.ndarray, p: InstanceParams) -> 
         seeds = ndi.binary_erosion((fg > p.fg_threshold) & (bd < p.marker_threshold)) & mask
     else:
         seeds = ((dist - p.boundary_weight * bd) > p.marker_threshold) & mask
-    markers, n = ndi.label(seeds)
-    if n and p.min_marker_px > 1:
-        sizes = np.bincount(markers.ravel())
-        small = sizes < p.min_marker_px
+    markers, _ = ndi.label(seeds)
+    return remove_small(markers, p.min_marker_px)
+
+
+def remove_small(labels: np.ndarray, min_px: int) -> np.ndarray:
+    """Zero the labels with fewer than ``min_px`` pixels (in place; returns ``labels``)."""
+    if min_px > 1 and labels.max() > 0:
+        small = np.bincount(labels.ravel()) < min_px
         small[0] = False
         if small.any():
-            markers[small[markers]] = 0
-    return markers
+            labels[small[labels]] = 0
+    return labels
 
 
 def labels_from_maps(maps: np.ndarray, params: InstanceParams | None = None) -> np.ndarray:
@@ -66,14 +70,7 @@ def labels_from_maps(maps: np.ndarray, params: InstanceParams | None = None) -> 
     orphan, n_orphan = ndi.label(mask & (labels == 0))
     if n_orphan:
         labels = np.where(orphan > 0, orphan + labels.max(), labels)
-    labels = labels.astype(np.int32)
-    if p.min_area_px > 1:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < p.min_area_px
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
-    return labels
+    return remove_small(labels.astype(np.int32), p.min_area_px)
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ quantisation exact to set up.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 
 import torch
 from torch import nn

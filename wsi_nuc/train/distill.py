@@ -40,8 +40,8 @@ from ..config import write_config
 from ..errors import InputError
 from ..model.io import load_model, save_model
 from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
-from .augment import AugmentConfig
-from .loop import NORM_MEAN, NORM_STD, load_split, lr_at, make_batch, model_meta, save_checkpoint, val_batches
+from .loop import (NORM_MEAN, NORM_STD, augment_config, load_split, lr_at, make_batch, make_optimizer,
+                   model_meta, resume, save_checkpoint, val_batches)
 from .losses import head_losses
 
 # Defaults of the ``distill:`` config section.
@@ -229,20 +229,11 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     student = UNet(s_cfg)
     adapters = FeatureAdapters(s_cfg, teacher.cfg, d["feature_levels"]) if d["feat"] else None
     params = list(student.parameters()) + (list(adapters.parameters()) if adapters is not None else [])
-    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 1e-4))
-    aug_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in (cfg.get("augment") or {}).items()})
+    opt = make_optimizer(params, tc)
+    aug_cfg = augment_config(cfg)
     sup_w = tc.get("loss_weights", {})
-    step, cpu_s = 0, 0.0
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        student.load_state_dict(state["model"])
-        if adapters is not None and "adapters" in state:
-            adapters.load_state_dict(state["adapters"])
-        opt.load_state_dict(state["optim"])
-        step, cpu_s = int(state["step"]), float(state["cpu_s"])
-        log(f"resumed from {ckpt} at step {step}")
+    step, cpu_s = resume(ckpt, student, opt, log, extra={"adapters": adapters})
     rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
     train_set = load_split(cfg["data"], "train", mpp)
     val_set = load_split(cfg["data"], "val", mpp)

@@ -98,18 +98,11 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     torch.manual_seed(int(tc.get("seed", 0)))
     mpp = cfg["data"].get("mpp")
     net = UNet(NetConfig.from_dict(cfg["model"]))
-    opt = torch.optim.AdamW(net.parameters(), lr=tc["lr"], weight_decay=tc.get("weight_decay", 1e-4))
-    aug_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in (cfg.get("augment") or {}).items()})
+    opt = make_optimizer(net.parameters(), tc)
+    aug_cfg = augment_config(cfg)
     weights = tc.get("loss_weights", {})
-    step, cpu_s = 0, 0.0
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step, cpu_s = int(state["step"]), float(state["cpu_s"])
-        log(f"resumed from {ckpt} at step {step}")
+    step, cpu_s = resume(ckpt, net, opt, log)
     rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
     train_set = load_split(cfg["data"], "train", mpp)
     val_set = load_split(cfg["data"], "val", mpp)
@@ -155,6 +148,30 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     model_dir = save_model(net, out / "model", meta)
     logf.close()
     return model_dir
+
+
+def make_optimizer(params, tc: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 1e-4))
+
+
+def augment_config(cfg: dict) -> AugmentConfig:
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in (cfg.get("augment") or {}).items()})
+
+
+def resume(ckpt: Path, net, opt, log=print, extra: dict | None = None) -> tuple[int, float]:
+    """Load a checkpoint into ``net``/``opt`` (and each ``extra`` module by key) if it exists;
+    returns (step, cpu seconds so far)."""
+    if not ckpt.exists():
+        return 0, 0.0
+    state = torch.load(ckpt, weights_only=True)
+    net.load_state_dict(state["model"])
+    for key, module in (extra or {}).items():
+        if module is not None and key in state:
+            module.load_state_dict(state[key])
+    opt.load_state_dict(state["optim"])
+    log(f"resumed from {ckpt} at step {int(state['step'])}")
+    return int(state["step"]), float(state["cpu_s"])
 
 
 def save_checkpoint(path: Path, net, opt, step, cpu_s, extra: dict | None = None) -> None:
