@@ -34,8 +34,8 @@ def main():
         maps = pred.maps(resize_image(s.image, shape)[None])[0]
         cache.append((s.labels, maps))
     grid = []
-    for thr, mt, bw in itertools.product((0.4, 0.5), (0.3, 0.4, 0.5, 0.6), (0.5, 1.0)):
-        grid.append(dict(marker="dist", fg_threshold=thr, marker_threshold=mt, boundary_weight=bw))
+    for thr, mt, bw, hw in itertools.product((0.4, 0.5), (0.2, 0.3, 0.4, 0.5), (0.25, 0.5, 1.0), (0.0, 0.3, 0.6)):
+        grid.append(dict(marker="dist", fg_threshold=thr, marker_threshold=mt, boundary_weight=bw, hv_weight=hw))
     for thr, mt in itertools.product((0.4, 0.5), (0.2, 0.3, 0.5)):
         grid.append(dict(marker="centre", fg_threshold=thr, marker_threshold=mt))
     for thr, mt in itertools.product((0.4, 0.5), (0.3, 0.5)):

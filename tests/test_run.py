@@ -168,3 +168,14 @@ def test_info_command(slides, capsys):
     assert d["width"] == 2220 and d["height"] == 2967 and d["reader"] == "openslide"
     assert main(["info", str(slides / "TCGA-CR-7395-01A-01-TS1-jp2k-no-mpp.svs")]) == 0
     assert "4443" in capsys.readouterr().out
+
+
+def test_output_check_is_safe_for_concurrent_slides(tmp_path):
+    """Several slides of a cohort check the same output folder at once (a shared probe name raced)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wsi_nuc.pipeline import check_output_dir
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(lambda _: [check_output_dir(tmp_path) for _ in range(50)], range(8)))
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,8 @@ class InstanceParams:
     fg_threshold: float = 0.5       # foreground probability
     marker: str = "dist"            # "dist" | "centre" | "boundary"
     marker_threshold: float = 0.5   # on the marker score
-    boundary_weight: float = 1.0    # marker score = dist - boundary_weight * boundary ("dist")
+    boundary_weight: float = 1.0    # marker score = dist - boundary_weight * boundary - hv_weight * hv edge
+    hv_weight: float = 0.0          # HoVer-Net cue: Sobel edges of the centre-offset maps ("dist")
     min_marker_px: int = 3
     min_area_px: int = 8            # at the working resolution
     energy: str = "dist"            # watershed relief: "dist" (-distance) or "boundary"
@@ -36,7 +37,10 @@ def markers_from_maps(maps: np.ndarray, mask: np.ndarray, p: InstanceParams) -> 
     elif p.marker == "boundary":
         seeds = ndi.binary_erosion((fg > p.fg_threshold) & (bd < p.marker_threshold)) & mask
     else:
-        seeds = ((dist - p.boundary_weight * bd) > p.marker_threshold) & mask
+        score = dist - p.boundary_weight * bd
+        if p.hv_weight:
+            score = score - p.hv_weight * hv_edges(maps[3], maps[4])
+        seeds = (score > p.marker_threshold) & mask
     markers, _ = ndi.label(seeds)
     return remove_small(markers, p.min_marker_px)
 
@@ -49,6 +53,20 @@ def remove_small(labels: np.ndarray, min_px: int) -> np.ndarray:
         if small.any():
             labels[small[labels]] = 0
     return labels
+
+
+def hv_edges(hv_x: np.ndarray, hv_y: np.ndarray) -> np.ndarray:
+    """HoVer-Net separation cue: the offsets to the centre jump between touching nuclei, so the Sobel
+    derivative of hv_x along x (and hv_y along y), scaled to 0..1, is high on their shared border."""
+    gx = ndi.sobel(hv_x, axis=1)
+    gy = ndi.sobel(hv_y, axis=0)
+    e = np.maximum(_unit(-gx), _unit(-gy))  # offsets fall (negative slope) across a border
+    return e
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
 def labels_from_maps(maps: np.ndarray, params: InstanceParams | None = None) -> np.ndarray:

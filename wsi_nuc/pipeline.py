@@ -10,6 +10,7 @@ import math
 import platform
 import shutil
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
@@ -68,7 +69,7 @@ def slide_stem(path: str | Path) -> str:
 def check_output_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".wsi-nuc-write-test"
+        probe = out / f".wsi-nuc-write-test-{uuid.uuid4().hex}"  # unique: slides run concurrently
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
