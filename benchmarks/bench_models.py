@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from wsi_nuc.evaluate import evaluate
-from wsi_nuc.model.net import count_params, macs_per_pixel
+from wsi_nuc.model.net import UNet, count_params, macs_per_pixel
 from wsi_nuc.predict import get_predictor
 
 
@@ -44,8 +44,7 @@ def bench(name: str, data: str, threads: int, params_override: dict | None = Non
     res = evaluate(data, name, "val", "cpu", params=params_override)["aggregate"]
     return {
         "model": name, "aji": res["aji"], "pq": res["pq"], "f1": res["f1"], "aji_pooled": res["aji_pooled"],
-        "params": count_params(pred.net) if hasattr(pred.net, "parameters") and count_params(pred.net) else
-        pred.config.get("params"),
+        "params": count_params(pred.net) or count_params(UNet(cfg)),
         "gmac_per_mpx": macs_per_pixel(cfg) / 1e3,
         "ms_per_256_tile": t256 * 1e3, "mpx_per_s": 1024 * 1024 / t1024 / 1e6, "threads": threads,
     }

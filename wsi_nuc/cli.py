@@ -118,17 +118,17 @@ def _info(a) -> int:
 
 
 def _models(a) -> int:
-    from .model.io import DEFAULT_MODEL, read_model_config, resolve_model_dir, shipped_models
+    from .model.io import CUDA_DEFAULT_MODEL, DEFAULT_MODEL, read_model_config, resolve_model_dir, shipped_models
 
     for name in shipped_models():
         cfg = read_model_config(resolve_model_dir(name))
         val = cfg.get("metrics", {}).get("val", {})
         speed = cfg.get("speed", {})
-        mark = "*" if name == DEFAULT_MODEL else " "
+        mark = "*" if name == DEFAULT_MODEL else ("+" if name == CUDA_DEFAULT_MODEL else " ")
         print(f"{mark} {name:<18} v{cfg.get('version', '?'):<7} mpp {cfg.get('mpp')}  "
               f"a-AJI {val.get('aji', float('nan')):.3f}  PQ {val.get('pq', float('nan')):.3f}  "
               f"params {cfg.get('params', 0) / 1e6:.2f} M  {speed.get('mpx_per_s', float('nan')):.2f} Mpx/s")
-    print("* default")
+    print("* default on CPU   + default on CUDA")
     return 0
 
 

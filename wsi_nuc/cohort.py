@@ -476,7 +476,7 @@ def run_cohort(cohort, out, settings=None, *, force: bool = False, client=None,
         cohort = read_cohort(cohort)
     out = Path(os.path.abspath(out))
     check_output_dir(out)
-    model_dir = resolve_model_dir(settings.model)   # a bad --model is a usage error, before any slide
+    model_dir = resolve_model_dir(settings.model, settings.device)   # a bad --model is a usage error, before any slide
     manifest, summary_path = out / MANIFEST, out / SUMMARY
     columns = MANIFEST_COLUMNS + cohort.extra_columns
     scolumns = SUMMARY_COLUMNS + cohort.extra_columns

@@ -97,7 +97,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     path = Path(path)
     out = Path(out)
     with timer("open"):
-        model_dir = resolve_model_dir(settings.model)
+        model_dir = resolve_model_dir(settings.model, settings.device)
         mcfg = read_model_config(model_dir)
         reader = open_slide(path, settings.mpp)
     try:

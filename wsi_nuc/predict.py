@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,8 @@ _CACHE: dict = {}
 
 def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None) -> Predictor:
     """The process's predictor for (model, device): loaded once per worker process, then reused."""
-    if device == "auto" and read_model_config(resolve_model_dir(model)).get("quantized") == "int8":
+    model = str(resolve_model_dir(model, device))
+    if device == "auto" and read_model_config(Path(model)).get("quantized") == "int8":
         device = "cpu"  # INT8 kernels are CPU kernels
     dev = resolve_device(device)
     key = (str(model), str(dev), os.getpid())

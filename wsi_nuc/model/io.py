@@ -10,12 +10,22 @@ from ..errors import InputError
 from .net import NetConfig, UNet
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = "he-teacher"
+# The default is the best accuracy per CPU-second (see the README's model table): the INT8 teacher on a
+# CPU; on a CUDA device the fp32 teacher (with fp16 autocast), since INT8 kernels are CPU kernels.
+DEFAULT_MODEL = "he-teacher-int8"
+CUDA_DEFAULT_MODEL = "he-teacher"
 
 
-def resolve_model_dir(name_or_path: str | Path | None) -> Path:
-    """A shipped model name (``wsi_nuc/models/<name>``) or a folder holding ``config.json``."""
-    name = str(name_or_path or DEFAULT_MODEL)
+def default_model(device: str = "auto") -> str:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return CUDA_DEFAULT_MODEL
+    return DEFAULT_MODEL
+
+
+def resolve_model_dir(name_or_path: str | Path | None, device: str = "auto") -> Path:
+    """A shipped model name (``wsi_nuc/models/<name>``) or a folder holding ``config.json``;
+    None means the default for ``device``."""
+    name = str(name_or_path or default_model(device))
     cand = Path(name)
     if not cand.is_dir():
         cand = SHIPPED / name
@@ -59,7 +69,7 @@ def load_model(name_or_path=None, device: str | torch.device = "cpu") -> tuple[U
     """Load a model folder without pickle; returns (network in eval mode on ``device``, config dict)."""
     from safetensors.torch import load_file
 
-    model_dir = resolve_model_dir(name_or_path)
+    model_dir = resolve_model_dir(name_or_path, torch.device(device).type)
     cfg = read_model_config(model_dir)
     if cfg.get("quantized") == "int8":
         from ..train.quantize import load_int8
