@@ -66,7 +66,7 @@ def main(path: str) -> None:
             training_data=cfg.get("training_data", ""), licence=cfg.get("licence", ""),
             cpu_hours=tr.get("cpu_hours", "?"), steps=tr.get("steps", "?"), extra_training=extra,
             aji=r["aji"], aji_pooled=r["aji_pooled"], pq=r["pq"], f1=r["f1"], threads=r["threads"],
-            ms=r["ms_per_256_tile"], mpx=r["mpx_per_s"]))
+            ms=r["ms_per_256_tile"], mpx=r["mpx_per_s"]) + cfg.get("card_extra", ""))
         print(f"wrote {d / 'card.md'}")
 
 

@@ -112,3 +112,17 @@ def test_duplicate_views_are_merged():
     far = TileNuclei("c", 0, 1, Box(0, 16, 16, 32), *pack_polygons([sq + 30]), np.array([0.0]))
     keep = deduplicate([a, far], band=17)
     assert keep[0].tolist() == [True] and keep[1].tolist() == [True]
+
+
+def test_low_confidence_instances_are_dropped():
+    from wsi_nuc.instances import InstanceParams, labels_from_maps
+
+    maps = np.zeros((6, 40, 40), np.float32)
+    maps[0, 5:15, 5:15] = 0.95       # a confident nucleus
+    maps[0, 25:35, 25:35] = 0.55     # a weak blob
+    maps[2, 8:12, 8:12] = 0.9        # distance peaks -> markers
+    maps[2, 28:32, 28:32] = 0.9
+    keep_all = labels_from_maps(maps, InstanceParams(marker_threshold=0.3))
+    assert len(np.unique(keep_all)) == 3
+    filtered = labels_from_maps(maps, InstanceParams(marker_threshold=0.3, min_confidence=0.6))
+    assert filtered[10, 10] > 0 and filtered[30, 30] == 0
