@@ -137,8 +137,6 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
             log(f"step {step}/{total} loss {run_loss:.4f} val {vl:.4f}")
         if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
             save_checkpoint(ckpt, net, opt, step, cpu_s + time.process_time() - t_cpu0)
-            if step % int(tc.get("snapshot_every", 250)) < 1 or step == total:
-                pass
             last_ckpt = time.time()
         if step % int(tc.get("snapshot_every", 250)) == 0:
             save_model(net, out / "snapshots" / f"step{step:06d}", model_meta(cfg))
