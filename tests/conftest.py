@@ -65,3 +65,20 @@ def make_image(tmp_path):
         return write_image(tmp_path / name, array, **kw)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def monuseg_tile(shared):
+    """One real MoNuSeg val tile: (rgb uint8, instance labels int32, ids > 0)."""
+    import tifffile
+    from PIL import Image
+
+    data = shared / "data" / "monuseg2018-train"
+    stem = "TCGA-21-5784-01Z-00-DX1"
+    img_p, lab_p = data / "images" / f"{stem}.png", data / "labels" / f"{stem}.tif"
+    if not (img_p.exists() and lab_p.exists()):
+        pytest.skip("MoNuSeg data not present")
+    rgb = np.asarray(Image.open(img_p).convert("RGB"))
+    labels = tifffile.imread(lab_p).astype(np.int32)
+    ids = np.unique(labels)
+    return rgb, labels, ids[ids > 0]

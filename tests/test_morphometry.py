@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,23 +10,12 @@ from skimage.measure import regionprops
 
 from wsi_nuc.morphometry import COLUMNS, measure_nuclei
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "monuseg2018-train"
-STEM = "TCGA-21-5784-01Z-00-DX1"
 MEAS = [c for c in COLUMNS if c != "nucleus_id"]
 
 
 @pytest.fixture(scope="module")
-def tile():
-    img_p, lab_p = DATA / "images" / f"{STEM}.png", DATA / "labels" / f"{STEM}.tif"
-    if not (img_p.exists() and lab_p.exists()):
-        pytest.skip("MoNuSeg data not present")
-    import tifffile
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(img_p).convert("RGB"))
-    labels = tifffile.imread(lab_p).astype(np.int32)
-    ids = np.unique(labels)
-    return rgb, labels, ids[ids > 0]
+def tile(monuseg_tile):
+    return monuseg_tile
 
 
 def test_real_tile_columns(tile):

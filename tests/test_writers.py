@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from wsi_nuc.writers import (PolygonIndex, atomic_dir, clean_polygon, iter_geojs
                              write_csv, write_geojson, write_labels_zarr, write_qc_png)
 from wsi_nuc.writers.labels_zarr import rasterise
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "monuseg2018-train"
 STEM = "TCGA-21-5784-01Z-00-DX1"
 F = 2.0           # level-0 px per working px (MoNuSeg 0.25 µm/px as level 0, working 0.5 µm/px)
 LEVEL0_MPP = 0.25
@@ -48,16 +46,8 @@ def polygons_level0(labels: np.ndarray, ids, f: float = F) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def real():
-    img_p, lab_p = DATA / "images" / f"{STEM}.png", DATA / "labels" / f"{STEM}.tif"
-    if not (img_p.exists() and lab_p.exists()):
-        pytest.skip("MoNuSeg data not present")
-    import tifffile
-
-    rgb = np.asarray(Image.open(img_p).convert("RGB"))
-    labels = tifffile.imread(lab_p).astype(np.int32)
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
+def real(monuseg_tile):
+    rgb, labels, ids = monuseg_tile
     return rgb, labels, ids, polygons_level0(labels, ids)
 
 

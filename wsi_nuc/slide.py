@@ -157,6 +157,11 @@ def _to_rgb8(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _decode_error(path, level: int, x: int, y: int, w: int, h: int, e: BaseException) -> InputError:
+    """The one-line error for pixel data that a reader library could not decode."""
+    return InputError(f"{path}: cannot decode pixel data at level {level}, x={x} y={y} {w}x{h} ({_one_line(e)})")
+
+
 def _white(h: int, w: int) -> np.ndarray:
     return np.full((max(h, 0), max(w, 0), 3), 255, np.uint8)
 
@@ -199,10 +204,7 @@ class _BaseReader:
         except _BUG_ERRORS:
             raise
         except Exception as e:
-            raise InputError(
-                f"{self.path}: cannot decode pixel data at level {level}, "
-                f"x={x} y={y} {w}x{h} ({_one_line(e)})"
-            ) from e
+            raise _decode_error(self.path, level, x, y, w, h, e) from e
         out[cy0 - ly : cy1 - ly, cx0 - lx : cx1 - lx] = part
         return out
 
@@ -265,10 +267,7 @@ class _OpenSlideReader(_BaseReader):
         except _BUG_ERRORS:
             raise
         except Exception as e:
-            raise InputError(
-                f"{self.path}: cannot decode pixel data at level {level}, "
-                f"x={x} y={y} {w}x{h} ({_one_line(e)})"
-            ) from e
+            raise _decode_error(self.path, level, x, y, w, h, e) from e
         if px == 0 and py == 0:
             return part
         out = _white(h, w)
