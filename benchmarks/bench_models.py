@@ -1,6 +1,10 @@
 """Accuracy and speed of the shipped models, measured in one run on this machine.
 
-    python benchmarks/bench_models.py --models he-teacher he-student he-student-int8 --out benchmarks/results/models.json
+    python benchmarks/bench_models.py --models he-teacher he-student he-student+refine he-student-int8 \
+        --out benchmarks/results/models.json
+
+``NAME+refine`` is model NAME with the Kornia refinement of the ambiguous pixels switched on (its
+``refine`` settings at their defaults, from a temporary copy of the model folder).
 
 For each model: val a-AJI / PQ / F1 (MoNuSeg val, same code as `wsi-nuc eval`), params, GMAC per Mpx,
 network-only ms per 256x256 tile (batch 8) and Mpx/s on 1024x1024 windows, with torch using --threads.
@@ -32,8 +36,29 @@ def time_maps(pred, shape, reps=3) -> float:
     return min(t)
 
 
+def with_refine(name: str, tmp: Path) -> str:
+    """A copy of model folder ``name`` with ``refine.enabled`` on; returns its path."""
+    import shutil
+
+    from wsi_nuc.model.io import resolve_model_dir
+
+    src = resolve_model_dir(name, "cpu")
+    dst = tmp / f"{src.name}+refine"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["refine"] = {**(cfg.get("refine") or {}), "enabled": True}
+    cfg["name"] = dst.name
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return str(dst)
+
+
 def bench(name: str, data: str, threads: int, params_override: dict | None = None) -> dict:
     torch.set_num_threads(threads)
+    label = name
+    if name.endswith("+refine"):
+        import tempfile
+
+        name = with_refine(name[:-len("+refine")], Path(tempfile.mkdtemp()))
     pred = get_predictor(name, "cpu")
     arch = pred.config.get("arch", {})
     from wsi_nuc.model.net import NetConfig
@@ -43,7 +68,7 @@ def bench(name: str, data: str, threads: int, params_override: dict | None = Non
     t1024 = time_maps(pred, (1, 1024, 1024, 3))
     res = evaluate(data, name, "val", "cpu", params=params_override)["aggregate"]
     return {
-        "model": name, "aji": res["aji"], "pq": res["pq"], "f1": res["f1"], "aji_pooled": res["aji_pooled"],
+        "model": label, "aji": res["aji"], "pq": res["pq"], "f1": res["f1"], "aji_pooled": res["aji_pooled"],
         "params": count_params(pred.net) or count_params(UNet(cfg)),
         "gmac_per_mpx": macs_per_pixel(cfg) / 1e3,
         "ms_per_256_tile": t256 * 1e3, "mpx_per_s": 1024 * 1024 / t1024 / 1e6, "threads": threads,

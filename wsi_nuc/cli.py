@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
     r.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
     r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
-    r.add_argument("--batch", type=_positive_int, default=2, help="tiles per forward pass")
+    r.add_argument("--batch", type=_positive_int, default=None,
+                   help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_run)
 
@@ -181,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
     b.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
     b.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
-    b.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass")
+    b.add_argument("--batch", type=_positive_int, default=None,
+                   help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")

@@ -37,7 +37,7 @@ class TaskSettings:
     model: str | None
     device: str
     threads: int | None
-    batch: int
+    batch: int | None             # None: 1 on CPU, 8 on CUDA
     margin: int
     params: dict
 
@@ -66,10 +66,11 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     f = geom.f
     images = np.stack([read_region(reader, t.read.x0 * f, t.read.y0 * f, t.read.w * f, t.read.h * f,
                                    t.read.w, t.read.h) for t in tiles])
+    bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
     out = []
-    for s in range(0, len(tiles), ts.batch):
-        maps = predictor.maps(images[s:s + ts.batch])
-        for k, t in enumerate(tiles[s:s + ts.batch]):
+    for s in range(0, len(tiles), bs):
+        maps = predictor.maps(images[s:s + bs])
+        for k, t in enumerate(tiles[s:s + bs]):
             out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
                                    ts.margin))
     return out

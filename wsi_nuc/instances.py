@@ -133,22 +133,24 @@ def mean_per_label(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> n
     return np.asarray(ndi.mean(values, labels, ids), float)
 
 
-def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
+def trace_polygon(mask: np.ndarray, padded: bool = False) -> np.ndarray | None:
     """Outline (K, 2) in (y, x) pixel-edge coordinates of the largest component of a binary mask.
 
     The marching-squares contour runs through the midpoints between inside and outside pixel centres,
-    so sampling the polygon at pixel centres gives back the mask.
+    so sampling the polygon at pixel centres gives back the mask. ``padded``: the mask already has a
+    background border of one pixel (coordinates are then relative to the first inner pixel).
     """
     from skimage.measure import find_contours
 
-    padded = np.pad(mask.astype(np.uint8), 1)
-    contours = find_contours(padded, 0.5)
+    if not padded:
+        mask = np.pad(mask, 1)
+    contours = find_contours(mask.astype(np.float32), 0.5)
     if not contours:
         return None
     c = max(contours, key=len) - 1.0  # undo the padding
     if len(c) < 4:
         return None
-    return c[:-1] if np.allclose(c[0], c[-1]) else c
+    return c[:-1] if (c[0] == c[-1]).all() else c
 
 
 def polygons_level0(labels: np.ndarray, ids, f: float, origin_xy=(0.0, 0.0)) -> list:
@@ -159,16 +161,21 @@ def polygons_level0(labels: np.ndarray, ids, f: float, origin_xy=(0.0, 0.0)) -> 
     objs = ndi.find_objects(labels)
     out = []
     ox, oy = origin_xy
+    h, w = labels.shape
     for i in ids:
         sl = objs[i - 1] if i - 1 < len(objs) else None
         if sl is None:
             out.append(None)
             continue
-        poly = trace_polygon(labels[sl] == i)
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        if y0 > 0 and x0 > 0 and y1 < h and x1 < w:  # crop with a one-pixel border from the labels
+            poly = trace_polygon(labels[y0 - 1:y1 + 1, x0 - 1:x1 + 1] == i, padded=True)
+        else:
+            poly = trace_polygon(labels[sl] == i)
         if poly is None:
             out.append(None)
             continue
-        y = (poly[:, 0] + sl[0].start + 0.5) * f + oy
-        x = (poly[:, 1] + sl[1].start + 0.5) * f + ox
+        y = (poly[:, 0] + y0 + 0.5) * f + oy
+        x = (poly[:, 1] + x0 + 0.5) * f + ox
         out.append(np.stack([x, y], axis=1))
     return out

@@ -113,15 +113,17 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, le
     flat = comp.ravel()
     h, w = labels.shape
 
-    # ---- moments, all nuclei at once -------------------------------------------------------------
-    cnt = np.bincount(flat, minlength=nbins).astype(np.float64)
-    rows = np.repeat(np.arange(h, dtype=np.float64), w)
-    cols = np.tile(np.arange(w, dtype=np.float64), h)
-    sr = np.bincount(flat, rows, nbins)
-    sc = np.bincount(flat, cols, nbins)
-    srr = np.bincount(flat, rows * rows, nbins)
-    scc = np.bincount(flat, cols * cols, nbins)
-    src = np.bincount(flat, rows * cols, nbins)
+    # ---- moments, all nuclei at once, over the labelled pixels only ------------------------------
+    nz = np.flatnonzero(flat)
+    fl = flat[nz]
+    rows = (nz // w).astype(np.float64)
+    cols = (nz % w).astype(np.float64)
+    cnt = np.bincount(fl, minlength=nbins).astype(np.float64)
+    sr = np.bincount(fl, rows, nbins)
+    sc = np.bincount(fl, cols, nbins)
+    srr = np.bincount(fl, rows * rows, nbins)
+    scc = np.bincount(fl, cols * cols, nbins)
+    src = np.bincount(fl, rows * cols, nbins)
     del rows, cols
 
     c = cnt[idx]
@@ -161,18 +163,19 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, le
 
     # ---- intensity means ------------------------------------------------------------------------
     rgb3 = rgb[..., :3]
+    pix = rgb3.reshape(-1, 3)[nz]
     for k, name in enumerate(("mean_r", "mean_g", "mean_b")):
-        s = np.bincount(flat, rgb3[..., k].ravel().astype(np.float64), nbins)
+        s = np.bincount(fl, pix[:, k].astype(np.float64), nbins)
         out[name] = np.where(present, s[idx] / cs, np.nan)
     scale = 255.0 if rgb3.dtype == np.uint8 or float(rgb3.max(initial=0)) > 1.0 else 1.0
-    hod = haematoxylin_od(rgb3.astype(np.float32) / scale)
-    s = np.bincount(flat, hod.ravel().astype(np.float64), nbins)
+    hod = haematoxylin_od(pix.astype(np.float32) / scale)
+    s = np.bincount(fl, hod.astype(np.float64), nbins)
     out["mean_h_od"] = np.where(present, s[idx] / cs, np.nan)
     if confidence is not None:
         conf = np.asarray(confidence, dtype=np.float64)
         if conf.shape != labels.shape:
             raise ValueError(f"confidence shape {conf.shape} does not match labels {labels.shape}")
-        s = np.bincount(flat, conf.ravel(), nbins)
+        s = np.bincount(fl, conf.ravel()[nz], nbins)
         out["confidence"] = np.where(present, s[idx] / cs, np.nan)
 
     if outlines is not None:

@@ -68,7 +68,7 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     3. outlines in level-0 coordinates and per-nucleus measurements.
     """
     from .morphometry import measure_nuclei
-    from .writers.geojson import clean_polygon
+    from .outlines import clean_polygons
 
     ids = np.unique(labels)
     ids = ids[ids > 0]
@@ -76,18 +76,20 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     ids = np.setdiff1d(ids, edge, assume_unique=True)
     cyx = centroids(labels, ids)
     gy, gx = cyx[:, 0] + tile.read.y0, cyx[:, 1] + tile.read.x0
-    keep = np.array([tile.owns(y, x, margin) for y, x in zip(gy, gx)], bool) if len(ids) else np.zeros(0, bool)
+    own = tile.core.expand(int(margin)) if margin else tile.core
+    keep = (gy >= own.y0) & (gy < own.y1) & (gx >= own.x0) & (gx < own.x1)
     ids, gy, gx = ids[keep], gy[keep], gx[keep]
     origin = (tile.read.x0 * f, tile.read.y0 * f)
-    polys = [None if p is None else clean_polygon(p) for p in polygons_level0(labels, ids, f, origin)]
+    polys = clean_polygons(polygons_level0(labels, ids, f, origin))
     ok = np.array([p is not None for p in polys], bool) if polys else np.zeros(0, bool)
     ids, gy, gx = ids[ok], gy[ok], gx[ok]
     polys = [p for p in polys if p is not None]
     cols = measure_nuclei(labels, image, ids, mpp_work, level0_mpp, origin, confidence=confidence,
                           outlines=polys)
     coords, offsets = pack_polygons(polys)
-    depth = np.array([tile.core.depth(y, x) for y, x in zip(gy, gx)], float)
-    return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth, cols)
+    c = tile.core
+    depth = np.minimum.reduce([gy - c.y0, c.y1 - gy, gx - c.x0, c.x1 - gx]) if len(ids) else np.zeros(0)
+    return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth.astype(float), cols)
 
 
 def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .net import NetConfig, UNet
+
+if TYPE_CHECKING:  # torch is imported where it is used: the driver of `wsi-nuc run` never needs it
+    import torch
+
+    from .net import UNet
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
 # The default is the best accuracy per CPU-second (see the README's model table): the INT8 teacher on a
@@ -16,8 +20,17 @@ DEFAULT_MODEL = "he-teacher-int8"
 CUDA_DEFAULT_MODEL = "he-teacher"
 
 
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (about 1 s) where Linux shows no NVIDIA driver."""
+    if os.path.isdir("/proc/driver") and not os.path.exists("/proc/driver/nvidia"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def default_model(device: str = "auto") -> str:
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+    if device == "cuda" or (device == "auto" and cuda_available()):
         return CUDA_DEFAULT_MODEL
     return DEFAULT_MODEL
 
@@ -45,7 +58,7 @@ def read_model_config(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text())
 
 
-def save_model(model: UNet, model_dir: str | Path, meta: dict, half: bool = False) -> Path:
+def save_model(model: "UNet", model_dir: str | Path, meta: dict, half: bool = False) -> Path:
     """Write ``config.json`` and ``model.safetensors``; ``half`` stores weights as fp16."""
     from safetensors.torch import save_file
 
@@ -65,9 +78,12 @@ def save_model(model: UNet, model_dir: str | Path, meta: dict, half: bool = Fals
     return model_dir
 
 
-def load_model(name_or_path=None, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tuple[UNet, dict]":
     """Load a model folder without pickle; returns (network in eval mode on ``device``, config dict)."""
+    import torch
     from safetensors.torch import load_file
+
+    from .net import NetConfig, UNet
 
     model_dir = resolve_model_dir(name_or_path, torch.device(device).type)
     cfg = read_model_config(model_dir)
