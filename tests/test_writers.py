@@ -16,7 +16,8 @@ from skimage.measure import find_contours
 
 from wsi_nuc.writers import (PolygonIndex, atomic_dir, clean_polygon, iter_geojson, safe_child, safe_name,
                              write_csv, write_geojson, write_labels_zarr, write_qc_png)
-from wsi_nuc.writers.labels_zarr import rasterise
+from wsi_nuc.writers.labels_zarr import polygon_areas, rasterise
+from wsi_nuc.writers.table import format_column, format_value
 
 STEM = "TCGA-21-5784-01Z-00-DX1"
 F = 2.0           # level-0 px per working px (MoNuSeg 0.25 µm/px as level 0, working 0.5 µm/px)
@@ -159,6 +160,27 @@ def test_csv_rows_and_chunks(tmp_path):
     assert list(csv.reader(gzip.open(pg, "rt")))[1][0] == "1"
 
 
+def test_csv_column_chunks_match_row_dicts(tmp_path):
+    # whole-column formatting gives the bytes value-by-value formatting gives, on the hard cases too:
+    # x * 10**4 at or next to a half-integer (np.round differs from round there), tiny, huge, NaN/inf
+    rng = np.random.default_rng(3)
+    k = rng.integers(-10**9, 10**9, 3000)
+    half = (k + 0.5) / 1e4
+    x = np.concatenate([half, np.nextafter(half, np.inf), np.nextafter(half, -np.inf), k / 1e4,
+                        rng.normal(0, 1e3, 3000), rng.normal(0, 1e-5, 500),
+                        [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-4, -5e-5, 2.675, 1e15, 1e300, 5e-324]])
+    chunk = {"i": np.arange(len(x)) - 7, "x": x, "pos": x > 0,
+             "f32": np.clip(x, -1e30, 1e30).astype(np.float32), "u": np.full(len(x), 2**64 - 1, np.uint64)}
+    cols = ["i", "x", "missing", "pos", "f32", "u"]
+    rows = [{c: chunk[c][j] for c in chunk} for j in range(len(x))]
+    a, b = tmp_path / "chunks.csv", tmp_path / "rows.csv"
+    assert write_csv(a, cols, [chunk]) == write_csv(b, cols, rows) == len(x)
+    assert a.read_bytes() == b.read_bytes()
+    for d in (0, 2, 6):
+        assert format_column(x, d) == [format_value(v, d) for v in x.tolist()]
+    assert format_column(["a", None, 1.5, np.int64(2)]) == ["a", "", "1.5", "2"]
+
+
 # -------------------------------------------------------------------- zarr ----
 
 def test_labels_zarr_roundtrip_real(tmp_path, real):
@@ -204,6 +226,84 @@ def test_rasterise_reproduces_traced_masks():
         got = rasterise(zip(ids, polys), 0, 0, *lab.shape, f)
         want = np.where(np.isin(lab, ids), lab, 0)
         assert np.array_equal(got, want), f
+
+
+def _rand_polygon(rng, kind):
+    k = int(rng.integers(3, 16))
+    if kind == 0:                                    # integer vertices: pixel centres on edges and vertices
+        return rng.integers(-3, 40, (k, 2)).astype(float)
+    if kind == 1:                                    # half-integer grid
+        return rng.integers(-6, 80, (k, 2)) / 2.0
+    if kind == 2:                                    # 2-decimal, as written to GeoJSON
+        return np.round(rng.uniform(-3, 43, (k, 2)), 2)
+    c = rng.uniform(0, 40, 2)                        # star-shaped, arbitrary floats
+    ang, rad = np.sort(rng.uniform(0, 2 * np.pi, k)), rng.uniform(0.3, 9, k)
+    return np.column_stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)])
+
+
+def _shoelace(xy):
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def test_rasterise_matches_skimage_polygon():
+    # the vectorised scanline fill gives skimage.draw.polygon's pixels (edges and vertices included),
+    # for self-intersecting rings, odd f and boxes that cut the polygons; overlaps as painted one by one
+    from skimage.draw import polygon as sk_polygon
+
+    rng = np.random.default_rng(7)
+    for trial in range(400):
+        f = (1.0, 2.0, 0.7, 3.3)[trial % 4]
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        y0, x0 = (int(v) for v in rng.integers(-5, 10, 2))
+        pairs = [(int(rng.integers(1, 9)), _rand_polygon(rng, int(rng.integers(0, 4))) * f)
+                 for _ in range(int(rng.integers(1, 5)))]
+        want = np.zeros((h, w), np.uint32)
+        for nid, xy in sorted(pairs, key=lambda t: (-_shoelace(t[1]), -t[0])):
+            rr, cc = sk_polygon(xy[:, 1] / f - 0.5 - y0, xy[:, 0] / f - 0.5 - x0, shape=(h, w))
+            want[rr, cc] = nid
+        assert np.array_equal(rasterise(pairs, y0, x0, y0 + h, x0 + w, f), want), trial
+
+
+def test_polygon_areas():
+    rng = np.random.default_rng(2)
+    polys = [rng.normal(0, 10, (int(k), 2)) for k in rng.integers(0, 9, 200)]
+    lens = [len(p) for p in polys]
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    got = polygon_areas(np.concatenate(polys), offsets)
+    want = [_shoelace(p) if len(p) >= 3 else 0.0 for p in polys]
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-9)
+
+
+def test_final_index_matches_brute_force():
+    from wsi_nuc.graph import iter_final
+    from wsi_nuc.pipeline import FinalIndex
+
+    class Tile:  # the parts of TileNuclei that FinalIndex and final_order use
+        def __init__(self, polys):
+            self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in polys], dtype=np.int64)])
+            self.coords = np.concatenate(polys) if polys else np.zeros((0, 2))
+            self.columns = {"centroid_x_px": np.array([p[:, 0].mean() for p in polys]),
+                            "centroid_y_px": np.array([p[:, 1].mean() for p in polys])}
+
+        def polygon(self, i):
+            return self.coords[self.offsets[i]:self.offsets[i + 1]]
+
+    rng = np.random.default_rng(5)
+    f = 2.0
+    tiles = [Tile([_rand_polygon(rng, 3) * f + rng.uniform(0, 300, 2) for _ in range(n)])
+             for n in rng.integers(0, 30, 6).tolist()]
+    keep = [rng.random(len(t.offsets) - 1) < 0.8 for t in tiles]
+    final = {nid: tn.polygon(i) for nid, tn, i in iter_final(tiles, keep)}
+    index = FinalIndex(tiles, keep, f)
+    for y0, x0 in rng.integers(-20, 180, (40, 2)).tolist():
+        y1, x1 = y0 + int(rng.integers(1, 60)), x0 + int(rng.integers(1, 60))
+        want = [nid for nid, p in final.items()
+                if p[:, 0].max() / f >= x0 and p[:, 0].min() / f <= x1
+                and p[:, 1].max() / f >= y0 and p[:, 1].min() / f <= y1]
+        got = list(index.query(y0, x0, y1, x1))
+        assert [nid for nid, _ in got] == want
+        assert all(np.array_equal(p, final[nid]) for nid, p in got)
 
 
 def test_overlap_rule_and_chunk_independence(tmp_path):

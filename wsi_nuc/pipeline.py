@@ -34,7 +34,7 @@ class RunSettings:
     tissue_detection: bool = True
     workers: int | None = None
     scheduler: str | None = None
-    batch: int = 2                  # tiles per network forward pass
+    batch: int | None = None        # tiles per forward pass; None: 1 on CPU (fastest there), 8 on CUDA
     tiles_per_task: int = 4
     margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
     quiet: bool = False
@@ -165,7 +165,6 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
                   model_dir) -> dict:
     """GeoJSON, CSV and zarr from the same surviving nuclei (so ids agree), then QC image and summary."""
     from . import __version__
-    from .graph import iter_final
     from .morphometry import COLUMNS
     from .writers.geojson import write_geojson
     from .writers.labels_zarr import write_labels_zarr
@@ -174,30 +173,16 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
     meas_cols = [c for c in COLUMNS if c not in ("nucleus_id",)]
     with timer("write_geojson"):
         gj = tmp / ("nuclei.geojson.gz" if settings.geojson_gz else "nuclei.geojson")
-
-        def features():
-            for nid, tn, i in iter_final(tiles, keep):
-                m = {"nucleus_id": nid}
-                m.update({c: float(tn.columns[c][i]) for c in meas_cols})
-                yield nid, tn.polygon(i), m
-
-        n = write_geojson(gj, features(), id_namespace=Path(info.path).name, clean=False)  # cleaned per tile
+        n = write_geojson(gj, _final_features(tiles, keep, meas_cols), id_namespace=Path(info.path).name,
+                          clean=False)  # cleaned per tile
     with timer("write_csv"):
-        def rows():
-            for nid, tn, i in iter_final(tiles, keep):
-                r = {"nucleus_id": nid}
-                r.update({c: tn.columns[c][i] for c in meas_cols})
-                yield r
-
-        write_csv(tmp / "nuclei.csv", COLUMNS, rows())
+        write_csv(tmp / "nuclei.csv", COLUMNS, _final_column_chunks(tiles, keep, meas_cols))
     with timer("write_zarr"):
-        index = FinalIndex(tiles, keep, geom.f, grid.halo)
+        index = FinalIndex(tiles, keep, geom.f)
         write_labels_zarr(tmp / "labels.zarr", (grid.height, grid.width), index, geom.f, geom.level0_mpp)
     tissue_mm2 = float(tissue.area_mm2(info.mpp))
     with timer("write_qc"):
         write_qc(tmp / "qc.png", reader, tissue, tiles, keep, info.mpp)
-    import torch
-
     return {
         "slide": {**info.to_dict(), "path": str(info.path)},
         "working_mpp": geom.work_mpp,
@@ -212,17 +197,39 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         "seconds": dict(timer.stages),
         "model": {"name": mcfg.get("name", model_dir.name), "version": mcfg.get("version"),
                   "path": str(model_dir)},
-        "software": {"wsi_nuc": __version__, "python": platform.python_version(),
-                     "torch": torch.__version__, **_versions()},
+        "software": {"wsi_nuc": __version__, "python": platform.python_version(), **_versions()},
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet",)},
     }
 
 
+def _final_features(tiles, keep, meas_cols):
+    """(nucleus id, outline, measurements) of every surviving nucleus, in id order (see ``iter_final``);
+    each tile's measurement columns are converted to Python floats in one go."""
+    from .graph import final_order
+
+    for tn, idx, first in final_order(tiles, keep):
+        cols = [tn.columns[c][idx].tolist() for c in meas_cols]
+        for j, (i, vals) in enumerate(zip(idx.tolist(), zip(*cols))):
+            yield first + j, tn.polygon(i), dict(zip(meas_cols, vals))
+
+
+def _final_column_chunks(tiles, keep, meas_cols):
+    """One CSV column chunk per tile: the surviving nuclei's ids and measurements, in id order."""
+    from .graph import final_order
+
+    for tn, idx, first in final_order(tiles, keep):
+        chunk = {"nucleus_id": np.arange(first, first + len(idx), dtype=np.int64)}
+        chunk.update((c, tn.columns[c][idx]) for c in meas_cols)
+        yield chunk
+
+
 def _versions() -> dict:
+    """Installed versions of the packages a result depends on (from package metadata: nothing is
+    imported, so the driver never loads torch just to name its version)."""
     from importlib.metadata import version, PackageNotFoundError
 
     out = {}
-    for pkg in ("openslide-python", "openslide-bin", "tiffslide", "dask", "distributed", "zarr",
+    for pkg in ("torch", "openslide-python", "openslide-bin", "tiffslide", "dask", "distributed", "zarr",
                 "scikit-image", "shapely", "kornia", "numpy"):
         try:
             out[pkg] = version(pkg)
@@ -232,31 +239,50 @@ def _versions() -> dict:
 
 
 class FinalIndex:
-    """Surviving outlines that touch a working-pixel box, found through their tile (no global tree)."""
+    """Surviving outlines that touch a working-pixel box, found through their tile (no global tree).
 
-    def __init__(self, tiles, keep, f, halo):
+    For every tile with survivors it keeps the outlines' bounding boxes in working pixels (level-0 / f),
+    one (n, 4) array per tile, and the box around them all; a query picks the tiles, then the outlines,
+    with boolean masks. An outline counts when its box touches [y0, y1] x [x0, x1] (edges included).
+    Ids and order are those of ``final_order``.
+    """
+
+    def __init__(self, tiles, keep, f):
         from .graph import final_order
 
         self.f = f
-        self.halo = halo
-        self.order = [o for o in final_order(tiles, keep) if len(o[1])]
+        self.tiles = []
+        for tn, idx, first in final_order(tiles, keep):
+            if len(idx):
+                self.tiles.append((tn, idx, first, _outline_boxes(tn)[idx] / f))
+        self.boxes = np.array([(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+                               for *_, b in self.tiles]).reshape(-1, 4)
 
     def __call__(self, y0, x0, y1, x1):
-        from .tiling import Box
-
-        box = Box(y0, x0, y1, x1)
-        f = self.f
-        for tn, idx, first in self.order:
-            if not tn.core.expand(self.halo).intersects(box):
-                continue
-            for j, i in enumerate(idx):
-                p = tn.polygon(i)
-                if (p[:, 0].max() / f < x0 or p[:, 0].min() / f > x1 or
-                        p[:, 1].max() / f < y0 or p[:, 1].min() / f > y1):
-                    continue
-                yield first + j, p
+        for t in np.flatnonzero(_touching(self.boxes, y0, x0, y1, x1)):
+            tn, idx, first, boxes = self.tiles[t]
+            for j in np.flatnonzero(_touching(boxes, y0, x0, y1, x1)).tolist():
+                yield first + j, tn.polygon(idx[j])
 
     query = __call__
+
+
+def _outline_boxes(tn) -> np.ndarray:
+    """(x_min, y_min, x_max, y_max) of every outline of a tile, level-0; NaN for an empty outline."""
+    starts, lens = tn.offsets[:-1], np.diff(tn.offsets)
+    out = np.full((len(lens), 4), np.nan)
+    ok = lens > 0
+    if ok.any():
+        x, y = tn.coords[:tn.offsets[-1], 0], tn.coords[:tn.offsets[-1], 1]
+        s = starts[ok]
+        out[ok] = np.column_stack([np.minimum.reduceat(x, s), np.minimum.reduceat(y, s),
+                                   np.maximum.reduceat(x, s), np.maximum.reduceat(y, s)])
+    return out
+
+
+def _touching(boxes: np.ndarray, y0, x0, y1, x1) -> np.ndarray:
+    """Which (x_min, y_min, x_max, y_max) boxes touch [y0, y1] x [x0, x1] (False for NaN boxes)."""
+    return (boxes[:, 2] >= x0) & (boxes[:, 0] <= x1) & (boxes[:, 3] >= y0) & (boxes[:, 1] <= y1)
 
 
 def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float) -> None:

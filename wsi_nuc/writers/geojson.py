@@ -35,6 +35,7 @@ DEFAULT_COLOR = (220, 40, 40)
 _UUID_NS = uuid.UUID("6b1f4a52-8d2e-4c57-9a0e-3f6d2b7c9e11")  # fixed namespace for wsi-nuc objects
 _HEADER = '{"type": "FeatureCollection", "features": [\n'
 _FOOTER = "\n]}\n"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one feature a line, no NaN
 
 
 def _largest_polygon(geom) -> Polygon | None:
@@ -115,6 +116,21 @@ def _number(v):
     return x
 
 
+def _measurements(nucleus_id: int, measurements: Mapping) -> dict:
+    """``nucleus_id`` first, then the measurements that are finite numbers, in their order."""
+    meas = {"nucleus_id": int(nucleus_id)}
+    vals = measurements.values()
+    if (set(map(type, vals)) == {float} and set(map(type, measurements)) == {str}
+            and "nucleus_id" not in measurements and math.isfinite(sum(vals))):
+        meas.update(measurements)  # the usual case: plain floats, none NaN/inf (else the sum would be)
+        return meas
+    for k, v in measurements.items():
+        x = _number(v)
+        if x is not None and k != "nucleus_id":
+            meas[str(k)] = x
+    return meas
+
+
 def feature_uuid(nucleus_id: int, namespace: str = "") -> str:
     """Deterministic UUID string for a nucleus (``uuid5`` of namespace and id)."""
     return str(uuid.uuid5(_UUID_NS, f"{namespace}:{int(nucleus_id)}"))
@@ -122,15 +138,13 @@ def feature_uuid(nucleus_id: int, namespace: str = "") -> str:
 
 def make_feature(nucleus_id: int, ring: np.ndarray, measurements: Mapping | None = None,
                  color=DEFAULT_COLOR, id_namespace: str = "", classification: str = "Nucleus") -> dict:
-    """One QuPath detection feature for an already-clean closed ring (see :func:`clean_polygon`)."""
-    meas = {"nucleus_id": int(nucleus_id)}
-    for k, v in (measurements or {}).items():
-        if k == "nucleus_id":
-            continue
-        x = _number(v)
-        if x is not None:
-            meas[str(k)] = x
-    coords = [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
+    """One QuPath detection feature for an already-clean closed ring (see :func:`clean_polygon`).
+
+    Coordinates are written rounded to 2 decimals (a no-op for a cleaned ring); measurements that are
+    NaN/inf or not numbers are left out.
+    """
+    meas = _measurements(nucleus_id, measurements or {})
+    coords = np.round(np.asarray(ring, dtype=np.float64), 2).tolist()
     return {
         "type": "Feature",
         "id": feature_uuid(nucleus_id, id_namespace),
@@ -171,7 +185,7 @@ def write_geojson(path: Path | str, features: Iterable[tuple[int, np.ndarray, Ma
                 feat = make_feature(nid, ring, meas, color=color, id_namespace=id_namespace)
                 if n:
                     fh.write(",\n")
-                fh.write(json.dumps(feat, separators=(",", ":"), allow_nan=False))
+                fh.write(_ENCODER.encode(feat))
                 n += 1
             fh.write(_FOOTER)
     return n

@@ -4,6 +4,9 @@ Number format: integers as integers; floats rounded to ``decimals`` (default 4) 
 written in their shortest form (``12.5``, not ``12.500000000000002``); tiny non-zero values
 (|x| < 10**-decimals) keep 4 significant digits in exponent form; NaN/inf are written as an empty field
 (spreadsheets and pandas read that as missing). ``.csv.gz`` paths are gzip-compressed.
+
+Column chunks ({column: 1-D array}) are formatted a whole column at a time (:func:`format_column`), row
+dicts a value at a time (:func:`format_value`); both give the same text for the same value.
 """
 from __future__ import annotations
 
@@ -44,6 +47,56 @@ def format_value(v, decimals: int = 4) -> str:
     return repr(r)
 
 
+def round_like_python(a: np.ndarray, decimals: int) -> np.ndarray:
+    """``round(x, decimals)`` of every finite float64 in ``a``, vectorised, with Python's exact result.
+
+    ``np.round`` scales, rounds and unscales, so it can differ from Python's correctly rounded ``round``
+    when ``x * 10**decimals`` lies within a few ulps of a half-integer (or is too large to hold a
+    fraction); those few values are rounded by Python.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.round(a, decimals)
+        y = np.abs(a * 10.0 ** decimals)
+        off_half = np.abs(y - np.floor(y) - 0.5) > 4 * np.spacing(y)
+    unsure = np.isfinite(a) & ~((y < 2.0 ** 52) & off_half)
+    for i in np.flatnonzero(unsure):
+        r[i] = round(float(a[i]), decimals)
+    return r
+
+
+def _format_floats(x: np.ndarray, decimals: int) -> list[str]:
+    """:func:`format_value`'s float rules applied to a whole float64 array."""
+    out = np.full(len(x), "", dtype=object)                          # NaN / inf stay empty
+    finite = np.isfinite(x)
+    zero = x == 0.0
+    tiny = finite & ~zero & (np.abs(x) < 10.0 ** (-decimals))
+    rest = finite & ~zero & ~tiny
+    out[zero] = "0"
+    out[tiny] = [format(v, ".4g") for v in x[tiny].tolist()]
+    r = round_like_python(x[rest], decimals)
+    whole = (r == np.trunc(r)) & (np.abs(r) < 1e15)
+    text = np.empty(len(r), dtype=object)
+    text[whole] = list(map(str, r[whole].astype(np.int64).tolist()))
+    text[~whole] = list(map(repr, r[~whole].tolist()))
+    out[rest] = text
+    return out.tolist()
+
+
+def format_column(a, decimals: int = 4) -> list[str]:
+    """The CSV fields of a 1-D array: the text :func:`format_value` gives value by value, computed a
+    column at a time for bool, integer and float arrays."""
+    if not isinstance(a, np.ndarray):
+        return [format_value(v, decimals) for v in a]
+    kind = a.dtype.kind
+    if kind == "b":
+        return ["1" if v else "0" for v in a.tolist()]
+    if kind in "iu":
+        return list(map(str, a.tolist()))
+    if kind == "f":
+        return _format_floats(a.astype(np.float64, copy=False), decimals)
+    return [format_value(v, decimals) for v in a.tolist()]
+
+
 def _is_column_chunk(item: Mapping, columns: list[str]) -> bool:
     for k in columns:
         if k in item:
@@ -51,24 +104,23 @@ def _is_column_chunk(item: Mapping, columns: list[str]) -> bool:
     return False
 
 
-def _rows(items: Iterable[Mapping], columns: list[str]):
-    """Turn row dicts or column chunks ({name: 1-D array}) into lists of values in column order."""
+def _formatted_rows(items: Iterable[Mapping], columns: list[str], decimals: int):
+    """Per item, a list of rows of CSV fields: row dicts give one row, column chunks
+    ({name: 1-D array}) one row per element, formatted a column at a time."""
     for item in items:
-        if _is_column_chunk(item, columns):
-            n = max((len(item[k]) for k in columns if k in item), default=0)
-            cols = []
-            for k in columns:
-                if k in item:
-                    a = item[k]
-                    a = a.tolist() if isinstance(a, np.ndarray) else list(a)
-                    if len(a) != n:
-                        raise ValueError(f"column {k!r} has {len(a)} values, expected {n}")
-                    cols.append(a)
-                else:
-                    cols.append([None] * n)
-            yield from zip(*cols)
-        else:
-            yield tuple(item.get(k) for k in columns)
+        if not _is_column_chunk(item, columns):
+            yield [[format_value(item.get(k), decimals) for k in columns]]
+            continue
+        n = max((len(item[k]) for k in columns if k in item), default=0)
+        cols = []
+        for k in columns:
+            if k not in item:
+                cols.append([""] * n)
+                continue
+            if len(item[k]) != n:
+                raise ValueError(f"column {k!r} has {len(item[k])} values, expected {n}")
+            cols.append(format_column(item[k], decimals))
+        yield list(zip(*cols))
 
 
 def write_csv(path: Path | str, columns: list[str], rows: Iterable[Mapping], decimals: int = 4) -> int:
@@ -89,7 +141,7 @@ def write_csv(path: Path | str, columns: list[str], rows: Iterable[Mapping], dec
         with fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(columns)
-            for vals in _rows(rows, columns):
-                w.writerow([format_value(v, decimals) for v in vals])
-                n += 1
+            for block in _formatted_rows(rows, columns, decimals):
+                w.writerows(block)
+                n += len(block)
     return n
