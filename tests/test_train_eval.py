@@ -72,3 +72,16 @@ def test_shipped_model_on_val(shared, capsys):
 def test_eval_bad_dataset(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_models_lists_every_shipped_model_with_its_card_figures(capsys):
+    from wsi_nuc.cli import main
+    from wsi_nuc.model.io import DEFAULT_MODEL, read_model_config, resolve_model_dir, shipped_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for name in shipped_models():
+        line = next(ln for ln in out if ln[2:].split()[0] == name)
+        aji = read_model_config(resolve_model_dir(name))["metrics"]["val"]["aji"]
+        assert f"{aji:.3f}" in line
+        assert line.startswith("*") == (name == DEFAULT_MODEL)
