@@ -9,9 +9,10 @@ import json
 import math
 import platform
 import shutil
+import threading
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -138,22 +139,43 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
         bar = tqdm(total=len(grid), unit="tile", desc=final.name, leave=False)
         progress = bar.update
     ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
-    with timer("segment"), ctx as cl:
-        resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
-        tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
-                          on_done=progress, resources=resources)
-    if bar is not None:
-        bar.close()
-    with timer("stitch"):
-        keep = deduplicate(tiles, band=2 * settings.margin + 1)
-    with atomic_dir(final) as tmp:
-        summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
-                                mcfg, model_dir)
-        summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    stack = ExitStack()
+    closer = None
+    try:
+        with timer("segment"):
+            cl = stack.enter_context(ctx)
+            resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
+            tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
+                              on_done=progress, resources=resources)
+        # a cluster of our own shuts down (about 1 s) while the driver stitches and writes
+        closer = threading.Thread(target=_close_quietly, args=(stack,), name="wsi-nuc-cluster-close",
+                                  daemon=True)
+        closer.start()
+        if bar is not None:
+            bar.close()
+        with timer("stitch"):
+            keep = deduplicate(tiles, band=2 * settings.margin + 1)
+        with atomic_dir(final) as tmp:
+            summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
+                                    mcfg, model_dir)
+            summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    finally:
+        if closer is None:
+            stack.close()
+        else:
+            closer.join()
     shutil.rmtree(spool, ignore_errors=True)
     summary["output"] = str(final)
     return summary
+
+
+def _close_quietly(stack: ExitStack) -> None:
+    """Shut the run's own cluster down; a failure to stop cleanly must not fail a finished slide."""
+    try:
+        stack.close()
+    except Exception:
+        pass
 
 
 def _has_gpu_resource(client) -> bool:
