@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .instances import InstanceParams, centroids, labels_from_maps, polygons_level0
+from .outlines import pack_polygons
 from .tiling import Box, Tile
 
 
@@ -36,14 +37,6 @@ class TileNuclei:
 
     def polygon(self, i: int) -> np.ndarray:
         return self.coords[self.offsets[i]:self.offsets[i + 1]]
-
-
-def pack_polygons(polys: list) -> tuple[np.ndarray, np.ndarray]:
-    lens = [len(p) for p in polys]
-    offsets = np.zeros(len(polys) + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    coords = np.concatenate(polys).astype(np.float64) if polys else np.zeros((0, 2))
-    return coords, offsets
 
 
 def segment_maps(maps: np.ndarray, params: InstanceParams) -> np.ndarray:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import shapely
 
+from ..outlines import pack_polygons
 from .atomic import atomic_dir
 
 NOTE = ("labels are at the working resolution; multiply by f to get level-0 pixels "
@@ -58,14 +59,6 @@ def polygon_areas(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return areas
 
 
-def _pack(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lens = [len(p) for p in polygons]
-    offsets = np.zeros(len(polygons) + 1, np.intp)
-    np.cumsum(lens, out=offsets[1:])
-    coords = np.concatenate(polygons) if polygons else np.zeros((0, 2))
-    return coords, offsets
-
-
 class PolygonIndex:
     """Spatial index of nucleus polygons (level-0 coordinates) answering working-pixel box queries.
 
@@ -88,7 +81,7 @@ class PolygonIndex:
             else:
                 bb[i] = np.nan
         bb /= self.f
-        self.areas = polygon_areas(*_pack(self.polygons))
+        self.areas = polygon_areas(*pack_polygons(self.polygons))
         ok = np.isfinite(bb).all(axis=1)
         self._valid = np.flatnonzero(ok)
         self._tree = shapely.STRtree(shapely.box(bb[ok, 0], bb[ok, 1], bb[ok, 2], bb[ok, 3]))
@@ -193,11 +186,11 @@ def rasterise(pairs: Iterable[tuple[int, np.ndarray]], y0: int, x0: int, y1: int
         if len(xy) >= 3 and nid != 0:
             ids.append(int(nid))
             polys.append(xy)
-    coords, offsets = _pack(polys)
+    coords, offsets = pack_polygons(polys)
     if not np.isfinite(coords).all():
         good = [k for k, p in enumerate(polys) if np.isfinite(p).all()]
         ids, polys = [ids[k] for k in good], [polys[k] for k in good]
-        coords, offsets = _pack(polys)
+        coords, offsets = pack_polygons(polys)
     if not ids or h <= 0 or w <= 0:
         return np.zeros((h, w), dtype=dtype)
     ids = np.asarray(ids, dtype=np.int64)
