@@ -86,10 +86,12 @@ def _eval(a) -> int:
 
     def log(sc):
         if not a.json:
+            scale = f"  mpp {sc['mpp']:.3f} ({sc['mpp_source']})" if sc.get("mpp_source") == "estimated" else ""
             print(f"{sc['image']:<40} aji {sc['aji']:.4f}  pq {sc['pq']:.4f}  f1 {sc['f1']:.4f}  "
-                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}", flush=True)
+                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}{scale}", flush=True)
 
-    res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log)
+    res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log,
+                   auto_scale=a.scale == "auto")
     agg = res["aggregate"]
     if a.json:
         print(json.dumps({**agg, "split": res["split"], "model": res["model"]}))
@@ -206,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--json", action="store_true", help="print the aggregate metrics as one JSON object")
     e.add_argument("--save-predictions", metavar="DIR", help="write DIR/<stem>.tif instance labels")
+    e.add_argument("--scale", choices=("auto", "native"), default="auto",
+                   help="images whose dataset.json gives no mpp: estimate their scale from the nuclei "
+                        "found at their own pixels (auto, default), or segment them as working pixels "
+                        "(native)")
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="what the reader sees in a slide")

@@ -278,9 +278,9 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
             save_checkpoint(ckpt, student, opt, step, cpu_s + time.process_time() - t_cpu0, extra())
             last_ckpt = time.time()
         if step % int(tc.get("snapshot_every", 250)) == 0:
-            save_model(student, out / "snapshots" / f"step{step:06d}", model_meta(cfg))
+            save_model(student, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set))
     cpu_s += time.process_time() - t_cpu0
-    meta = model_meta(cfg)
+    meta = model_meta(cfg, train_set)
     meta["params"] = budget["params"]
     meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
     meta["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),

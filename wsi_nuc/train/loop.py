@@ -18,6 +18,7 @@ from ..config import write_config
 from ..dataset import list_stems, load_at_mpp, read_index
 from ..model.io import save_model
 from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
+from ..scale import median_area_um2
 from .augment import AugmentConfig, augment
 from .losses import head_losses
 from .targets import make_targets
@@ -76,8 +77,10 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def model_meta(cfg: dict) -> dict:
-    return {
+def model_meta(cfg: dict, train_set: list | None = None) -> dict:
+    """config.json fields of a trained model; with ``train_set``, also the median area (µm²) of its
+    training nuclei, by which images of unknown scale are scaled (:mod:`wsi_nuc.scale`)."""
+    meta = {
         "name": cfg.get("name", "model"),
         "version": cfg.get("version", "0.1.0"),
         "mpp": cfg["data"].get("mpp"),
@@ -86,6 +89,10 @@ def model_meta(cfg: dict) -> dict:
         "licence": cfg.get("licence", ""),
         "training_data": cfg.get("training_data", ""),
     }
+    mpp = cfg["data"].get("mpp")
+    if train_set and mpp:
+        meta["nucleus_area_um2"] = round(median_area_um2([s.labels for s in train_set], mpp), 2)
+    return meta
 
 
 def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
@@ -139,9 +146,9 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
             save_checkpoint(ckpt, net, opt, step, cpu_s + time.process_time() - t_cpu0)
             last_ckpt = time.time()
         if step % int(tc.get("snapshot_every", 250)) == 0:
-            save_model(net, out / "snapshots" / f"step{step:06d}", model_meta(cfg))
+            save_model(net, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set))
     cpu_s += time.process_time() - t_cpu0
-    meta = model_meta(cfg)
+    meta = model_meta(cfg, train_set)
     meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
     model_dir = save_model(net, out / "model", meta)
     logf.close()
