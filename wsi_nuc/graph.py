@@ -18,6 +18,7 @@ import numpy as np
 
 from .instances import InstanceParams
 from .segment import TileNuclei, tile_nuclei
+from .stainnorm import LabStats
 from .tiling import Tile
 
 
@@ -40,6 +41,7 @@ class TaskSettings:
     batch: int | None             # None: 1 on CPU, 8 on CUDA
     margin: int
     params: dict
+    stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
 
 
 _READERS: dict = {}
@@ -67,9 +69,10 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     images = np.stack([read_region(reader, t.read.x0 * f, t.read.y0 * f, t.read.w * f, t.read.h * f,
                                    t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
+    stain = LabStats.from_dict(ts.stain)
     out = []
     for s in range(0, len(tiles), bs):
-        maps = predictor.maps(images[s:s + bs])
+        maps = predictor.maps(images[s:s + bs], stain)
         for k, t in enumerate(tiles[s:s + bs]):
             out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
                                    ts.margin))
@@ -82,7 +85,7 @@ def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
     weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(ts.model).glob("*")
                      if p.is_file()) if ts.model and Path(ts.model).is_dir() else []
     ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model, weights,
-                  ts.margin, sorted(ts.params.items()), tile, halo))
+                  ts.margin, sorted(ts.params.items()), ts.stain, tile, halo))
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 

@@ -110,6 +110,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
 def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mcfg, timer, t_start) -> dict:
     from .cluster import dask_client
     from .graph import Geometry, TaskSettings, run_tiles, spool_key
+    from .stainnorm import slide_stats
     from .stitch import deduplicate
     from .tiling import make_grid
     from .tissue import detect_tissue, full_mask
@@ -129,8 +130,13 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     grid = make_grid(H, W, settings.tile, settings.halo, align=16,
                      keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
     geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
+    stain = None
+    if mcfg.get("stain_norm"):
+        with timer("stain"):
+            st = slide_stats(reader, (t.core for t in grid), f)
+            stain = st.to_dict() if st is not None else None
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
-                      dict(mcfg.get("postprocess") or {}))
+                      dict(mcfg.get("postprocess") or {}), stain)
     spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
     bar = None
     if progress is None and not settings.quiet:
@@ -159,6 +165,8 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
             summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
                                     mcfg, model_dir)
             summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+            if stain is not None:
+                summary["stain_normalisation"] = {"slide": stain, "target": mcfg["stain_norm"]}
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         if closer is None:

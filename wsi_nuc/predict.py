@@ -39,12 +39,30 @@ class Predictor:
         return self.config.get("mpp")
 
     @property
+    def stain_target(self):
+        """The training images' CIELAB statistics when the model normalises stain, else None."""
+        from .stainnorm import LabStats
+
+        return LabStats.from_dict(self.config.get("stain_norm"))
+
+    @property
     def stride(self) -> int:
         return int(getattr(self.net, "stride", 16))
 
     @torch.inference_mode()
-    def maps(self, images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, 6, H, W) float32 maps; pads to the stride by mirroring, crops back."""
+    def maps(self, images: np.ndarray, stain=None) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, 6, H, W) float32 maps; pads to the stride by mirroring, crops back.
+
+        A model with ``stain_norm`` in its config first Reinhard-normalises the images: from ``stain``
+        (a :class:`~wsi_nuc.stainnorm.LabStats` of the slide or image they come from) when given, else
+        from each image's own statistics.
+        """
+        target = self.stain_target
+        if target is not None:
+            from .stainnorm import lab_stats, normalise
+
+            images = np.stack([normalise(im, stain if stain is not None else lab_stats(im), target)
+                               for im in images])
         b, h, w, _ = images.shape
         s = self.stride
         ph, pw = -h % s, -w % s

@@ -103,10 +103,15 @@ def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp:
     fct = resample_factor(image_mpp, predictor.mpp)
     shape = (max(1, round(h * fct)), max(1, round(w * fct)))
     work = resize_image(rgb, shape)
+    stain = None
+    if predictor.stain_target is not None:
+        from .stainnorm import lab_stats
+
+        stain = lab_stats(work)  # one set of statistics for the whole image, also when it is tiled
     if max(shape) > max_side:
-        maps = tiled_maps(work, predictor)
+        maps = tiled_maps(work, predictor, stain=stain)
     else:
-        maps = predictor.maps(work[None])[0]
+        maps = predictor.maps(work[None], stain)[0]
     if shape == (h, w):
         return segment_maps(maps, params)
     if fct < 1:
@@ -126,7 +131,7 @@ def upsample_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0].numpy()
 
 
-def tiled_maps(img: np.ndarray, predictor, tile: int = 1024, halo: int = 64) -> np.ndarray:
+def tiled_maps(img: np.ndarray, predictor, tile: int = 1024, halo: int = 64, stain=None) -> np.ndarray:
     """Head maps of a large image, predicted in overlapping windows (cores pasted, halos discarded)."""
     from .tiling import make_grid
 
@@ -137,7 +142,7 @@ def tiled_maps(img: np.ndarray, predictor, tile: int = 1024, halo: int = 64) -> 
         r = t.read
         pad = ((max(0, -r.y0), max(0, r.y1 - h)), (max(0, -r.x0), max(0, r.x1 - w)), (0, 0))
         win = np.pad(img[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad, constant_values=255)
-        m = predictor.maps(win[None])[0]
+        m = predictor.maps(win[None], stain)[0]
         c = t.core
         out[:, c.y0:c.y1, c.x0:c.x1] = m[:, c.y0 - r.y0:c.y1 - r.y0, c.x0 - r.x0:c.x1 - r.x0]
     return out

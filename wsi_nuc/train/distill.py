@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..model.io import load_model, save_model
 from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
 from .loop import (NORM_MEAN, NORM_STD, augment_config, load_split, lr_at, make_batch, make_optimizer,
-                   model_meta, resume, save_checkpoint, val_batches)
+                   model_meta, normalise_stain, resume, save_checkpoint, val_batches)
 from .losses import head_losses
 
 # Defaults of the ``distill:`` config section.
@@ -237,6 +237,7 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
     train_set = load_split(cfg["data"], "train", mpp)
     val_set = load_split(cfg["data"], "val", mpp)
+    stain = normalise_stain(cfg, train_set, val_set)
     log(f"{len(train_set)} train / {len(val_set)} val images at mpp={mpp}; teacher {tcfg.get('name')} "
         f"({budget['teacher_macs_per_px']:,.0f} MACs/px) -> student params={budget['params']:,} "
         f"MACs/px={budget['student_macs_per_px']:,.0f} ({budget['flop_ratio']:.2f}x fewer)")
@@ -278,9 +279,9 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
             save_checkpoint(ckpt, student, opt, step, cpu_s + time.process_time() - t_cpu0, extra())
             last_ckpt = time.time()
         if step % int(tc.get("snapshot_every", 250)) == 0:
-            save_model(student, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set))
+            save_model(student, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set, stain))
     cpu_s += time.process_time() - t_cpu0
-    meta = model_meta(cfg, train_set)
+    meta = model_meta(cfg, train_set, stain)
     meta["params"] = budget["params"]
     meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
     meta["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),

@@ -19,6 +19,7 @@ from ..dataset import list_stems, load_at_mpp, read_index
 from ..model.io import save_model
 from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
 from ..scale import median_area_um2
+from ..stainnorm import LabStats, lab_stats, normalise
 from .augment import AugmentConfig, augment
 from .losses import head_losses
 from .targets import make_targets
@@ -77,7 +78,19 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def model_meta(cfg: dict, train_set: list | None = None) -> dict:
+def normalise_stain(cfg: dict, train_set: list, *others: list) -> LabStats | None:
+    """With ``data.stain_norm`` on, Reinhard-normalise every image (in place) to the pooled CIELAB
+    statistics of the training images, and return those (the model's target); else None."""
+    if not cfg["data"].get("stain_norm"):
+        return None
+    target = lab_stats([s.image for s in train_set])
+    for samples in (train_set, *others):
+        for s in samples:
+            s.image = normalise(s.image, lab_stats(s.image), target)
+    return target
+
+
+def model_meta(cfg: dict, train_set: list | None = None, stain: LabStats | None = None) -> dict:
     """config.json fields of a trained model; with ``train_set``, also the median area (µm²) of its
     training nuclei, by which images of unknown scale are scaled (:mod:`wsi_nuc.scale`)."""
     meta = {
@@ -92,6 +105,8 @@ def model_meta(cfg: dict, train_set: list | None = None) -> dict:
     mpp = cfg["data"].get("mpp")
     if train_set and mpp:
         meta["nucleus_area_um2"] = round(median_area_um2([s.labels for s in train_set], mpp), 2)
+    if stain is not None:
+        meta["stain_norm"] = stain.to_dict()
     return meta
 
 
@@ -113,6 +128,7 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
     train_set = load_split(cfg["data"], "train", mpp)
     val_set = load_split(cfg["data"], "val", mpp)
+    stain = normalise_stain(cfg, train_set, val_set)
     log(f"{len(train_set)} train / {len(val_set)} val images at mpp={mpp}; "
         f"params={count_params(net):,} MACs/px={macs_per_pixel(net.cfg):,.0f}")
     total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
@@ -146,9 +162,9 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
             save_checkpoint(ckpt, net, opt, step, cpu_s + time.process_time() - t_cpu0)
             last_ckpt = time.time()
         if step % int(tc.get("snapshot_every", 250)) == 0:
-            save_model(net, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set))
+            save_model(net, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set, stain))
     cpu_s += time.process_time() - t_cpu0
-    meta = model_meta(cfg, train_set)
+    meta = model_meta(cfg, train_set, stain)
     meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
     model_dir = save_model(net, out / "model", meta)
     logf.close()

@@ -1,0 +1,57 @@
+"""Reinhard stain normalisation (wsi_nuc.stainnorm) on hand-made colours and real H&E images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wsi_nuc.stainnorm import LabStats, lab_stats, lab_to_rgb, normalise, rgb_to_lab, tissue_pixels
+
+
+def test_lab_conversion_matches_skimage_and_round_trips():
+    from skimage.color import lab2rgb, rgb2lab
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    lab = rgb_to_lab(rgb)
+    assert np.abs(lab - rgb2lab(rgb)).max() < 1e-3
+    assert np.abs(lab_to_rgb(lab) - lab2rgb(rgb2lab(rgb))).max() < 1e-4
+    assert np.abs(np.round(lab_to_rgb(lab) * 255) - rgb).max() == 0
+    white = rgb_to_lab(np.full((1, 1, 3), 255, np.uint8))[0, 0]
+    assert white == pytest.approx([100.0, 0.0, 0.0], abs=1e-2)
+
+
+def test_statistics_skip_background_and_identity_normalisation():
+    img = np.full((10, 10, 3), 250, np.uint8)     # glass
+    img[:5] = (120, 60, 160)                      # tissue: half the image
+    px = tissue_pixels(img)
+    assert len(px) == 50 and (px == (120, 60, 160)).all()
+    assert len(tissue_pixels(np.full((10, 10, 3), 250, np.uint8))) == 100   # all glass: keep everything
+    s = lab_stats(img)
+    assert s.std == pytest.approx((0, 0, 0), abs=1e-3)
+    assert LabStats.from_dict(s.to_dict()).mean == pytest.approx(s.mean, abs=1e-4)
+    with pytest.raises(ValueError):
+        LabStats.from_dict({"method": "macenko", "mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert LabStats.from_dict(None) is None
+    rgb = np.random.default_rng(1).integers(0, 200, (32, 32, 3), dtype=np.uint8)
+    st = lab_stats(rgb)
+    assert np.abs(normalise(rgb, st, st).astype(int) - rgb).max() <= 1
+
+
+def test_normalise_moves_a_foreign_stain_onto_the_target(shared):
+    """A purple DSB H&E-like image takes on the MoNuSeg image's statistics."""
+    from PIL import Image
+
+    mon = shared / "data" / "monuseg2018-train"
+    dsb = shared / "data" / "dsb2018-stage1-train"
+    meta = json.loads((dsb / "dataset.json").read_text())
+    stem = next(k for k, v in sorted(meta["images"].items()) if v["modality"] == "colour_brightfield")
+    src = np.asarray(Image.open(dsb / "images" / f"{stem}.png").convert("RGB"))
+    ref_stem = json.loads((mon / "dataset.json").read_text())["split"]["train"][0]
+    ref = np.asarray(Image.open(mon / "images" / f"{ref_stem}.png").convert("RGB"))
+    target, before = lab_stats(ref), lab_stats(src)
+    after = lab_stats(normalise(src, before, target))
+    gap = lambda a, b: np.abs(np.subtract(a.mean, b.mean)).max()  # noqa: E731
+    assert gap(before, target) > 5
+    assert gap(after, target) < 2.5
+    assert np.abs(np.subtract(after.std, target.std)).max() < 2.5

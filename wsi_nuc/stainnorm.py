@@ -1,0 +1,116 @@
+"""Reinhard stain normalisation: match an image's CIELAB mean and spread to the model's training set.
+
+Reinhard et al. (IEEE CG&A 2001) transfer colour by matching per-channel mean and standard deviation in
+a decorrelated colour space; here CIELAB (D65, as ``skimage.color``). The statistics are taken over the
+image's non-background pixels (mean RGB below :data:`BACKGROUND_RGB`; all pixels when under 5 % are left)
+so glass does not drag them. ``wsi-nuc run`` takes them once per slide from the tissue of its thumbnail,
+``wsi-nuc eval`` per image, training per training image; the model's ``config.json`` stores the target
+(the pooled statistics of its training images) under ``stain_norm``.
+
+Plain numpy, with a float32 path (:func:`normalise`) used on the workers; ``skimage.color`` agrees with
+it to within 1e-3 (a test checks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BACKGROUND_RGB = 220.0
+MIN_TISSUE_FRACTION = 0.05
+_M_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
+                            [0.212671, 0.715160, 0.072169],
+                            [0.019334, 0.119193, 0.950227]], np.float32)
+_M_RGB_FROM_XYZ = np.linalg.inv(_M_XYZ_FROM_RGB).astype(np.float32)
+_WHITE = np.array([0.95047, 1.0, 1.08883], np.float32)  # D65, 2° observer
+_DELTA = 6.0 / 29.0
+
+
+@dataclass(frozen=True)
+class LabStats:
+    """Per-channel mean and standard deviation of L*, a*, b*."""
+
+    mean: tuple
+    std: tuple
+
+    def to_dict(self) -> dict:
+        return {"method": "reinhard-lab", "mean": [round(float(v), 4) for v in self.mean],
+                "std": [round(float(v), 4) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "LabStats | None":
+        if not d:
+            return None
+        if d.get("method", "reinhard-lab") != "reinhard-lab":
+            raise ValueError(f"unknown stain normalisation method {d.get('method')!r}")
+        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (uint8, or float in 0..1) -> CIELAB float32, same last axis."""
+    x = np.asarray(rgb, np.float32)
+    if np.asarray(rgb).dtype == np.uint8:
+        x = x / 255.0
+    lin = np.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    xyz = lin @ _M_XYZ_FROM_RGB.T / _WHITE
+    f = np.where(xyz > _DELTA ** 3, np.cbrt(xyz), xyz / (3 * _DELTA ** 2) + 4.0 / 29.0)
+    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], -1).astype(np.float32)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """CIELAB -> sRGB float32 in 0..1 (clipped)."""
+    lab = np.asarray(lab, np.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], -1)
+    xyz = np.where(f > _DELTA, f ** 3, 3 * _DELTA ** 2 * (f - 4.0 / 29.0)) * _WHITE
+    lin = np.clip(xyz @ _M_RGB_FROM_XYZ.T, 0.0, None)
+    rgb = np.where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, 12.92 * lin)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def tissue_pixels(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(N, 3) pixels to take statistics over: inside ``mask`` if given, and not background."""
+    px = np.asarray(rgb).reshape(-1, 3)
+    if mask is not None:
+        px = px[np.asarray(mask, bool).reshape(-1)]
+    keep = px.astype(np.float32).mean(1) < BACKGROUND_RGB
+    return px[keep] if len(keep) and keep.mean() >= MIN_TISSUE_FRACTION else px
+
+
+def lab_stats(images, masks=None) -> LabStats:
+    """Pooled L*a*b* statistics of the non-background pixels of one image (H, W, 3) or a list of them."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images, masks = [images], [masks]
+    masks = masks if masks is not None else [None] * len(images)
+    px = np.concatenate([tissue_pixels(im, m) for im, m in zip(images, masks)])
+    if not len(px):
+        raise ValueError("no pixels to take stain statistics from")
+    lab = rgb_to_lab(px.astype(np.uint8) if px.dtype == np.uint8 else px)
+    return LabStats(tuple(lab.mean(0).tolist()), tuple(lab.std(0).tolist()))
+
+
+def normalise(rgb: np.ndarray, source: LabStats, target: LabStats) -> np.ndarray:
+    """``rgb`` (..., 3) uint8 recoloured so that ``source`` statistics become ``target``'s; uint8."""
+    lab = rgb_to_lab(rgb)
+    scale = np.asarray(target.std, np.float32) / np.maximum(np.asarray(source.std, np.float32), 1e-3)
+    lab = (lab - np.asarray(source.mean, np.float32)) * scale + np.asarray(target.mean, np.float32)
+    return np.round(lab_to_rgb(lab) * 255.0).astype(np.uint8)
+
+
+def slide_stats(reader, cores, f: float, n: int = 24, size: int = 256) -> LabStats | None:
+    """A slide's statistics at the working scale, pooled over ``size``² patches from the centres of up to
+    ``n`` tile cores spread evenly over ``cores`` (working-pixel boxes of the tissue tiles; ``f``
+    level-0 px per working px). Deterministic; None when there are no cores."""
+    from .slide import read_region
+
+    cores = list(cores)
+    if not cores:
+        return None
+    picks = [cores[i] for i in np.unique(np.linspace(0, len(cores) - 1, min(n, len(cores))).round().astype(int))]
+    patches = []
+    for c in picks:
+        w, h = min(size, c.x1 - c.x0), min(size, c.y1 - c.y0)
+        x0, y0 = (c.x0 + c.x1 - w) // 2, (c.y0 + c.y1 - h) // 2
+        patches.append(read_region(reader, x0 * f, y0 * f, w * f, h * f, w, h))
+    return lab_stats(patches)
