@@ -234,6 +234,7 @@ def calibrate_model(model, dataset_dir: str | Path, split: str = "val", use_rgb:
     ``"calibration"`` entry (ECE before/after ...)."""
     from .dataset import list_stems, load_at_mpp, read_index
     from .model.io import read_model_config, resolve_model_dir
+    from .stainnorm import normalise_to
 
     model_dir = resolve_model_dir(model)
     cfg = read_model_config(model_dir)
@@ -252,7 +253,7 @@ def calibrate_model(model, dataset_dir: str | Path, split: str = "val", use_rgb:
     for stem in stems:
         s = load_at_mpp(root, stem, cfg.get("mpp"), meta)
         if s.labels is not None:
-            pairs.append((s.image, s.labels))
+            pairs.append((normalise_to(s.image, cfg.get("stain_norm")), s.labels))
     head = fit_lts(net, pairs, use_rgb=use_rgb, steps=steps, norm=cfg.get("norm"), log=log)
     save_lts(head, model_dir, {"dataset": str(root), "split": split})
     return read_model_config(model_dir)["calibration"]

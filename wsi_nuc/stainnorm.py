@@ -98,6 +98,13 @@ def normalise(rgb: np.ndarray, source: LabStats, target: LabStats) -> np.ndarray
     return np.round(lab_to_rgb(lab) * 255.0).astype(np.uint8)
 
 
+def normalise_to(rgb: np.ndarray, target: LabStats | dict | None) -> np.ndarray:
+    """``rgb`` normalised from its own statistics to ``target`` (unchanged when ``target`` is None)."""
+    if isinstance(target, dict):
+        target = LabStats.from_dict(target)
+    return rgb if target is None else normalise(rgb, lab_stats(rgb), target)
+
+
 def slide_stats(reader, cores, f: float, n: int = 24, size: int = 256) -> LabStats | None:
     """A slide's statistics at the working scale, pooled over ``size``² patches from the centres of up to
     ``n`` tile cores spread evenly over ``cores`` (working-pixel boxes of the tissue tiles; ``f``

@@ -90,8 +90,11 @@ def convert(prepared: nn.Module, cfg: NetConfig) -> Int8UNet:
         return Int8UNet(convert_fx(prepared), cfg).eval()
 
 
-def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: int = 0) -> np.ndarray:
-    """(n, size, size, 3) uint8 random unaugmented crops of the train split at the working mpp."""
+def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: int = 0,
+                      stain: dict | None = None) -> np.ndarray:
+    """(n, size, size, 3) uint8 random unaugmented crops of the train split at the working mpp (each
+    image Reinhard-normalised to ``stain``, a model's ``stain_norm``, when given)."""
+    from ..stainnorm import normalise_to
     from .loop import load_split
 
     if isinstance(data_cfg, (str, Path)):
@@ -103,7 +106,7 @@ def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: i
     crops = []
     for _ in range(int(n_crops)):
         s = samples[rng.integers(len(samples))]
-        img = s.image
+        img = normalise_to(s.image, stain)
         h, w = img.shape[:2]
         if h < size or w < size:
             img = np.pad(img, ((0, max(size - h, 0)), (0, max(size - w, 0)), (0, 0)), constant_values=235)
@@ -202,9 +205,10 @@ def quantize_model(model_dir, dataset_cfg, out_dir, n_crops: int = 80, batch: in
 
     net, cfg = load_model(model_dir, "cpu")
     norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
-    crops = calibration_crops(dataset_cfg, cfg.get("mpp"), n_crops, crop, seed)
+    crops = calibration_crops(dataset_cfg, cfg.get("mpp"), n_crops, crop, seed, cfg.get("stain_norm"))
     state, qnet = quantize_net(net, crops, batch, norm, reduce_range)
-    check_x = _to_input(calibration_crops(dataset_cfg, cfg.get("mpp"), 4, crop, seed + 1), norm)
+    check_x = _to_input(calibration_crops(dataset_cfg, cfg.get("mpp"), 4, crop, seed + 1,
+                                          cfg.get("stain_norm")), norm)
     info = {"backend": BACKEND, "mode": "fx static", "weights": "int8 per-channel symmetric",
             "activations": "quint8 HistogramObserver" + (" (reduce_range)" if reduce_range else ""),
             "reduce_range": bool(reduce_range), "calibration_crops": int(n_crops), "batch": int(batch),
