@@ -24,6 +24,8 @@ _M_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
 _M_RGB_FROM_XYZ = np.linalg.inv(_M_XYZ_FROM_RGB).astype(np.float32)
 _WHITE = np.array([0.95047, 1.0, 1.08883], np.float32)  # D65, 2° observer
 _DELTA = 6.0 / 29.0
+_U8 = np.arange(256, dtype=np.float64) / 255.0
+_LINEAR_U8 = np.where(_U8 > 0.04045, ((_U8 + 0.055) / 1.055) ** 2.4, _U8 / 12.92).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,12 @@ class LabStats:
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (uint8, or float in 0..1) -> CIELAB float32, same last axis."""
-    x = np.asarray(rgb, np.float32)
-    if np.asarray(rgb).dtype == np.uint8:
-        x = x / 255.0
-    lin = np.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        lin = _LINEAR_U8[rgb]  # the sRGB transfer curve as a 256-entry table
+    else:
+        x = rgb.astype(np.float32)
+        lin = np.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
     xyz = lin @ _M_XYZ_FROM_RGB.T / _WHITE
     f = np.where(xyz > _DELTA ** 3, np.cbrt(xyz), xyz / (3 * _DELTA ** 2) + 4.0 / 29.0)
     fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
