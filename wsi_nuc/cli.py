@@ -125,19 +125,23 @@ def _models(a) -> int:
     def num(v, width: int, fmt: str = "") -> str:
         return format(format(v, fmt) if isinstance(v, (int, float)) else "–", f">{width}")
 
-    print(f"  {'model':<18} {'version':<8} {'mpp':>4} {'a-AJI':>6} {'PQ':>6} {'F1':>6} {'params':>8} "
-          f"{'GMAC/Mpx':>9} {'ms/256²':>8} {'Mpx/s':>6}")
+    print(f"  {'model':<18} {'version':<8} {'mpp':>4} {'a-AJI':>6} {'PQ':>6} {'F1':>6} {'DSB-HE':>6} "
+          f"{'params':>8} {'GMAC/Mpx':>9} {'ms/256²':>8} {'Mpx/s':>6}  stain")
     for name in shipped_models():
         cfg = read_model_config(resolve_model_dir(name))
         val = cfg.get("metrics", {}).get("val", {})
+        other = cfg.get("metrics", {}).get("dsb_he_val", {})
         speed = cfg.get("speed", {})
         mark = "*" if name == DEFAULT_MODEL else ("+" if name == CUDA_DEFAULT_MODEL else " ")
         print(f"{mark} {name:<18} v{cfg.get('version', '?'):<7} {num(cfg.get('mpp'), 4)} "
               f"{num(val.get('aji'), 6, '.3f')} {num(val.get('pq'), 6, '.3f')} {num(val.get('f1'), 6, '.3f')} "
+              f"{num(other.get('aji'), 6, '.3f')} "
               f"{num(cfg.get('params', 0) / 1e6, 6, '.2f')} M {num(cfg.get('gmac_per_mpx'), 9, '.1f')} "
-              f"{num(speed.get('ms_per_256_tile'), 8, '.1f')} {num(speed.get('mpx_per_s'), 6, '.2f')}")
-    print("val: MoNuSeg 2018 val (H&E models), DSB 2018 val (fluo-nuclei); speeds: network only, 2 threads, "
-          "this machine (see each model's card.md)")
+              f"{num(speed.get('ms_per_256_tile'), 8, '.1f')} {num(speed.get('mpx_per_s'), 6, '.2f')}  "
+              f"{'Reinhard' if cfg.get('stain_norm') else '–'}")
+    print("a-AJI/PQ/F1: MoNuSeg 2018 val (H&E models), DSB 2018 val (fluo-nuclei); DSB-HE: a-AJI on the 11 "
+          "H&E-like DSB val images (another source); speeds: network only, 2 threads, this machine (see each "
+          "model's card.md)")
     print("* default on CPU   + default on CUDA")
     return 0
 
