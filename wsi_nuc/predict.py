@@ -76,7 +76,7 @@ class Predictor:
                 out = self.net(x)
         else:
             out = self.net(x)
-        out = out.float()
+        out = out.float().contiguous()  # INT8 graphs return channels-last: slices of it are slow
         act = torch.empty_like(out)
         act[:, 0] = calibrated_fg(out[:, 0], self.lts, x)
         act[:, [1, 2, 5]] = torch.sigmoid(out[:, [1, 2, 5]])
