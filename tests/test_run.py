@@ -47,6 +47,12 @@ def test_outputs_exist_and_summary(cmu_runs):
     assert s["nuclei_per_mm2"] == pytest.approx(s["nucleus_count"] / s["tissue_area_mm2"], rel=1e-3)
     assert {"segment", "stitch", "write_geojson", "total"} <= set(s["seconds"])
     assert s["model"]["name"] and s["software"]["wsi_nuc"]
+    # the default model normalises stain: one set of slide statistics, whatever the tile size
+    sn = s["stain_normalisation"]
+    assert sn["target"]["method"] == "reinhard-lab" and len(sn["slide"]["mean"]) == 3
+    assert sn["slide"] != sn["target"] and all(v > 0 for v in sn["slide"]["std"])
+    other = json.loads((cmu_runs[1024][0] / "summary.json").read_text())
+    assert other["stain_normalisation"]["slide"] == sn["slide"]
 
 
 def test_geojson_csv_zarr_agree(cmu_runs):

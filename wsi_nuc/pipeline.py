@@ -133,7 +133,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     stain = None
     if mcfg.get("stain_norm"):
         with timer("stain"):
-            st = slide_stats(reader, (t.core for t in grid), f)
+            st = slide_stats(reader, tissue, f, H, W)
             stain = st.to_dict() if st is not None else None
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
                       dict(mcfg.get("postprocess") or {}), stain)

@@ -148,19 +148,19 @@ def normalise_to(rgb: np.ndarray, target: LabStats | dict | None) -> np.ndarray:
     return rgb if target is None else normalise(rgb, lab_stats(rgb), target)
 
 
-def slide_stats(reader, cores, f: float, n: int = 24, size: int = 256) -> LabStats | None:
-    """A slide's statistics at the working scale, pooled over ``size``² patches from the centres of up to
-    ``n`` tile cores spread evenly over ``cores`` (working-pixel boxes of the tissue tiles; ``f``
-    level-0 px per working px). Deterministic; None when there are no cores."""
+def slide_stats(reader, tissue, f: float, height: int, width: int, n: int = 24,
+                size: int = 256) -> LabStats | None:
+    """A slide's statistics at the working scale, pooled over up to ``n`` patches of ``size``² working
+    px, spread evenly over the boxes of a fixed ``size`` lattice that are mostly tissue (``tissue``: a
+    :class:`~wsi_nuc.tissue.TissueMask`; ``f`` level-0 px per working px; ``height`` x ``width`` the
+    slide in working px). Deterministic, and independent of the tile settings. None without tissue."""
     from .slide import read_region
 
-    cores = list(cores)
-    if not cores:
+    boxes = [(x, y) for y in range(0, max(height - size, 0) + 1, size)
+             for x in range(0, max(width - size, 0) + 1, size)
+             if tissue.fraction_in_box(x * f, y * f, (x + size) * f, (y + size) * f) > 0.5]
+    if not boxes:
         return None
-    picks = [cores[i] for i in np.unique(np.linspace(0, len(cores) - 1, min(n, len(cores))).round().astype(int))]
-    patches = []
-    for c in picks:
-        w, h = min(size, c.x1 - c.x0), min(size, c.y1 - c.y0)
-        x0, y0 = (c.x0 + c.x1 - w) // 2, (c.y0 + c.y1 - h) // 2
-        patches.append(read_region(reader, x0 * f, y0 * f, w * f, h * f, w, h))
-    return lab_stats(patches)
+    picks = [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, min(n, len(boxes))).round().astype(int))]
+    w, h = min(size, width), min(size, height)
+    return lab_stats([read_region(reader, x * f, y * f, w * f, h * f, w, h) for x, y in picks])
