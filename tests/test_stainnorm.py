@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wsi_nuc.stainnorm import (LabStats, lab_stats, lab_to_rgb, normalise, normalise_exact, rgb_to_lab,
-                               tissue_pixels)
+                               stain_pixels)
 
 
 def test_lab_conversion_matches_skimage_and_round_trips():
@@ -25,9 +25,9 @@ def test_lab_conversion_matches_skimage_and_round_trips():
 def test_statistics_skip_background_and_identity_normalisation():
     img = np.full((10, 10, 3), 250, np.uint8)     # glass
     img[:5] = (120, 60, 160)                      # tissue: half the image
-    px = tissue_pixels(img)
+    px = stain_pixels(img)
     assert len(px) == 50 and (px == (120, 60, 160)).all()
-    assert len(tissue_pixels(np.full((10, 10, 3), 250, np.uint8))) == 100   # all glass: keep everything
+    assert len(stain_pixels(np.full((10, 10, 3), 250, np.uint8))) == 100   # all glass: keep everything
     s = lab_stats(img)
     assert s.std == pytest.approx((0, 0, 0), abs=1e-3)
     assert LabStats.from_dict(s.to_dict()).mean == pytest.approx(s.mean, abs=1e-4)
@@ -65,3 +65,18 @@ def test_table_path_agrees_with_the_formulas():
     fast, exact = normalise(rgb, src, dst), normalise_exact(rgb, src, dst)
     assert fast.dtype == np.uint8 and fast.shape == rgb.shape
     assert np.abs(fast.astype(int) - exact).max() <= 1 and (fast != exact).mean() < 0.01
+
+
+def test_slide_stats_fall_back_to_slivers_and_need_tissue(slides):
+    """A slide whose tissue is a thin strip still gets statistics; one with no tissue gets none."""
+    from wsi_nuc.slide import open_slide
+    from wsi_nuc.stainnorm import slide_stats
+    from wsi_nuc.tissue import TissueMask
+
+    with open_slide(slides / "CMU-1-Small-Region.svs") as r:
+        w, h = r.info.width, r.info.height
+        mask = np.zeros((h // 32, w // 32), bool)
+        mask[:, mask.shape[1] // 2] = True            # one mask column: 32 level-0 px wide
+        st = slide_stats(r, TissueMask(mask, 32.0), 1.0, h, w)
+        assert st is not None and all(s > 0 for s in st.std)
+        assert slide_stats(r, TissueMask(np.zeros_like(mask), 32.0), 1.0, h, w) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class Predictor:
     def mpp(self) -> float | None:
         return self.config.get("mpp")
 
-    @property
+    @cached_property
     def stain_target(self):
         """The training images' CIELAB statistics when the model normalises stain, else None."""
         from .stainnorm import LabStats

@@ -80,7 +80,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
 
-def tissue_pixels(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def stain_pixels(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """(N, 3) pixels to take statistics over: inside ``mask`` if given, and not background."""
     px = np.asarray(rgb).reshape(-1, 3)
     if mask is not None:
@@ -94,7 +94,7 @@ def lab_stats(images, masks=None) -> LabStats:
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images, masks = [images], [masks]
     masks = masks if masks is not None else [None] * len(images)
-    px = np.concatenate([tissue_pixels(im, m) for im, m in zip(images, masks)])
+    px = np.concatenate([stain_pixels(im, m) for im, m in zip(images, masks)])
     if not len(px):
         raise ValueError("no pixels to take stain statistics from")
     lab = rgb_to_lab(px.astype(np.uint8) if px.dtype == np.uint8 else px)
@@ -151,14 +151,15 @@ def normalise_to(rgb: np.ndarray, target: LabStats | dict | None) -> np.ndarray:
 def slide_stats(reader, tissue, f: float, height: int, width: int, n: int = 24,
                 size: int = 256) -> LabStats | None:
     """A slide's statistics at the working scale, pooled over up to ``n`` patches of ``size``² working
-    px, spread evenly over the boxes of a fixed ``size`` lattice that are mostly tissue (``tissue``: a
-    :class:`~wsi_nuc.tissue.TissueMask`; ``f`` level-0 px per working px; ``height`` x ``width`` the
+    px, spread evenly over the boxes of a fixed ``size`` lattice that are mostly tissue (else over those
+    with any tissue, for slivers; ``tissue``: a :class:`~wsi_nuc.tissue.TissueMask`; ``f`` level-0 px per working px; ``height`` x ``width`` the
     slide in working px). Deterministic, and independent of the tile settings. None without tissue."""
     from .slide import read_region
 
-    boxes = [(x, y) for y in range(0, max(height - size, 0) + 1, size)
-             for x in range(0, max(width - size, 0) + 1, size)
-             if tissue.fraction_in_box(x * f, y * f, (x + size) * f, (y + size) * f) > 0.5]
+    lattice = [(x, y) for y in range(0, max(height - size, 0) + 1, size)
+               for x in range(0, max(width - size, 0) + 1, size)]
+    frac = [tissue.fraction_in_box(x * f, y * f, (x + size) * f, (y + size) * f) for x, y in lattice]
+    boxes = [b for b, t in zip(lattice, frac) if t > 0.5] or [b for b, t in zip(lattice, frac) if t > 0]
     if not boxes:
         return None
     picks = [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, min(n, len(boxes))).round().astype(int))]
