@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 
 def _train(a) -> int:
@@ -50,12 +50,25 @@ def _calibrate(a) -> int:
     return 0
 
 
-def _run(a) -> int:
-    from .pipeline import RunSettings, run_slide
+def _settings(a):
+    """RunSettings from the flags, checked (one owner: ``validate_settings``); roundings are noted."""
+    from .pipeline import RunSettings
+    from .validate import validate_settings
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet)
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, wait=a.wait, overwrite=a.overwrite)
+    st, notes = validate_settings(st)
+    for n in notes:
+        if not a.quiet:
+            print(f"wsi-nuc: note: {one_line(n)}", file=sys.stderr)
+    return st
+
+
+def _run(a) -> int:
+    from .pipeline import run_slide
+
+    st = _settings(a)
     summary = run_slide(a.slide, a.out, st)
     if not a.quiet:
         secs = summary["seconds"]["total"]
@@ -66,11 +79,8 @@ def _run(a) -> int:
 
 def _batch(a) -> int:
     from .cohort import run_cohort
-    from .pipeline import RunSettings
 
-    st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
-                     tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet)
+    st = _settings(a)
     res = run_cohort(a.cohort, a.out, st, force=a.force, parallel_slides=a.parallel_slides, debug=a.debug)
     if not a.quiet:
         n, done, skipped, failed = len(res.rows), res.count("done"), res.count("skipped"), res.count("failed")
@@ -153,11 +163,27 @@ def _positive_int(v: str) -> int:
     return n
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def _output_flags(parser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="when another wsi-nuc run is writing the same output, wait for it (default: "
+                             "stop at once with exit 2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace wsi-nuc results of another slide with the same name (never files "
+                             "wsi-nuc did not write)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    p = argparse.ArgumentParser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add = sub.add_parser
 
     def add_parser(name, **kw):
@@ -170,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="wsi-nuc-out", help="output folder; results go to OUT/<slide stem>/")
     r.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--tile", type=_positive_int, default=512, help="tile core edge, working px (default 512)")
-    r.add_argument("--halo", type=int, default=64, help="context around each tile, working px (default 64)")
+    r.add_argument("--tile", type=int, default=512, help="tile core edge, working px (64-4096, default 512)")
+    r.add_argument("--halo", type=int, default=64, help="context around each tile, working px (0-512, default 64)")
     r.add_argument("--mpp", type=float, help="microns per level-0 pixel, when the slide has none or a wrong one")
     r.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
     r.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
@@ -179,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _output_flags(r)
     r.set_defaults(func=_run)
 
     b = sub.add_parser("batch", help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
@@ -189,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="cuda: inference tasks ask for workers started with --resources GPU=1")
-    b.add_argument("--tile", type=_positive_int, default=512, help="tile core edge, working px (default 512)")
-    b.add_argument("--halo", type=int, default=64, help="context around each tile, working px (default 64)")
+    b.add_argument("--tile", type=int, default=512, help="tile core edge, working px (64-4096, default 512)")
+    b.add_argument("--halo", type=int, default=64, help="context around each tile, working px (0-512, default 64)")
     b.add_argument("--mpp", type=float, help="microns per level-0 pixel for every slide (a CSV 'mpp' column "
                                              "overrides it per slide)")
     b.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
@@ -202,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
     b.add_argument("--quiet", action="store_true", help="no progress line")
+    _output_flags(b)
     b.set_defaults(func=_batch)
 
     e = sub.add_parser("eval", help="score a model on an annotated dataset folder")
@@ -260,23 +288,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_console = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
-    import logging
+    from .cluster import quiet_libraries
 
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except InputError as e:
         if args.debug:
             raise
-        print(f"wsi-nuc: error: {e}", file=sys.stderr)
+        print(f"wsi-nuc: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("wsi-nuc: interrupted", file=sys.stderr)
+        _interrupted(silence_after=from_console)
         return 130
+    except Exception as e:
+        from .validate import is_no_space, no_space
+
+        if args.debug or not is_no_space(e):
+            raise
+        print(f"wsi-nuc: error: {one_line(no_space(getattr(args, 'out', None) or '.', e))}", file=sys.stderr)
+        return 2
+
+
+def _interrupted(silence_after: bool) -> None:
+    """Ctrl-C: one line; what the cluster's threads say while they stop is not shown (worker processes
+    ignore Ctrl-C: see ``wsi_nuc.cluster``)."""
+    import logging
+    import os
+
+    logging.disable(logging.CRITICAL)
+    print("wsi-nuc: interrupted", file=sys.stderr, flush=True)
+    if not silence_after:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)     # interpreter shutdown (threads, atexit handlers) writes nothing more
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

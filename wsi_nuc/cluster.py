@@ -18,8 +18,21 @@ def torch_threads(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
+def quiet_libraries() -> None:
+    """Reader libraries' warnings are not the user's concern (a bad file is one InputError instead):
+    tifffile/tiffslide log and warn about every odd tag. Called by the CLI and in every worker."""
+    import logging
+    import warnings
+
+    for name in ("tifffile", "tiffslide", "imagecodecs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for module in ("tifffile", "tiffslide", "imagecodecs", "PIL", "openslide", "zarr", "numcodecs"):
+        warnings.filterwarnings("ignore", module=module)
+
+
 class TorchThreads(WorkerPlugin):
-    """Worker plugin: each LocalCluster worker process gets its share of the cores for torch."""
+    """Worker plugin: each LocalCluster worker process gets its share of the cores for torch, and
+    reader libraries' warnings are kept off the terminal."""
 
     name = "wsi-nuc-torch-threads"
 
@@ -29,7 +42,24 @@ class TorchThreads(WorkerPlugin):
     def setup(self, worker):
         import torch
 
+        quiet_libraries()
         torch.set_num_threads(self.n)
+
+
+@contextmanager
+def _ctrl_c_ignored():
+    """SIGINT ignored while worker processes are started (they inherit it; the driver keeps Ctrl-C)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextmanager
@@ -53,8 +83,9 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
             client.close()
         return
     n = workers or default_workers()
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+    with _ctrl_c_ignored():   # worker processes inherit it: Ctrl-C stops the driver, which stops them
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
     client = Client(cluster)
     client.register_plugin(TorchThreads(torch_threads(n)), name=TorchThreads.name)
     try:

@@ -1,5 +1,28 @@
-"""The one error type users see: bad input or usage, mapped by the CLI to exit code 2."""
+"""The one error type users see (bad input or usage, exit code 2) and how lines reach stderr.
+
+Every message is printed as exactly one line: control characters (a newline in a file name, a carriage
+return, an escape sequence) are written as Python escapes (``\\n``, ``\\r``, ``\\x1b``), so a hostile
+file name can neither split the line nor drive the terminal.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class InputError(Exception):
     """Bad input or usage. The message names the file and the cause, on one line."""
+
+
+def one_line(text) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\t``, ``\\x1b``, ...): one printable line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def warn(message: str, stream=None) -> None:
+    """One ``wsi-nuc: warning: ...`` line on stderr (a finished run still exits 0)."""
+    stream = stream or sys.stderr
+    stream.write(f"wsi-nuc: warning: {one_line(message)}\n")
+    stream.flush()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -20,6 +19,9 @@ from .instances import InstanceParams
 from .segment import TileNuclei, tile_nuclei
 from .stainnorm import LabStats
 from .tiling import Tile
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 
 @dataclass(frozen=True)
@@ -89,40 +91,23 @@ def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
-def _load_spool(spool: Path) -> dict:
-    done = {}
-    if spool.is_dir():
-        for p in spool.glob("*.pkl"):
-            try:
-                with open(p, "rb") as fh:
-                    tn = pickle.load(fh)  # our own spool, written by this run's key; not user input
-                done[tn.key] = tn
-            except Exception:
-                p.unlink(missing_ok=True)
-    return done
-
-
-def _save_spool(spool: Path, tn: TileNuclei) -> None:
-    tmp = spool / f".{tn.key}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(tn, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(spool / f"{tn.key}.pkl")
-
-
-def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: Path | None = None,
+def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "Spool | None" = None,
               per_task: int = 4, max_in_flight: int | None = None,
               on_done: Callable[[int], None] | None = None, resources: dict | None = None) -> list[TileNuclei]:
     """Run every tile through :func:`process_tiles` on ``client``; results in tile order.
 
     At most ``max_in_flight`` tasks are queued at once (default: 2 per worker thread), so a huge slide
-    does not flood the scheduler. With ``spool``, finished tiles are read back instead of recomputed.
+    does not flood the scheduler. With ``spool`` (a :class:`wsi_nuc.spool.Spool`, loaded), its finished
+    tiles are used instead of recomputed and every newly finished tile is saved to it.
     """
     from distributed import as_completed
 
+    from . import spool as spool_io
+    from .lock import checkpoint
+
     results = {}
     if spool is not None:
-        spool.mkdir(parents=True, exist_ok=True)
-        done = _load_spool(spool)
+        done = spool.done
         results = {t.key: done[t.key] for t in tiles if t.key in done}
         if results and on_done:
             on_done(len(results))
@@ -138,7 +123,7 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
         chunk = next(it, None)
         if chunk is None:
             return False
-        key = f"wsi-nuc-{spool.name if spool else 'tiles'}-{chunk[0].key}"
+        key = f"wsi-nuc-{spool.folder.name if spool else 'tiles'}-{chunk[0].key}"
         ac.add(client.submit(process_tiles, geom, chunk, ts, key=key, retries=3, pure=False,
                              resources=resources))
         return True
@@ -152,7 +137,8 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
         for tn in batch:
             results[tn.key] = tn
             if spool is not None:
-                _save_spool(spool, tn)
+                spool_io.save(spool, tn)
+        checkpoint("tile-spooled")
         if on_done:
             on_done(len(batch))
         submit_next()

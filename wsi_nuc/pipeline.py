@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 import threading
 import time
-import uuid
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .validate import check_output_dir  # noqa: F401 - re-exported (cohort, tests)
 
 OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "labels.zarr", "summary.json", "qc.png")
 
@@ -40,6 +39,8 @@ class RunSettings:
     margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
     quiet: bool = False
     geojson_gz: bool = False
+    wait: bool = False              # output locked by another run: wait for it (else InputError at once)
+    overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
 
 
 @dataclass
@@ -67,16 +68,6 @@ def slide_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
-def check_output_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".wsi-nuc-write-test-{uuid.uuid4().hex}"  # unique: slides run concurrently
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"{out}: output folder cannot be written ({e.strerror or e})") from None
-
-
 def is_complete(folder: Path) -> bool:
     """A slide folder is complete when every output exists (outputs are moved into place together)."""
     return folder.is_dir() and all((folder / n).exists() for n in OUTPUT_FILES)
@@ -89,39 +80,76 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     ``client``: an existing ``distributed.Client`` (else one is made from the settings).
     ``progress``: callable(n_tiles_done) for cohort progress; default a tqdm bar unless ``quiet``.
     Returns the summary dict (also written as ``summary.json``).
+
+    Everything that can be checked is checked before any cluster starts (settings, model folder, slide,
+    output folder); then the slide's output is locked (``out/.<stem>.lock``; busy: InputError, or wait
+    with ``settings.wait``), and what is already at ``out/<stem>`` is checked (see
+    :mod:`wsi_nuc.ownership`: only wsi-nuc results of the same slide are replaced, another slide's only
+    with ``settings.overwrite``). A full disk is one InputError naming the folder.
     """
-    from .model.io import read_model_config, resolve_model_dir
+    from .lock import checkpoint, hold
+    from .model.io import check_model_dir, resolve_model_dir
+    from .ownership import check_slot, check_stem, clean_stale_work, slide_identity
     from .slide import open_slide
+    from .validate import check_output_dir, is_no_space, no_space, validate_settings
+    from .writers.atomic import safe_child
 
     timer = Timer()
     t_start = time.perf_counter()
     path = Path(path)
     out = Path(out)
+    settings, _ = validate_settings(settings)
     with timer("open"):
         model_dir = resolve_model_dir(settings.model, settings.device)
-        mcfg = read_model_config(model_dir)
+        mcfg = check_model_dir(model_dir)
         reader = open_slide(path, settings.mpp)
     try:
-        return _run_open_slide(reader, path, out, settings, client, progress, model_dir, mcfg, timer, t_start)
+        stem = slide_stem(path)
+        check_stem(path, stem)
+        check_output_dir(out)
+        try:
+            final = safe_child(out, stem)
+        except ValueError as e:
+            raise InputError(f"{path}: {e}") from None
+        identity = slide_identity(path)
+        with hold(out / f".{final.name}.lock", str(final), "run", settings.wait,
+                  None if settings.quiet else _say):
+            check_slot(final, identity, settings.overwrite)
+            clean_stale_work(out, final.name)
+            checkpoint("locked")
+            try:
+                return _run_open_slide(reader, path, out, final, identity, settings, client, progress,
+                                       model_dir, mcfg, timer, t_start)
+            except Exception as e:
+                if not isinstance(e, InputError) and is_no_space(e):
+                    raise no_space(out, e) from e
+                raise
     finally:
         reader.close()
 
 
-def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mcfg, timer, t_start) -> dict:
+def _say(message: str) -> None:
+    import sys
+
+    from .errors import one_line
+
+    print(f"wsi-nuc: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _run_open_slide(reader, path, out, final, identity, settings, client, progress, model_dir, mcfg, timer,
+                    t_start) -> dict:
+    from . import spool as spool_io
     from .cluster import dask_client
     from .graph import Geometry, TaskSettings, run_tiles, spool_key
-    from .stainnorm import slide_stats
+    from .lock import checkpoint
+    from .ownership import check_slot, marker
+    from .stainnorm import check_colour, slide_stats
     from .stitch import deduplicate
     from .tiling import make_grid
     from .tissue import detect_tissue, full_mask
-    from .writers.atomic import atomic_dir, safe_child
+    from .writers.atomic import atomic_dir
 
     info = reader.info
-    check_output_dir(out)
-    try:
-        final = safe_child(out, slide_stem(path))
-    except ValueError as e:
-        raise InputError(f"{path}: {e}") from None
     work_mpp = float(mcfg.get("mpp") or info.mpp)
     f = work_mpp / info.mpp
     H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
@@ -134,10 +162,12 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     if mcfg.get("stain_norm"):
         with timer("stain"):
             st = slide_stats(reader, tissue, f, H, W)
+            check_colour(st, path)
             stain = st.to_dict() if st is not None else None
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
                       dict(mcfg.get("postprocess") or {}), stain)
-    spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
+    key = spool_key(geom, ts, grid.tile, grid.halo)
+    spool = spool_io.load(spool_io.folder_for(out, final.name, key), key)
     bar = None
     if progress is None and not settings.quiet:
         from tqdm import tqdm
@@ -161,19 +191,21 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
             bar.close()
         with timer("stitch"):
             keep = deduplicate(tiles, band=2 * settings.margin + 1)
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, before_replace=lambda p: check_slot(p, identity, settings.overwrite)) as tmp:
             summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
                                     mcfg, model_dir)
             summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
             if stain is not None:
                 summary["stain_normalisation"] = {"slide": stain, "target": mcfg["stain_norm"]}
+            summary["wsi_nuc_output"] = marker(identity)
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            checkpoint("commit")
     finally:
         if closer is None:
             stack.close()
         else:
             closer.join()
-    shutil.rmtree(spool, ignore_errors=True)
+    spool_io.finish(spool, f".{final.name}.tiles-")
     summary["output"] = str(final)
     return summary
 
@@ -228,7 +260,7 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         "model": {"name": mcfg.get("name", model_dir.name), "version": mcfg.get("version"),
                   "path": str(model_dir)},
         "software": {"wsi_nuc": __version__, "python": platform.python_version(), **_versions()},
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet",)},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet", "wait", "overwrite")},
     }
 
 

@@ -18,6 +18,10 @@ import numpy as np
 
 BACKGROUND_RGB = 220.0
 MIN_TISSUE_FRACTION = 0.05
+# H&E tissue is strongly coloured (CIELAB chroma of its mean 13-45 on MoNuSeg and CoNSeP, a*/b* spreads
+# of 2-12): below these it is greyscale or not H&E, and Reinhard's spread ratio would amplify noise.
+MIN_CHROMA = 5.0
+MIN_AB_SPREAD = 1.0
 _M_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
                             [0.212671, 0.715160, 0.072169],
                             [0.019334, 0.119193, 0.950227]], np.float32)
@@ -146,6 +150,23 @@ def normalise_to(rgb: np.ndarray, target: LabStats | dict | None) -> np.ndarray:
     if isinstance(target, dict):
         target = LabStats.from_dict(target)
     return rgb if target is None else normalise(rgb, lab_stats(rgb), target)
+
+
+def check_colour(stats: LabStats | None, path) -> None:
+    """InputError (exit 2) for a slide whose tissue statistics are not those of colour H&E: greyscale
+    (no chroma) or nearly uniform colour (a stain normalisation would divide by a spread of ~0)."""
+    from .errors import InputError
+
+    if stats is None:
+        return
+    chroma = float(np.hypot(stats.mean[1], stats.mean[2]))
+    sa, sb = float(stats.std[1]), float(stats.std[2])
+    if chroma < MIN_CHROMA and max(sa, sb) < MIN_CHROMA:
+        raise InputError(f"{path}: looks greyscale (no colour in its tissue: CIELAB chroma {chroma:.2f}); the "
+                         f"H&E models need a colour H&E slide")
+    if min(sa, sb) < MIN_AB_SPREAD:
+        raise InputError(f"{path}: does not look like H&E (almost no colour variation in its tissue: CIELAB "
+                         f"a*/b* spread {sa:.2f}/{sb:.2f}); the H&E models need a colour H&E slide")
 
 
 def slide_stats(reader, tissue, f: float, height: int, width: int, n: int = 24,

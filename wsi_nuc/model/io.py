@@ -56,7 +56,160 @@ def shipped_models() -> list[str]:
 
 
 def read_model_config(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / "config.json").read_text())
+    """A model folder's ``config.json`` (a JSON object), or InputError naming the file and the cause."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (a model folder holds config.json and model.safetensors)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON, truncated or damaged ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: not a model config (a JSON object expected, got {type(cfg).__name__})")
+    return cfg
+
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_MAX_HEADER = 100 << 20
+
+
+def safetensors_header(path: Path) -> dict:
+    """{name: (dtype, shape)} of a safetensors file, checked without loading it (and without torch):
+    the header is valid JSON, every tensor's bytes lie in the file, back to back, and match its dtype
+    and shape. InputError names the file and the cause."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(_MAX_HEADER, size - 8):
+                raise ValueError("no valid safetensors header (truncated or not a safetensors file)")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no weights file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: damaged weights file ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: damaged weights file (header is not a JSON object)")
+    out, spans = {}, []
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (b0, b1) = t["dtype"], [int(d) for d in t["shape"]], t["data_offsets"]
+            count = 1
+            for d in shape:
+                if d < 0:
+                    raise ValueError
+                count *= d
+            ok = dtype in _DTYPE_BYTES and 0 <= int(b0) <= int(b1) and int(b1) - int(b0) == count * _DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{path}: damaged weights file (tensor {name!r} is described inconsistently)")
+        out[name] = (dtype, tuple(shape))
+        spans.append((int(b0), int(b1)))
+    end = 0
+    for b0, b1 in sorted(spans):
+        if b0 != end:
+            raise InputError(f"{path}: damaged weights file (tensor data overlaps or has gaps)")
+        end = b1
+    if 8 + n + end != size:
+        what = "truncated" if 8 + n + end > size else "has trailing bytes"
+        raise InputError(f"{path}: damaged weights file ({what}: {size} bytes, header says {8 + n + end})")
+    return out
+
+
+def expected_shapes(arch: dict, quantized: bool = False) -> dict:
+    """{state-dict name: shape} of the U-Net (``wsi_nuc.model.net``) that ``arch`` describes, computed
+    without torch. INT8 folders store the BatchNorm-folded convolutions under ``net.`` (plus observer
+    state, not listed here)."""
+    base, depth, maxc = int(arch.get("base", 32)), int(arch.get("depth", 4)), int(arch.get("max_channels", 256))
+    cin, heads = int(arch.get("in_channels", 3)), len(arch.get("heads", ("fg", "boundary", "dist", "hv_x",
+                                                                         "hv_y", "centre")))
+    if base < 1 or depth < 1 or maxc < 1 or cin < 1 or heads < 1:
+        raise ValueError("non-positive sizes")
+    ch = [min(base * 2 ** i, maxc) for i in range(depth)]
+    out = {}
+
+    def block(prefix, a, b):
+        if quantized:
+            for conv, c_in in ((0, a), (3, b)):
+                out[f"net.{prefix}.{conv}.0.weight"] = (b, c_in, 3, 3)
+                out[f"net.{prefix}.{conv}.0.bias"] = (b,)
+            return
+        for conv, bn, c_in in ((0, 1, a), (3, 4, b)):
+            out[f"{prefix}.{conv}.weight"] = (b, c_in, 3, 3)
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                out[f"{prefix}.{bn}.{k}"] = (b,)
+            out[f"{prefix}.{bn}.num_batches_tracked"] = ()
+
+    for i, c in enumerate(ch):
+        block(f"enc.{i}", cin, c)
+        cin = c
+    for j, i in enumerate(range(len(ch) - 2, -1, -1)):
+        block(f"dec.{j}", ch[i + 1] + ch[i], ch[i])
+    pre = "net." if quantized else ""
+    out[f"{pre}head.weight"] = (heads, ch[0], 1, 1)
+    out[f"{pre}head.bias"] = (heads,)
+    return out
+
+
+def check_model_dir(model_dir: Path) -> dict:
+    """Check a model folder before any cluster starts; return its config.
+
+    config.json: a JSON object with ``arch`` (and sane ``mpp``, ``stain_norm`` when present);
+    model.safetensors: a valid header whose tensors have the shapes ``arch`` implies (every one for an
+    fp32 model, the folded convolutions for an INT8 one); a calibration file, when named, has a valid
+    header. Every failure is one InputError naming the file and the cause.
+    """
+    model_dir = Path(model_dir)
+    cfg = read_model_config(model_dir)
+    cfg_path = model_dir / "config.json"
+    arch = cfg.get("arch")
+    if not isinstance(arch, dict):
+        raise InputError(f"{cfg_path}: no 'arch' entry (the network's shape); not a wsi-nuc model config")
+    mpp = cfg.get("mpp")
+    if mpp is not None and not (isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and 0.05 <= mpp <= 5):
+        raise InputError(f"{cfg_path}: 'mpp' {mpp!r} is not a resolution in µm/px")
+    sn = cfg.get("stain_norm")
+    if sn is not None:
+        ok = isinstance(sn, dict) and all(
+            isinstance(sn.get(k), list) and len(sn[k]) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sn[k]) for k in ("mean", "std"))
+        if not ok or any(v <= 0 for v in sn["std"]) or sn.get("method", "reinhard-lab") != "reinhard-lab":
+            raise InputError(f"{cfg_path}: 'stain_norm' is not three means and three positive spreads")
+    quantized = cfg.get("quantized")
+    if quantized not in (None, "int8"):
+        raise InputError(f"{cfg_path}: unknown 'quantized' value {quantized!r}")
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{model_dir}: no weights file (model.safetensors)")
+    header = safetensors_header(weights)
+    try:
+        want = expected_shapes(arch, quantized == "int8")
+    except (TypeError, ValueError, AttributeError):
+        raise InputError(f"{cfg_path}: 'arch' is not a valid network shape ({arch!r})"[:300]) from None
+    got = {k: shape for k, (_, shape) in header.items()}
+    missing = [k for k in want if k not in got]
+    wrong = [k for k in want if k in got and got[k] != want[k]]
+    extra = [] if quantized else [k for k in got if k not in want]
+    if missing or wrong or extra:
+        k = (wrong or missing or extra)[0]
+        detail = (f"{k} is {list(got[k])}, config implies {list(want[k])}" if wrong else
+                  f"{len(missing)} tensors missing (e.g. {k})" if missing else f"unexpected tensor {k}")
+        raise InputError(f"{weights}: weights do not match config.json's arch ({detail})")
+    cal = cfg.get("calibration")
+    if isinstance(cal, dict) and cal.get("method") == "lts":
+        lts = model_dir / str(cal.get("file", "lts.safetensors"))
+        if lts.exists():
+            safetensors_header(lts)
+    return cfg
 
 
 def save_model(model: "UNet", model_dir: str | Path, meta: dict, half: bool = False) -> Path:

@@ -9,8 +9,9 @@ import contextlib
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+\-=@,()\[\] ]")
 
@@ -23,30 +24,34 @@ def _remove(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path | str) -> Iterator[Path]:
+def atomic_dir(final: Path | str, before_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Build a folder under a temporary sibling name and move it to ``final`` on success.
 
-    Yields ``final.parent / f".{final.name}.partial"`` (a stale one from a crashed run is wiped first).
-    On a clean exit an existing ``final`` is replaced (the old one is moved aside, the new one renamed in,
-    then the old one deleted, so the window without a ``final`` is two renames). On an exception the
-    partial folder is removed and the exception propagates; a ``final`` from an earlier successful run is
-    left untouched (a failed run changes nothing).
+    Yields ``final.parent / f".{final.name}.partial-<random>"``: unique to this call, so concurrent runs
+    never share (or wipe) each other's partial folder. On a clean exit ``before_replace(final)`` may veto
+    (raise: e.g. ``final`` turned out not to be ours to replace), then an existing ``final`` is replaced
+    (moved aside to a unique ``.old-<random>`` name, the new one renamed in, the old one deleted: the
+    window without a ``final`` is two renames). On an exception the partial folder is removed and the
+    exception propagates; a ``final`` from an earlier successful run is left untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.parent / f".{final.name}.partial"
-    old = final.parent / f".{final.name}.old"
-    _remove(partial)
+    tag = uuid.uuid4().hex
+    partial = final.parent / f".{final.name}.partial-{tag}"
+    old = final.parent / f".{final.name}.old-{tag}"
     partial.mkdir()
     try:
         yield partial
+        if before_replace is not None:
+            before_replace(final)
+        if final.exists() or final.is_symlink():
+            os.replace(final, old)
+        os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        if old.exists() and not (final.exists() or final.is_symlink()):
+            os.replace(old, final)   # the second rename failed: put the earlier result back
         raise
-    _remove(old)
-    if final.exists() or final.is_symlink():
-        os.replace(final, old)
-    os.replace(partial, final)
     _remove(old)
 
 

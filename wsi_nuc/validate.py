@@ -1,0 +1,101 @@
+"""Checks that run before any cluster starts: run settings and the output folder.
+
+:func:`validate_settings` is the one owner of the bounds of ``--tile``, ``--halo``, ``--batch`` and
+``--workers``; it returns the settings as they will be used (tile and halo rounded up to the 16-px
+pooling grid) and a note for every value it rounded. The model folder is checked by
+:func:`wsi_nuc.model.io.check_model_dir`, the slide by :func:`wsi_nuc.slide.open_slide`.
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import InputError
+
+ALIGN = 16                       # tiles and halos are cut on the network's pooling grid
+TILE_RANGE = (64, 4096)          # working px; 4096 + halos is about 2 GB of network activations a tile
+HALO_RANGE = (0, 512)
+BATCH_RANGE = (1, 64)
+WORKERS_MAX = 256
+MIN_FREE_BYTES = 1 << 20         # less than this free in the output folder: refused before starting
+
+
+def _round_up(n: int) -> int:
+    return -(-int(n) // ALIGN) * ALIGN
+
+
+def _check_range(flag: str, value, lo: int, hi: int, default: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{flag} {value!r}: must be a whole number from {lo} to {hi} (default {default})")
+    if not lo <= value <= hi:
+        raise InputError(f"{flag} {value}: must be from {lo} to {hi} working px (default {default})")
+    return value
+
+
+def validate_settings(settings):
+    """(settings as used, notes): InputError for values out of bounds; tile and halo rounded up to
+    multiples of 16 px, each rounding named in a note."""
+    notes = []
+    tile = _check_range("--tile", settings.tile, *TILE_RANGE, "512")
+    halo = _check_range("--halo", settings.halo, *HALO_RANGE, "64")
+    for flag, v in (("--tile", tile), ("--halo", halo)):
+        if _round_up(v) != v:
+            notes.append(f"{flag} {v} rounded up to {_round_up(v)} (tiles are cut on a {ALIGN}-px grid)")
+    if settings.batch is not None:
+        b = settings.batch
+        if isinstance(b, bool) or not isinstance(b, int) or not BATCH_RANGE[0] <= b <= BATCH_RANGE[1]:
+            raise InputError(f"--batch {b}: must be from {BATCH_RANGE[0]} to {BATCH_RANGE[1]} tiles")
+    if settings.workers is not None:
+        w = settings.workers
+        if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= WORKERS_MAX:
+            raise InputError(f"--workers {w}: must be from 1 to {WORKERS_MAX}")
+    return replace(settings, tile=_round_up(tile), halo=_round_up(halo)), notes
+
+
+def no_space(folder, e: BaseException | None = None) -> InputError:
+    """The one line for a full disk (or quota), naming the folder."""
+    e = _no_space_cause(e)
+    what = "disk quota exceeded" if e is not None and e.errno == errno.EDQUOT else "no space left on device"
+    name = f" (writing {Path(e.filename).name})" if e is not None and e.filename else ""
+    return InputError(f"{folder}: {what}{name}; free some space or choose another --out (finished tiles "
+                      f"are kept: rerun the same command to resume)")
+
+
+def _no_space_cause(e: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in ``e``'s chain of causes (libraries wrap it), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def is_no_space(e: BaseException) -> bool:
+    return _no_space_cause(e) is not None
+
+
+def check_output_dir(out: Path) -> None:
+    """The output folder exists (made if needed), can be written, and has some room."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".wsi-nuc-write-test-{uuid.uuid4().hex}"  # unique: slides run concurrently
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        if is_no_space(e):
+            raise no_space(out) from None
+        raise InputError(f"{out}: output folder cannot be written ({e.strerror or e})") from None
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise InputError(f"{out}: no space left on device ({free // 1024} KiB free); free some space or "
+                         f"choose another --out")
+
