@@ -40,9 +40,14 @@ class TorchThreads(WorkerPlugin):
         self.n = int(n)
 
     def setup(self, worker):
+        import signal
+        import threading
+
         import torch
 
         quiet_libraries()
+        if threading.current_thread() is threading.main_thread():   # also for workers a nanny restarts
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(self.n)
 
 

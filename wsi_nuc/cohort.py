@@ -23,7 +23,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import sys
 import threading
 import time
@@ -93,6 +92,7 @@ def _is_slide_file(p: Path) -> bool:
 
 def read_cohort(spec: str | os.PathLike) -> Cohort:
     """A CSV, a folder, a glob or one slide file -> a :class:`Cohort`; InputError on bad usage."""
+    from .ownership import check_stem
     from .pipeline import slide_stem
 
     spec_s = os.fspath(spec)
@@ -120,6 +120,8 @@ def read_cohort(spec: str | os.PathLike) -> Cohort:
     if not items:
         raise InputError(where)
     slides = [CohortSlide(Path(os.path.abspath(f)), slide_stem(f), mpp, extra) for f, mpp, extra in items]
+    for s in slides:
+        check_stem(s.path, s.stem)     # e.g. "cohort.csv.svs" would replace the manifest
     _check_unique(spec_s, slides)
     return Cohort(spec_s, slides, extra_cols)
 
@@ -191,9 +193,14 @@ def _check_unique(spec: str, slides: list[CohortSlide]) -> None:
 
 def read_rows(path: Path) -> dict[str, dict]:
     """Rows of an earlier manifest or summary, by slide; empty when absent or unreadable."""
+    from .writers.table import restore_cell
+
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            return {r["slide"]: r for r in csv.DictReader(fh) if r.get("slide")}
+            rows = [{restore_cell(k) if isinstance(k, str) else k: restore_cell(v) if isinstance(v, str) else v
+                     for k, v in r.items()}
+                    for r in csv.DictReader(fh)]
+            return {r["slide"]: r for r in rows if r.get("slide")}
     except (OSError, KeyError, csv.Error, UnicodeDecodeError):
         return {}
 
@@ -284,6 +291,16 @@ def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings,
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None, "redone: its summary.json was unreadable"
+    from .ownership import read_marker, same_slide, slide_identity
+
+    m = read_marker(folder)
+    if m is not None and m.get("version", 0) >= 1:
+        try:
+            ident = slide_identity(slide.path)
+        except InputError:
+            return None, ""          # unreadable now: the run reports it
+        if not same_slide(m["slide"], ident):
+            return None, "redone: the slide file changed"
     changed = _changed_settings(summary, settings, slide, model_dir)
     if changed:
         return None, f"redone: settings changed ({', '.join(changed)})"
@@ -304,43 +321,13 @@ def _changed_settings(summary: dict, settings, slide: CohortSlide, model_dir: Pa
 
 
 @contextmanager
-def cohort_lock(out: Path):
+def cohort_lock(out: Path, wait: bool = False):
     """One batch at a time per output folder (two would overwrite each other's manifest)."""
-    lock = out / LOCK
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                host, pid = lock.read_text().split()
-                pid = int(pid)
-            except (OSError, ValueError):
-                host, pid = "?", -1
-            if attempt == 0 and host == socket.gethostname() and not _alive(pid):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise InputError(f"{out}: another wsi-nuc batch is using this output folder (host {host}, pid "
-                             f"{pid}); if none is running, delete {lock}") from None
-    os.write(fd, me.encode())
-    os.close(fd)
-    try:
+    from .lock import hold
+
+    with hold(out / LOCK, str(out), "batch", wait=wait,
+              on_wait=lambda m: print(f"wsi-nuc: {m}", file=sys.stderr, flush=True)):
         yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------ progress
@@ -465,10 +452,11 @@ def run_cohort(cohort, out, settings=None, *, force: bool = False, client=None,
     slide failures are recorded, never raised.
     """
     from .cluster import dask_client
-    from .model.io import resolve_model_dir
-    from .pipeline import RunSettings, check_output_dir, run_slide
+    from .model.io import check_model_dir, resolve_model_dir
+    from .pipeline import RunSettings, run_slide
+    from .validate import check_output_dir, validate_settings
 
-    settings = settings or RunSettings()
+    settings, _ = validate_settings(settings or RunSettings())
     run_fn = run_slide_fn or run_slide
     stream = stream or sys.stderr
     t0 = time.perf_counter()
@@ -477,11 +465,12 @@ def run_cohort(cohort, out, settings=None, *, force: bool = False, client=None,
     out = Path(os.path.abspath(out))
     check_output_dir(out)
     model_dir = resolve_model_dir(settings.model, settings.device)   # a bad --model is a usage error, before any slide
+    check_model_dir(model_dir)
     manifest, summary_path = out / MANIFEST, out / SUMMARY
     columns = MANIFEST_COLUMNS + cohort.extra_columns
     scolumns = SUMMARY_COLUMNS + cohort.extra_columns
 
-    with cohort_lock(out):
+    with cohort_lock(out, wait=settings.wait):
         prev = read_rows(manifest)
         prev_morph = read_rows(summary_path)
         rows: dict[str, dict] = {}

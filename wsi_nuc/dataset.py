@@ -60,13 +60,28 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
 
     root = Path(root)
     meta = meta if meta is not None else read_index(root)
-    with Image.open(root / "images" / f"{stem}.png") as im:
-        image = np.asarray(im.convert("RGB"))
+    img_path = root / "images" / f"{stem}.png"
+    try:
+        with Image.open(img_path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on a bad file
+        raise InputError(f"{img_path}: cannot decode image ({_cause(e)})") from e
     labels = None
     lab_path = root / "labels" / f"{stem}.tif"
     if with_labels and lab_path.exists():
-        labels = tifffile.imread(lab_path).astype(np.int32)
+        try:
+            labels = tifffile.imread(lab_path).astype(np.int32)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{lab_path}: cannot decode label image ({_cause(e)})") from e
     return Sample(stem, image, labels, image_mpp(meta, stem))
+
+
+def _cause(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def resample_factor(sample_mpp: float | None, work_mpp: float | None) -> float:

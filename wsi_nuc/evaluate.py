@@ -35,6 +35,9 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
     if split is None:
         split = "val" if meta.get("split") else "all"
     stems = list_stems(root, split)
+    from .model.io import check_model_dir, resolve_model_dir
+
+    check_model_dir(resolve_model_dir(model, device))
     predictor = get_predictor(model, device)
     p = InstanceParams.from_dict({**(predictor.config.get("postprocess") or {}), **(params or {})})
     if save_dir is not None:

@@ -44,6 +44,9 @@ class Spool:
     ours: set = field(default_factory=set)          # files this run may delete when it finishes
     foreign: list = field(default_factory=list)     # (file, why) left alone
 
+    def foreign_paths(self) -> set:
+        return {p for p, _ in self.foreign}
+
 
 def folder_for(out: Path, stem: str, key: str) -> Path:
     return out / f".{stem}.tiles-{key}"
@@ -77,6 +80,8 @@ def save(spool: Spool, tn) -> None:
             "core": [int(c.y0), int(c.x0), int(c.y1), int(c.x1)], "columns": list(tn.columns),
             "sha256": _digest(arrays)}
     final = spool.folder / f"{tn.key}{SUFFIX}"
+    if final in spool.foreign_paths():
+        return   # a file we did not verify sits at this name: left alone (the tile is just not spooled)
     tmp = spool.folder / f".{tn.key}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:
         np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
@@ -152,7 +157,7 @@ def load(folder: Path, key: str) -> Spool:
         spool.done[tn.key] = tn
         spool.ours.add(p)
     if spool.foreign:
-        warn(f"{folder}: {_list(spool.foreign)} not a tile of this run: ignored (not read as code, not "
+        warn(f"{folder}: ignored {_list(spool.foreign)}: not tiles of this run (not read as code, not "
              f"deleted)")
     return spool
 

@@ -5,6 +5,11 @@ written in their shortest form (``12.5``, not ``12.500000000000002``); tiny non-
 (|x| < 10**-decimals) keep 4 significant digits in exponent form; NaN/inf are written as an empty field
 (spreadsheets and pandas read that as missing). ``.csv.gz`` paths are gzip-compressed.
 
+Text cells (and column names) that a spreadsheet would evaluate as a formula (starting with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return; OWASP "CSV injection") are written with a leading single quote,
+as spreadsheets expect; plain numbers such as ``-1.5`` are left alone. :func:`restore_cell` undoes it
+exactly (a text that starts with a quote gets one more, so nothing is ambiguous).
+
 Column chunks ({column: 1-D array}) are formatted a whole column at a time (:func:`format_column`), row
 dicts a value at a time (:func:`format_value`); both give the same text for the same value.
 """
@@ -13,12 +18,29 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
 from .atomic import atomic_file
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise_cell(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would run it as a formula (or it starts with ``'``)."""
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def restore_cell(text: str) -> str:
+    """The text :func:`neutralise_cell` was given."""
+    return text[1:] if text.startswith("'") else text
 
 
 def format_value(v, decimals: int = 4) -> str:
@@ -30,7 +52,7 @@ def format_value(v, decimals: int = 4) -> str:
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, str):
-        return v
+        return neutralise_cell(v)
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -140,7 +162,7 @@ def write_csv(path: Path | str, columns: list[str], rows: Iterable[Mapping], dec
             fh = open(tmp, "w", encoding="utf-8", newline="")
         with fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(columns)
+            w.writerow([neutralise_cell(c) for c in columns])
             for block in _formatted_rows(rows, columns, decimals):
                 w.writerows(block)
                 n += len(block)
