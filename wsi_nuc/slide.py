@@ -51,6 +51,11 @@ MPP_MIN, MPP_MAX = 0.1, 2.0
 # read in chunks so that thumbnails of single-level gigapixel slides do not need gigabytes.
 _MAX_WINDOW_PX = 4096 * 4096
 _PROBE_PX = 8
+# A TIFF whose claimed pixels would need more than this many raw bytes per byte of file is refused when it
+# is large: real slides compress 5-100:1 (JPEG, mostly glass); 100000^2 px in 1.2 MB (every tile pointing at
+# one deflated tile) is a decompression bomb that would keep tissue detection decoding for hours.
+_BOMB_RATIO = 2000
+_BOMB_MIN_PX = 1 << 28
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Not bad input: never turned into InputError.  Anything else a reader library raises on a file
 # (they raise all sorts on malformed input) becomes one, chained so --debug shows the traceback.
@@ -518,6 +523,16 @@ def _try_openers(path: str, head: bytes) -> _BaseReader:
     raise InputError(f"{path}: not a slide file OpenSlide/tiffslide/Pillow can open")
 
 
+def _check_claimed_size(path: str, w: int, h: int) -> None:
+    """Refuse a large TIFF whose claimed level-0 pixels are implausibly many for its file size."""
+    size = os.path.getsize(path)
+    raw = 3 * w * h
+    if w * h >= _BOMB_MIN_PX and raw > _BOMB_RATIO * size:
+        raise InputError(f"{path}: claims {w}x{h} px ({raw / 2**30:.1f} GiB of pixels) in a {size / 1e6:.2g} MB "
+                         f"file ({raw / size:,.0f}:1); no slide compresses like that (a decompression bomb?): "
+                         f"refused")
+
+
 def check_mpp(info_or_mpp, path: str | None = None, source: str | None = None) -> float:
     """Return a usable mpp or raise InputError (one line naming ``path``).
 
@@ -579,6 +594,12 @@ def open_slide(path, mpp: float | None = None, check: bool = True) -> SlideReade
     else:
         use, source = None, "none"
     w, h = r._level_dims[0]
+    if check and head[:4] in _TIFF_MAGIC:
+        try:
+            _check_claimed_size(spath, int(w), int(h))
+        except InputError:
+            r.close()
+            raise
     r.info = SlideInfo(
         path=spath,
         width=int(w),
