@@ -375,7 +375,7 @@ def test_cohort_on_scheduler_and_workers(reference, dask_cluster, cohort_csv, mo
     assert int(m["cmu-crop"]["nucleus_count"]) > 50 and int(m["OS-1-detail"]["nucleus_count"]) > 50
     assert m["small"]["nucleus_count"] == "0"
     assert (m["cmu-crop"]["patient"], m["cmu-crop"]["block"]) == ("P1", "A")
-    assert not list(out.glob(".*tiles-*")) and not list(out.glob(".*.partial"))   # spools cleaned up
+    assert not list(out.glob(".*tiles-*")) and not list(out.glob(".*.partial*")) and not list(out.glob(".*.lock"))   # spools and locks cleaned up
     with open(out / "cohort_summary.csv", newline="") as fh:
         summ = {r["slide"]: r for r in csv.DictReader(fh)}
     assert list(summ) == list(GOOD)
@@ -423,7 +423,7 @@ def test_worker_killed_mid_run_loses_nothing(reference, dask_cluster, cohort_csv
     def killer():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            spooled = list(out.glob(".*.tiles-*/*.pkl"))
+            spooled = list(out.glob(".*.tiles-*/*.tile.npz"))
             if len(spooled) >= 2:
                 fired["spooled"] = len(spooled)
                 fired["complete"] = all((out / s / "summary.json").exists() for s in GOOD)
@@ -469,7 +469,7 @@ def test_interrupted_cohort_resumes_from_its_tiles(cohort_csv, model_dir, tmp_pa
                          text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        while not glob.glob(f"{out}/.cmu-crop.tiles-*/*.pkl") and time.monotonic() < deadline:
+        while not glob.glob(f"{out}/.cmu-crop.tiles-*/*.tile.npz") and time.monotonic() < deadline:
             assert p.poll() is None, p.communicate()
             time.sleep(0.01)
         p.send_signal(signal.SIGINT)
@@ -481,7 +481,7 @@ def test_interrupted_cohort_resumes_from_its_tiles(cohort_csv, model_dir, tmp_pa
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert _manifest(out)["cmu-crop"]["status"] == "pending" and not (out / C.LOCK).exists()
-    assert glob.glob(f"{out}/.cmu-crop.tiles-*/*.pkl")
+    assert glob.glob(f"{out}/.cmu-crop.tiles-*/*.tile.npz")
     assert main(args) == 1
     assert [_manifest(out)[s]["status"] for s in GOOD] == ["done"] * 3
     ref = tmp_path / "ref"
