@@ -89,7 +89,8 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def inputs(slides, tmp_path_factory) -> dict:
-    """A 256-px RGB crop of CMU-1 (PNG, mpp given on the command line) and its greyscale TIFF."""
+    """A 256-px RGB crop of CMU-1 (PNG, mpp given on the command line), its greyscale TIFF, and a 512-px
+    crop (its outputs need more than the 1 MiB an output folder must have free to start)."""
     import tifffile
     from PIL import Image
 
@@ -98,10 +99,12 @@ def inputs(slides, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("inputs")
     with open_slide(slides / "CMU-1-Small-Region.svs") as r:
         rgb = read_region(r, 900, 1300, 256, 256, 256, 256)
+        big = read_region(r, 700, 1100, 512, 512, 512, 512)
     Image.fromarray(rgb).save(d / "crop.png")
+    Image.fromarray(big).save(d / "crop512.png")
     grey = np.asarray(Image.fromarray(rgb).convert("L"))
     tifffile.imwrite(d / "crop-grey.tif", grey, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
-    return {"crop": d / "crop.png", "grey": d / "crop-grey.tif", "dir": d}
+    return {"crop": d / "crop.png", "grey": d / "crop-grey.tif", "crop512": d / "crop512.png", "dir": d}
 
 
 def _free_port() -> int:
@@ -338,11 +341,13 @@ def test_full_disk(inputs, tmp_path, scheduler):
     try:
         filler = mnt / "user-data.bin"
         free = shutil.disk_usage(mnt).free
-        filler.write_bytes(b"\0" * (free - (1 << 20) - (96 << 10)))   # leaves just over the 1 MiB floor
-        line = one_error(cli(*run_args(inputs["crop"], mnt, scheduler=scheduler)), "no space left on device")
+        filler.write_bytes(b"\0" * (free - (1 << 20) - (16 << 10)))   # leaves just over the 1 MiB floor
+        line = one_error(cli(*run_args(inputs["crop512"], mnt, scheduler=scheduler)), "no space left on device")
         assert line.startswith(f"wsi-nuc: error: {mnt}: ")
         left = listing(mnt)
-        assert "crop" not in left and not [n for n in left if ".partial" in n or n.endswith(".lock")]
+        assert "crop512" not in left and not [n for n in left if ".partial" in n or n.endswith(".lock")]
+        spools = [n for n in left if n.startswith(".crop512.tiles-")]
+        assert len(spools) == 1 and list((mnt / spools[0]).glob("*.tile.npz"))   # what a resume needs
         assert filler.exists()
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
