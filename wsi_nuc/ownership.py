@@ -93,14 +93,16 @@ def check_slot(final: Path, identity: dict, overwrite: bool = False) -> None:
 
 
 def reserved(stem: str) -> bool:
-    """A slide stem that would collide with a cohort folder's own files."""
-    return stem.lower() in RESERVED
+    """A slide stem that would collide with a cohort folder's own files, or with the hidden working files
+    of runs (``.<stem>.lock``, ``.<stem>.partial-*``, ``.<stem>.tiles-*``): those start with a dot."""
+    return stem.lower() in RESERVED or stem.startswith(".")
 
 
 def check_stem(path: str | Path, stem: str) -> None:
     if reserved(stem):
         raise InputError(f"{path}: its output name {stem!r} is reserved in an output folder "
-                         f"({', '.join(RESERVED)}); rename the slide")
+                         f"({', '.join(RESERVED)}, and names starting with '.', wsi-nuc's working files); "
+                         f"rename the slide")
 
 
 _WORK = re.compile(r"\.(partial|old)(-[0-9a-f]{32})?$")

@@ -168,43 +168,47 @@ def _run_open_slide(reader, path, out, final, identity, settings, client, progre
                       dict(mcfg.get("postprocess") or {}), stain)
     key = spool_key(geom, ts, grid.tile, grid.halo)
     spool = spool_io.load(spool_io.folder_for(out, final.name, key), key)
-    bar = None
-    if progress is None and not settings.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(grid), unit="tile", desc=final.name, leave=False)
-        progress = bar.update
-    ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
-    stack = ExitStack()
-    closer = None
     try:
-        with timer("segment"):
-            cl = stack.enter_context(ctx)
-            resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
-            tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
-                              on_done=progress, resources=resources)
-        # a cluster of our own shuts down (about 1 s) while the driver stitches and writes
-        closer = threading.Thread(target=_close_quietly, args=(stack,), name="wsi-nuc-cluster-close",
-                                  daemon=True)
-        closer.start()
-        if bar is not None:
-            bar.close()
-        with timer("stitch"):
-            keep = deduplicate(tiles, band=2 * settings.margin + 1)
-        with atomic_dir(final, before_replace=lambda p: check_slot(p, identity, settings.overwrite)) as tmp:
-            summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
-                                    mcfg, model_dir)
-            summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-            if stain is not None:
-                summary["stain_normalisation"] = {"slide": stain, "target": mcfg["stain_norm"]}
-            summary["wsi_nuc_output"] = marker(identity)
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            checkpoint("commit")
-    finally:
-        if closer is None:
-            stack.close()
-        else:
-            closer.join()
+        bar = None
+        if progress is None and not settings.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(grid), unit="tile", desc=final.name, leave=False)
+            progress = bar.update
+        ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
+        stack = ExitStack()
+        closer = None
+        try:
+            with timer("segment"):
+                cl = stack.enter_context(ctx)
+                resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
+                tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
+                                  on_done=progress, resources=resources)
+            # a cluster of our own shuts down (about 1 s) while the driver stitches and writes
+            closer = threading.Thread(target=_close_quietly, args=(stack,), name="wsi-nuc-cluster-close",
+                                      daemon=True)
+            closer.start()
+            if bar is not None:
+                bar.close()
+            with timer("stitch"):
+                keep = deduplicate(tiles, band=2 * settings.margin + 1)
+            with atomic_dir(final, before_replace=lambda p: check_slot(p, identity, settings.overwrite)) as tmp:
+                summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
+                                        mcfg, model_dir)
+                summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+                if stain is not None:
+                    summary["stain_normalisation"] = {"slide": stain, "target": mcfg["stain_norm"]}
+                summary["wsi_nuc_output"] = marker(identity)
+                (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                checkpoint("commit")
+        finally:
+            if closer is None:
+                stack.close()
+            else:
+                closer.join()
+    except BaseException:
+        spool_io.drop_if_empty(spool)    # a failed run leaves only what a resume needs
+        raise
     spool_io.finish(spool, f".{final.name}.tiles-")
     summary["output"] = str(final)
     return summary

@@ -162,6 +162,14 @@ def load(folder: Path, key: str) -> Spool:
     return spool
 
 
+def drop_if_empty(spool: Spool) -> None:
+    """Remove the spool folder when it holds nothing (a run that failed before its first tile)."""
+    try:
+        spool.folder.rmdir()
+    except OSError:
+        pass
+
+
 def finish(spool: Spool, stem_prefix: str, report: Callable[[str], None] = warn) -> None:
     """After a finished run: delete the run's own tiles (and the folder when that empties it); report
     files left in it and other spools of the same slide (``stem_prefix`` = ``.<stem>.tiles-``)."""
