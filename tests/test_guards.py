@@ -215,8 +215,10 @@ def test_atomic_dir_veto_and_unique_partials(tmp_path):
 def test_clean_stale_work_only_touches_our_names(tmp_path):
     for n in (".a.partial-" + "0" * 32, ".a.old-" + "1" * 32, ".a.partial", ".ab.partial", "a", ".a.notes"):
         (tmp_path / n).mkdir()
+    for n in (".a.lock." + "2" * 32 + ".tmp", ".a.lock." + "3" * 32 + ".stale", ".a.lock.mine.tmp"):
+        (tmp_path / n).write_text("x")
     O.clean_stale_work(tmp_path, "a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.notes", ".ab.partial", "a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.lock.mine.tmp", ".a.notes", ".ab.partial", "a"]
 
 
 def test_reserved_stems():

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
                     ".dcm", ".png", ".jpg", ".jpeg")
@@ -396,7 +396,7 @@ class Progress:
         if self.tty and self.enabled and self._width:
             self.stream.write("\r" + " " * self._width + "\r")
             self._width = 0
-        self.stream.write(text + "\n")
+        self.stream.write(one_line(text) + "\n")
         self.stream.flush()
 
 

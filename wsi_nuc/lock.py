@@ -87,7 +87,7 @@ def _try_create(lock: Path, owner: Owner) -> bool:
     try:
         os.link(tmp, lock)
         return True
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):   # taken; or our temporary name was cleaned meanwhile
         return False
     finally:
         tmp.unlink(missing_ok=True)

@@ -105,12 +105,14 @@ def check_stem(path: str | Path, stem: str) -> None:
                          f"rename the slide")
 
 
-_WORK = re.compile(r"\.(partial|old)(-[0-9a-f]{32})?$")
+_WORK = re.compile(r"\.(partial|old)(-[0-9a-f]{32})?")
+_LOCK_WORK = re.compile(r"\.lock\.[0-9a-f]{32}\.(tmp|stale)")   # wsi_nuc.lock's short-lived names
 
 
 def clean_stale_work(out: Path, stem: str) -> None:
     """Remove leftovers of crashed runs of ``stem`` (``.<stem>.partial-*`` / ``.<stem>.old-*`` folders
-    wsi-nuc makes while writing). Call with the stem's lock held: no live run owns them then."""
+    wsi-nuc makes while writing, and the lock's temporary files). Call with the stem's lock held: no live
+    run owns them then."""
     prefix = f".{stem}"
     try:
         entries = list(out.iterdir())
@@ -118,5 +120,9 @@ def clean_stale_work(out: Path, stem: str) -> None:
         return
     for p in entries:
         name = p.name
-        if name.startswith(prefix) and _WORK.fullmatch(name[len(prefix):]) and p.is_dir() and not p.is_symlink():
+        if not name.startswith(prefix) or p.is_symlink():
+            continue
+        if _WORK.fullmatch(name[len(prefix):]) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+        elif _LOCK_WORK.fullmatch(name[len(prefix):]) and p.is_file():
+            p.unlink(missing_ok=True)
