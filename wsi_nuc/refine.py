@@ -239,7 +239,7 @@ def calibrate_model(model, dataset_dir: str | Path, split: str = "val", use_rgb:
     model_dir = resolve_model_dir(model)
     cfg = read_model_config(model_dir)
     if cfg.get("quantized") == "int8":
-        from .train.quantize import load_int8
+        from .model.int8 import load_int8
 
         net = load_int8(model_dir)
     else:

@@ -89,7 +89,7 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     model_dir = resolve_model_dir(name_or_path, torch.device(device).type)
     cfg = read_model_config(model_dir)
     if cfg.get("quantized") == "int8":
-        from ..train.quantize import load_int8
+        from .int8 import load_int8
 
         net = load_int8(model_dir, device)
     else:

@@ -60,16 +60,24 @@ class MobileUNetConfig:
 
 
 class SameConv(nn.Conv2d):
-    """Conv2d (with bias) padding like TensorFlow's SAME: symmetric for stride 1, bottom/right for 2."""
+    """Conv2d (with bias) padding like TensorFlow's SAME on even-sized inputs: symmetric at stride 1, one
+    pixel at the bottom and right at stride 2 (the network takes H, W multiples of 32, so every stride-2
+    input is even). Fixed pads keep the module traceable for FX quantisation."""
 
     def __init__(self, cin, cout, k, stride=1, groups=1):
         super().__init__(cin, cout, k, stride=stride, padding=0, groups=groups, bias=True)
+        if k == 1:
+            self.pads = None
+        elif stride == 1:
+            p = (k - 1) // 2
+            self.pads = (p, p, p, p)
+        else:
+            total = k - stride
+            self.pads = (total // 2, total - total // 2, total // 2, total - total // 2)
 
     def forward(self, x):
-        k, s = self.kernel_size[0], self.stride[0]
-        if k > 1:
-            ph, pw = (max((-(-n // s) - 1) * s + k - n, 0) for n in x.shape[-2:])
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if self.pads is not None:
+            x = F.pad(x, self.pads)
         return super().forward(x)
 
 
