@@ -42,7 +42,7 @@ def _quantize(a) -> int:
 
 
 def _calibrate(a) -> int:
-    from .refine import calibrate_model
+    from .train.calibrate import calibrate_model
 
     cal = calibrate_model(a.model, a.dataset, a.split, use_rgb=a.rgb, steps=a.steps)
     print(f"LTS fitted on {cal['n_images']} {a.split} images: ECE {cal['ece_before']:.4f} -> "

@@ -15,7 +15,6 @@ only; the forward returns the same float raw outputs as the fp32 net.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
