@@ -112,6 +112,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     from .graph import Geometry, TaskSettings, run_tiles, spool_key
     from .stainnorm import slide_stats
     from .stitch import deduplicate
+    from .model.io import model_stride
     from .tiling import make_grid
     from .tissue import detect_tissue, full_mask
     from .writers.atomic import atomic_dir, safe_child
@@ -127,7 +128,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
     with timer("tissue"):
         tissue = detect_tissue(reader) if settings.tissue_detection else full_mask(info)
-    grid = make_grid(H, W, settings.tile, settings.halo, align=16,
+    grid = make_grid(H, W, settings.tile, settings.halo, align=max(16, model_stride(mcfg)),
                      keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
     geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
     stain = None

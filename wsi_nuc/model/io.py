@@ -101,3 +101,12 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     cfg["path"] = str(model_dir)
     cfg.setdefault("name", model_dir.name)
     return net, cfg
+
+
+def model_stride(cfg: dict) -> int:
+    """The network's total stride from a model's config (without torch): tiles are aligned to it so a
+    pixel's prediction does not depend on which tile computed it."""
+    arch = cfg.get("arch") or {}
+    if arch.get("kind") == "mobileunet":
+        return 32
+    return 2 ** (int(arch.get("depth", 4)) - 1)
