@@ -234,7 +234,7 @@ def test_validate_settings():
 
     st, notes = validate_settings(RunSettings(tile=100, halo=0))
     assert (st.tile, st.halo) == (112, 0) and notes == [
-        "--tile 100 rounded up to 112 (tiles are cut on a 16-px grid)"]
+        "--tile 100 rounded up to 112 (tiles are cut on the model's 16-px grid)"]
     assert validate_settings(RunSettings()) == (RunSettings(), [])
     for kw, msg in (({"tile": 7}, "--tile 7"), ({"tile": 100000}, "--tile 100000"), ({"halo": -1}, "--halo -1"),
                     ({"halo": 10000}, "--halo 10000"), ({"batch": 0}, "--batch 0"), ({"workers": 0}, "--workers 0"),
@@ -377,3 +377,20 @@ def test_check_output_dir_needs_some_room(tmp_path, monkeypatch):
     monkeypatch.setattr(V.shutil, "disk_usage", lambda p: usage(10, 10, 4096))
     with pytest.raises(InputError, match="no space left on device \\(4 KiB free\\)"):
         V.check_output_dir(tmp_path)
+
+
+def test_other_networks_pass_the_header_check_and_set_the_tile_grid(tmp_path):
+    from wsi_nuc.model.io import check_model_dir, save_model
+    from wsi_nuc.model.net import build_net
+    from wsi_nuc.validate import tile_align, validate_settings
+
+    d = save_model(build_net({"kind": "mobileunet"}), tmp_path / "mu", {"name": "mu", "mpp": 0.5})
+    cfg = check_model_dir(d)
+    assert tile_align(cfg) == 32
+    st, notes = validate_settings(RunSettings(tile=100, halo=64), tile_align(cfg))
+    assert (st.tile, st.halo) == (128, 64) and notes == [
+        "--tile 100 rounded up to 128 (tiles are cut on the model's 32-px grid)"]
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-4])
+    with pytest.raises(InputError, match="truncated"):
+        check_model_dir(d)

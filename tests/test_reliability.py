@@ -177,8 +177,8 @@ def test_rounding_is_said(inputs, tmp_path):
     p = cli("run", inputs["dir"] / "missing.png", "--out", tmp_path, "--tile", "100", "--halo", "40")
     assert p.returncode == 2
     assert p.stderr.splitlines() == [
-        "wsi-nuc: note: --tile 100 rounded up to 112 (tiles are cut on a 16-px grid)",
-        "wsi-nuc: note: --halo 40 rounded up to 48 (tiles are cut on a 16-px grid)",
+        "wsi-nuc: note: --tile 100 rounded up to 112 (tiles are cut on the model's 16-px grid)",
+        "wsi-nuc: note: --halo 40 rounded up to 48 (tiles are cut on the model's 16-px grid)",
         f"wsi-nuc: error: {inputs['dir'] / 'missing.png'}: no such file"]
 
 

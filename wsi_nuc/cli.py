@@ -42,7 +42,7 @@ def _quantize(a) -> int:
 
 
 def _calibrate(a) -> int:
-    from .refine import calibrate_model
+    from .train.calibrate import calibrate_model
 
     cal = calibrate_model(a.model, a.dataset, a.split, use_rgb=a.rgb, steps=a.steps)
     print(f"LTS fitted on {cal['n_images']} {a.split} images: ECE {cal['ece_before']:.4f} -> "
@@ -58,7 +58,11 @@ def _settings(a):
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
                      scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, wait=a.wait, overwrite=a.overwrite)
-    st, notes = validate_settings(st)
+    st, _ = validate_settings(st)              # bounds first: cheap, and independent of the model
+    from .model.io import read_model_config, resolve_model_dir
+    from .validate import tile_align
+
+    st, notes = validate_settings(st, tile_align(read_model_config(resolve_model_dir(st.model, st.device))))
     for n in notes:
         if not a.quiet:
             print(f"wsi-nuc: note: {one_line(n)}", file=sys.stderr)

@@ -18,6 +18,8 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray | None
     mpp: float | None
+    types: np.ndarray | None = None     # per-label nucleus type (index = label id; 0 = unknown type)
+    classes: np.ndarray | None = None   # the dataset's per-pixel type map (H, W), when it has one
 
 
 def read_index(root: str | Path) -> dict:
@@ -68,7 +70,7 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on a bad file
         raise InputError(f"{img_path}: cannot decode image ({_cause(e)})") from e
-    labels = None
+    labels = classes = None
     lab_path = root / "labels" / f"{stem}.tif"
     if with_labels and lab_path.exists():
         try:
@@ -77,7 +79,34 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
             raise
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{lab_path}: cannot decode label image ({_cause(e)})") from e
-    return Sample(stem, image, labels, image_mpp(meta, stem))
+    cls_path = root / "classes" / f"{stem}.png"
+    if with_labels and cls_path.exists():
+        try:
+            with Image.open(cls_path) as im:
+                classes = np.asarray(im).astype(np.uint8)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{cls_path}: cannot decode class image ({_cause(e)})") from e
+    s = Sample(stem, image, labels, image_mpp(meta, stem), classes=classes)
+    if labels is not None and classes is not None:
+        s.types = label_types(labels, classes)
+    return s
+
+
+def label_types(labels: np.ndarray, classes: np.ndarray, n_types: int = 4) -> np.ndarray:
+    """Each label's type: the most frequent non-zero class among its pixels (0 where it has none).
+
+    >>> label_types(np.array([[1, 1, 2]]), np.array([[3, 3, 0]])).tolist()
+    [0, 3, 0]
+    """
+    n = int(labels.max()) + 1
+    m = (labels > 0) & (classes > 0) & (classes <= n_types)
+    counts = np.bincount(labels[m].astype(np.int64) * (n_types + 1) + classes[m], minlength=n * (n_types + 1))
+    counts = counts.reshape(n, n_types + 1)
+    types = counts.argmax(1).astype(np.uint8)
+    types[counts.sum(1) == 0] = 0
+    return types
 
 
 def _cause(e: BaseException) -> str:
@@ -121,5 +150,9 @@ def load_at_mpp(root, stem, work_mpp, meta=None) -> Sample:
         s.image = resize_image(s.image, shape)
         if s.labels is not None:
             s.labels = relabel_sequential(resize_labels(s.labels, shape))[0].astype(np.int32)
+        if s.classes is not None:
+            s.classes = resize_labels(s.classes, shape)
+            if s.labels is not None:
+                s.types = label_types(s.labels, s.classes)
         s.mpp = work_mpp
     return s

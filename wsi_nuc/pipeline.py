@@ -91,7 +91,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     from .model.io import check_model_dir, resolve_model_dir
     from .ownership import check_slot, check_stem, clean_stale_work, slide_identity
     from .slide import open_slide
-    from .validate import check_output_dir, is_no_space, no_space, validate_settings
+    from .validate import check_output_dir, is_no_space, no_space, tile_align, validate_settings
     from .writers.atomic import safe_child
 
     timer = Timer()
@@ -102,6 +102,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     with timer("open"):
         model_dir = resolve_model_dir(settings.model, settings.device)
         mcfg = check_model_dir(model_dir)
+        settings, _ = validate_settings(settings, tile_align(mcfg))
         reader = open_slide(path, settings.mpp)
     try:
         stem = slide_stem(path)
@@ -145,6 +146,7 @@ def _run_open_slide(reader, path, out, final, identity, settings, client, progre
     from .ownership import check_slot, marker
     from .stainnorm import check_colour, slide_stats
     from .stitch import deduplicate
+    from .validate import tile_align
     from .tiling import make_grid
     from .tissue import detect_tissue, full_mask
     from .writers.atomic import atomic_dir
@@ -155,7 +157,7 @@ def _run_open_slide(reader, path, out, final, identity, settings, client, progre
     H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
     with timer("tissue"):
         tissue = detect_tissue(reader) if settings.tissue_detection else full_mask(info)
-    grid = make_grid(H, W, settings.tile, settings.halo, align=16,
+    grid = make_grid(H, W, settings.tile, settings.halo, align=tile_align(mcfg),
                      keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
     geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
     stain = None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-ALIGN = 16                       # tiles and halos are cut on the network's pooling grid
+ALIGN = 16                       # tiles and halos are cut on the network's pooling grid (or its stride)
 TILE_RANGE = (64, 4096)          # working px; 4096 + halos is about 2 GB of network activations a tile
 HALO_RANGE = (0, 512)
 BATCH_RANGE = (1, 64)
@@ -23,8 +23,15 @@ WORKERS_MAX = 256
 MIN_FREE_BYTES = 1 << 20         # less than this free in the output folder: refused before starting
 
 
-def _round_up(n: int) -> int:
-    return -(-int(n) // ALIGN) * ALIGN
+def _round_up(n: int, align: int = ALIGN) -> int:
+    return -(-int(n) // align) * align
+
+
+def tile_align(model_config: dict) -> int:
+    """The grid tiles and halos are cut on for a model: its total stride, at least 16 px."""
+    from .model.io import model_stride
+
+    return max(ALIGN, model_stride(model_config))
 
 
 def _check_range(flag: str, value, lo: int, hi: int, default: str) -> int:
@@ -35,15 +42,16 @@ def _check_range(flag: str, value, lo: int, hi: int, default: str) -> int:
     return value
 
 
-def validate_settings(settings):
+def validate_settings(settings, align: int = ALIGN):
     """(settings as used, notes): InputError for values out of bounds; tile and halo rounded up to
-    multiples of 16 px, each rounding named in a note."""
+    multiples of ``align`` px (:func:`tile_align` of the model), each rounding named in a note."""
     notes = []
     tile = _check_range("--tile", settings.tile, *TILE_RANGE, "512")
     halo = _check_range("--halo", settings.halo, *HALO_RANGE, "64")
     for flag, v in (("--tile", tile), ("--halo", halo)):
-        if _round_up(v) != v:
-            notes.append(f"{flag} {v} rounded up to {_round_up(v)} (tiles are cut on a {ALIGN}-px grid)")
+        if _round_up(v, align) != v:
+            notes.append(f"{flag} {v} rounded up to {_round_up(v, align)} (tiles are cut on the model's "
+                         f"{align}-px grid)")
     if settings.batch is not None:
         b = settings.batch
         if isinstance(b, bool) or not isinstance(b, int) or not BATCH_RANGE[0] <= b <= BATCH_RANGE[1]:
@@ -52,7 +60,7 @@ def validate_settings(settings):
         w = settings.workers
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= WORKERS_MAX:
             raise InputError(f"--workers {w}: must be from 1 to {WORKERS_MAX}")
-    return replace(settings, tile=_round_up(tile), halo=_round_up(halo)), notes
+    return replace(settings, tile=_round_up(tile, align), halo=_round_up(halo, align)), notes
 
 
 def no_space(folder, e: BaseException | None = None) -> InputError:

@@ -165,8 +165,8 @@ def check_model_dir(model_dir: Path) -> dict:
 
     config.json: a JSON object with ``arch`` (and sane ``mpp``, ``stain_norm`` when present);
     model.safetensors: a valid header whose tensors have the shapes ``arch`` implies (every one for an
-    fp32 model, the folded convolutions for an INT8 one); a calibration file, when named, has a valid
-    header. Every failure is one InputError naming the file and the cause.
+    fp32 U-Net, the folded convolutions for an INT8 one; for another kind of network, such as
+    ``mobileunet``, the header only); a calibration file, when named, has a valid header. Every failure is one InputError naming the file and the cause.
     """
     model_dir = Path(model_dir)
     cfg = read_model_config(model_dir)
@@ -191,6 +191,9 @@ def check_model_dir(model_dir: Path) -> dict:
     if not weights.is_file():
         raise InputError(f"{model_dir}: no weights file (model.safetensors)")
     header = safetensors_header(weights)
+    if arch.get("kind", "unet") != "unet":
+        _check_calibration(model_dir, cfg)
+        return cfg               # other networks (mobileunet): header checked; shapes are checked on loading
     try:
         want = expected_shapes(arch, quantized == "int8")
     except (TypeError, ValueError, AttributeError):
@@ -204,12 +207,16 @@ def check_model_dir(model_dir: Path) -> dict:
         detail = (f"{k} is {list(got[k])}, config implies {list(want[k])}" if wrong else
                   f"{len(missing)} tensors missing (e.g. {k})" if missing else f"unexpected tensor {k}")
         raise InputError(f"{weights}: weights do not match config.json's arch ({detail})")
+    _check_calibration(model_dir, cfg)
+    return cfg
+
+
+def _check_calibration(model_dir: Path, cfg: dict) -> None:
     cal = cfg.get("calibration")
     if isinstance(cal, dict) and cal.get("method") == "lts":
         lts = model_dir / str(cal.get("file", "lts.safetensors"))
         if lts.exists():
             safetensors_header(lts)
-    return cfg
 
 
 def save_model(model: "UNet", model_dir: str | Path, meta: dict, half: bool = False) -> Path:
@@ -237,16 +244,16 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     import torch
     from safetensors.torch import load_file
 
-    from .net import NetConfig, UNet
+    from .net import build_net
 
     model_dir = resolve_model_dir(name_or_path, torch.device(device).type)
     cfg = read_model_config(model_dir)
     if cfg.get("quantized") == "int8":
-        from ..train.quantize import load_int8
+        from .int8 import load_int8
 
         net = load_int8(model_dir, device)
     else:
-        net = UNet(NetConfig.from_dict(cfg["arch"]))
+        net = build_net(cfg["arch"])
         state = load_file(str(model_dir / "model.safetensors"))
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         net.load_state_dict(state)
@@ -254,3 +261,12 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     cfg["path"] = str(model_dir)
     cfg.setdefault("name", model_dir.name)
     return net, cfg
+
+
+def model_stride(cfg: dict) -> int:
+    """The network's total stride from a model's config (without torch): tiles are aligned to it so a
+    pixel's prediction does not depend on which tile computed it."""
+    arch = cfg.get("arch") or {}
+    if arch.get("kind") == "mobileunet":
+        return 32
+    return 2 ** (int(arch.get("depth", 4)) - 1)
