@@ -343,7 +343,7 @@ def test_quiet_libraries():
     import logging
     import warnings
 
-    from wsi_nuc.cluster import quiet_libraries
+    from wsi_nuc.errors import quiet_libraries
 
     with warnings.catch_warnings():
         quiet_libraries()

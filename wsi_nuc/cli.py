@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
-    from .cluster import quiet_libraries
+    from .errors import quiet_libraries
 
     quiet_libraries()
     try:

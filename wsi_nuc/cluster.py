@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import InputError
+from .errors import InputError, quiet_libraries
 
 
 def default_workers() -> int:
@@ -16,18 +16,6 @@ def default_workers() -> int:
 def torch_threads(n_workers: int) -> int:
     """Torch threads per worker so that workers together use the machine's cores once."""
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))
-
-
-def quiet_libraries() -> None:
-    """Reader libraries' warnings are not the user's concern (a bad file is one InputError instead):
-    tifffile/tiffslide log and warn about every odd tag. Called by the CLI and in every worker."""
-    import logging
-    import warnings
-
-    for name in ("tifffile", "tiffslide", "imagecodecs"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    for module in ("tifffile", "tiffslide", "imagecodecs", "PIL", "openslide", "zarr", "numcodecs"):
-        warnings.filterwarnings("ignore", module=module)
 
 
 class TorchThreads(WorkerPlugin):

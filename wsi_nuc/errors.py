@@ -1,4 +1,4 @@
-"""The one error type users see (bad input or usage, exit code 2) and how lines reach stderr.
+"""The one error type users see (bad input or usage, exit code 2) and what reaches stderr.
 
 Every message is printed as exactly one line: control characters (a newline in a file name, a carriage
 return, an escape sequence) are written as Python escapes (``\\n``, ``\\r``, ``\\x1b``), so a hostile
@@ -26,3 +26,15 @@ def warn(message: str, stream=None) -> None:
     stream = stream or sys.stderr
     stream.write(f"wsi-nuc: warning: {one_line(message)}\n")
     stream.flush()
+
+
+def quiet_libraries() -> None:
+    """Reader libraries' warnings are not the user's concern (a bad file is one InputError instead):
+    tifffile/tiffslide log and warn about every odd tag. Called by the CLI and in every worker."""
+    import logging
+    import warnings
+
+    for name in ("tifffile", "tiffslide", "imagecodecs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for module in ("tifffile", "tiffslide", "imagecodecs", "PIL", "openslide", "zarr", "numcodecs"):
+        warnings.filterwarnings("ignore", module=module)
