@@ -58,7 +58,7 @@ def _settings(a):
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
                      scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, wait=a.wait, overwrite=a.overwrite)
-    st, _ = validate_settings(st)              # bounds first: cheap, and independent of the model
+    validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
 
