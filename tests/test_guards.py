@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +40,7 @@ def test_lock_busy_stale_and_foreign(tmp_path):
             assert L.read_owner(lk).token not in ("t1", "t2")
         assert not lk.exists()
     # another host's lock cannot be judged from here: respected
-    lk.write_text(f"other-host.example 123 - t3\n")
+    lk.write_text("other-host.example 123 - t3\n")
     with pytest.raises(InputError, match="pid 123 on other-host.example"):
         with L.hold(lk, "OUT/x"):
             pass
@@ -61,7 +60,7 @@ def test_lock_release_keeps_a_lock_it_does_not_own(tmp_path):
 
 def test_wait_polls_until_free(tmp_path, monkeypatch):
     lk = tmp_path / ".x.lock"
-    lk.write_text(f"other-host 1 - t\n")
+    lk.write_text("other-host 1 - t\n")
     said, sleeps = [], []
 
     def sleep(s):

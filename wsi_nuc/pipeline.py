@@ -91,7 +91,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     from .model.io import check_model_dir, resolve_model_dir
     from .ownership import check_slot, check_stem, clean_stale_work, slide_identity
     from .slide import open_slide
-    from .validate import check_output_dir, is_no_space, no_space, tile_align, validate_settings
+    from .validate import is_no_space, no_space, tile_align, validate_settings
     from .writers.atomic import safe_child
 
     timer = Timer()
