@@ -87,7 +87,7 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     :mod:`wsi_nuc.ownership`: only wsi-nuc results of the same slide are replaced, another slide's only
     with ``settings.overwrite``). A full disk is one InputError naming the folder.
     """
-    from .lock import checkpoint, hold
+    from .lock import hold
     from .model.io import check_model_dir, resolve_model_dir
     from .ownership import check_slot, check_stem, clean_stale_work, slide_identity
     from .slide import open_slide
@@ -117,7 +117,6 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
                   None if settings.quiet else _say):
             check_slot(final, identity, settings.overwrite)
             clean_stale_work(out, final.name)
-            checkpoint("locked")
             try:
                 return _run_open_slide(reader, path, out, final, identity, settings, client, progress,
                                        model_dir, mcfg, timer, t_start)
