@@ -69,6 +69,36 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
     return Sample(stem, image, labels, image_mpp(meta, stem))
 
 
+def class_names(meta: dict) -> dict[int, str]:
+    """The dataset's nucleus types, ``{id: name}`` from dataset.json ``"classes"`` (ids 1..K); {} if none.
+
+    Examples
+    --------
+    >>> class_names({"classes": {"1": "other", "2": "inflammatory"}})
+    {1: 'other', 2: 'inflammatory'}
+    """
+    out = {}
+    for k, v in (meta.get("classes") or {}).items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            continue
+        if i > 0 and isinstance(v, str):
+            out[i] = v
+    return dict(sorted(out.items()))
+
+
+def load_classes(root: str | Path, stem: str) -> np.ndarray | None:
+    """The per-pixel type map ``classes/<stem>.png`` (uint8: 0 background, 1..K), or None without one."""
+    from PIL import Image
+
+    path = Path(root) / "classes" / f"{stem}.png"
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
 def resample_factor(sample_mpp: float | None, work_mpp: float | None) -> float:
     """Zoom factor from the sample's scale to the working scale (1 where either is unknown)."""
     if not sample_mpp or not work_mpp:
