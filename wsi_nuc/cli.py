@@ -88,7 +88,7 @@ def _eval(a) -> int:
         if not a.json:
             scale = f"  mpp {sc['mpp']:.3f} ({sc['mpp_source']})" if sc.get("mpp_source") == "estimated" else ""
             print(f"{sc['image']:<40} aji {sc['aji']:.4f}  pq {sc['pq']:.4f}  f1 {sc['f1']:.4f}  "
-                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}{scale}", flush=True)
+                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}  f_d {sc['f_d']:.4f}{scale}", flush=True)
 
     res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log,
                    auto_scale=a.scale == "auto")
