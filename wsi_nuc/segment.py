@@ -11,7 +11,7 @@ import numpy as np
 from .instances import InstanceParams, centroids, labels_from_maps, polygons_level0
 from .outlines import pack_polygons
 from .tiling import Box, Tile
-from .type_map import N_INSTANCE_MAPS
+from .type_map import N_INSTANCE_MAPS, nucleus_types, type_prob_map
 
 
 @dataclass
@@ -52,8 +52,6 @@ def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: Instanc
     ``types``: the model's type names; when given and ``maps`` carries type probabilities, each nucleus
     also gets ``type`` and ``type_prob`` columns (see :func:`owned_nuclei`).
     """
-    from .type_map import type_prob_map
-
     labels = segment_maps(maps, params)
     tp = type_prob_map(maps) if types else None
     return owned_nuclei(tile, labels, image, maps[0], f, mpp_work, level0_mpp, margin,
@@ -109,8 +107,6 @@ def type_columns(labels: np.ndarray, type_prob: np.ndarray, ids, type_names) -> 
     >>> c["type"].tolist(), c["type_prob"].tolist()
     (['b'], [1.0])
     """
-    from .type_map import nucleus_types
-
     t, prob = nucleus_types(labels, type_prob, ids)
     names = np.array(["", *type_names])
     return {"type": names[np.clip(t, 0, len(type_names))], "type_prob": prob.astype(np.float64)}
@@ -181,8 +177,6 @@ def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, imag
 
 
 def _types_of(labels: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    from .type_map import nucleus_types, type_prob_map
-
     tp = type_prob_map(maps)
     if tp is None:
         return None, None
