@@ -84,7 +84,7 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     import torch
     from safetensors.torch import load_file
 
-    from .net import NetConfig, UNet
+    from .net import build_net
 
     model_dir = resolve_model_dir(name_or_path, torch.device(device).type)
     cfg = read_model_config(model_dir)
@@ -93,7 +93,7 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
 
         net = load_int8(model_dir, device)
     else:
-        net = UNet(NetConfig.from_dict(cfg["arch"]))
+        net = build_net(cfg["arch"])
         state = load_file(str(model_dir / "model.safetensors"))
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         net.load_state_dict(state)

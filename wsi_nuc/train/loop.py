@@ -17,20 +17,42 @@ import torch
 from ..config import write_config
 from ..dataset import list_stems, load_at_mpp, read_index
 from ..model.io import save_model
-from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
+from ..model.net import build_net, count_params, net_macs_per_pixel
 from ..scale import median_area_um2
 from ..stainnorm import LabStats, lab_stats, normalise
 from .augment import AugmentConfig, augment
 from .losses import head_losses
+from .sources import all_samples, load_sources, make_batch as draw_batch
 from .targets import make_targets
 
 NORM_MEAN, NORM_STD = 0.5, 0.25
 
 
-def to_input(batch_rgb: np.ndarray) -> torch.Tensor:
+def to_input(batch_rgb: np.ndarray, norm: dict | None = None) -> torch.Tensor:
     """(B, H, W, 3) RGB 0..255 -> normalised (B, 3, H, W) float tensor."""
+    mean, std = (norm or {}).get("mean", NORM_MEAN), (norm or {}).get("std", NORM_STD)
     x = torch.from_numpy(np.ascontiguousarray(batch_rgb, dtype=np.float32)).permute(0, 3, 1, 2)
-    return (x / 255.0 - NORM_MEAN) / NORM_STD
+    return (x / 255.0 - mean) / std
+
+
+def input_norm(cfg: dict) -> dict:
+    """The input normalisation of a config: ``data.norm``, else the v0.1/v0.2 models' (0.5, 0.25)."""
+    return dict(cfg["data"].get("norm") or {"mean": NORM_MEAN, "std": NORM_STD})
+
+
+def build_training_net(cfg: dict):
+    """The network of ``cfg["model"]``; ``pretrained: mobilenet_v2_imagenet`` loads the converted
+    ImageNet encoder (:mod:`wsi_nuc.train.tflite_import`)."""
+    arch = dict(cfg["model"])
+    pretrained = arch.pop("pretrained", None)
+    net = build_net(arch)
+    if pretrained:
+        if pretrained != "mobilenet_v2_imagenet" or not hasattr(net, "encoder"):
+            raise ValueError(f"model.pretrained: {pretrained!r} does not fit this architecture")
+        from .tflite_import import load_encoder
+
+        load_encoder(net.encoder)
+    return net
 
 
 def stack_targets(targets: list[dict]) -> dict:
@@ -97,7 +119,7 @@ def model_meta(cfg: dict, train_set: list | None = None, stain: LabStats | None 
         "name": cfg.get("name", "model"),
         "version": cfg.get("version", "0.1.0"),
         "mpp": cfg["data"].get("mpp"),
-        "norm": {"mean": NORM_MEAN, "std": NORM_STD},
+        "norm": input_norm(cfg),
         "postprocess": cfg.get("postprocess", {}),
         "licence": cfg.get("licence", ""),
         "training_data": cfg.get("training_data", ""),
@@ -107,6 +129,13 @@ def model_meta(cfg: dict, train_set: list | None = None, stain: LabStats | None 
         meta["nucleus_area_um2"] = round(median_area_um2([s.labels for s in train_set], mpp), 2)
     if stain is not None:
         meta["stain_norm"] = stain.to_dict()
+    types = (cfg.get("model") or {}).get("types")
+    if (cfg.get("model") or {}).get("kind") == "mobileunet" and types is None:
+        from ..model.mobilenet import TYPE_NAMES
+
+        types = list(TYPE_NAMES)
+    if types:
+        meta["types"] = list(types)
     return meta
 
 
@@ -119,18 +148,22 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     torch.set_num_threads(int(tc.get("threads", 2)))
     torch.manual_seed(int(tc.get("seed", 0)))
     mpp = cfg["data"].get("mpp")
-    net = UNet(NetConfig.from_dict(cfg["model"]))
-    opt = make_optimizer(net.parameters(), tc)
+    norm = input_norm(cfg)
+    net = build_training_net(cfg)
+    opt = make_optimizer(param_groups(net, tc), tc)
     aug_cfg = augment_config(cfg)
     weights = tc.get("loss_weights", {})
+    type_w = tc.get("type_class_weights")
     ckpt = out / "checkpoint.pt"
     step, cpu_s = resume(ckpt, net, opt, log)
     rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
-    train_set = load_split(cfg["data"], "train", mpp)
-    val_set = load_split(cfg["data"], "val", mpp)
-    stain = normalise_stain(cfg, train_set, val_set)
-    log(f"{len(train_set)} train / {len(val_set)} val images at mpp={mpp}; "
-        f"params={count_params(net):,} MACs/px={macs_per_pixel(net.cfg):,.0f}")
+    train_src = load_sources(cfg["data"], "train")
+    val_src = load_sources(cfg["data"], "val")
+    train_set = all_samples(train_src)
+    stain = normalise_stain(cfg, train_set, all_samples(val_src))
+    log(" / ".join(f"{s.name}: {len(s.samples)} train, {len(v.samples)} val (weight {s.weight})"
+                   for s, v in zip(train_src, val_src)) + f"; mpp={mpp}")
+    log(f"params={count_params(net):,} MACs/px={net_macs_per_pixel(net):,.0f}")
     total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
     logf = open(out / "log.jsonl", "a")
     last_ckpt = time.time()
@@ -139,9 +172,9 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     while step < total:
         net.train()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50)))
-        x, t = make_batch(train_set, size, bs, aug_cfg, rng)
-        loss, parts = head_losses(net(x), t, weights)
+            g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50))) * g.get("lr_mult", 1.0)
+        imgs, tgts = draw_batch(train_src, size, bs, aug_cfg, rng)
+        loss, parts = head_losses(net(to_input(imgs, norm)), stack_targets(tgts), weights, type_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -154,10 +187,11 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
         if step % int(tc.get("val_every", 100)) == 0 or step == total:
-            vl = validate(net, val_set, size, weights)
-            logf.write(json.dumps({"step": step, "val_loss": vl}) + "\n")
+            vl = {v.name: validate_images(net, v.samples, weights, norm, type_w) for v in val_src}
+            logf.write(json.dumps({"step": step, "val_loss": float(np.mean(list(vl.values()))),
+                                   "val": vl}) + "\n")
             logf.flush()
-            log(f"step {step}/{total} loss {run_loss:.4f} val {vl:.4f}")
+            log(f"step {step}/{total} loss {run_loss:.4f} val " + " ".join(f"{k} {v:.4f}" for k, v in vl.items()))
         if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
             save_checkpoint(ckpt, net, opt, step, cpu_s + time.process_time() - t_cpu0)
             last_ckpt = time.time()
@@ -171,7 +205,38 @@ def train(cfg: dict, out_dir: str | Path, log=print) -> Path:
     return model_dir
 
 
+def param_groups(net, tc: dict) -> list[dict]:
+    """A pretrained encoder learns at ``train.encoder_lr_mult`` times the rest's rate."""
+    mult = float(tc.get("encoder_lr_mult", 1.0))
+    enc = getattr(net, "encoder", None)
+    if enc is None or mult == 1.0:
+        return [{"params": list(net.parameters()), "lr_mult": 1.0}]
+    enc_ids = {id(p) for p in enc.parameters()}
+    return [{"params": list(enc.parameters()), "lr_mult": mult},
+            {"params": [p for p in net.parameters() if id(p) not in enc_ids], "lr_mult": 1.0}]
+
+
+@torch.no_grad()
+def validate_images(net, samples, weights, norm, type_w=None, stride: int = 32) -> float:
+    """Mean loss over whole val images, each cropped to a multiple of ``stride`` (no augmentation)."""
+    from .sources import type_target
+
+    net.eval()
+    losses = []
+    for s in samples:
+        h, w = (n - n % stride for n in s.labels.shape)
+        if h < stride or w < stride:
+            continue
+        lab = s.labels[:h, :w]
+        t = make_targets(lab)
+        t["types"] = type_target(lab, s.types)
+        x = to_input(s.image[None, :h, :w].astype(np.float32), norm)
+        losses.append(float(head_losses(net(x), stack_targets([t]), weights, type_w)[0]))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
 def make_optimizer(params, tc: dict) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (parameters, or groups from :func:`param_groups`)."""
     return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 1e-4))
 
 
