@@ -112,17 +112,6 @@ def class_names(meta: dict) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def load_classes(root: str | Path, stem: str) -> np.ndarray | None:
-    """The per-pixel type map ``classes/<stem>.png`` (uint8: 0 background, 1..K), or None without one."""
-    from PIL import Image
-
-    path = Path(root) / "classes" / f"{stem}.png"
-    if not path.is_file():
-        return None
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
 def resample_factor(sample_mpp: float | None, work_mpp: float | None) -> float:
     """Zoom factor from the sample's scale to the working scale (1 where either is unknown)."""
     if not sample_mpp or not work_mpp:

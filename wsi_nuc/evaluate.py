@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import class_names, list_stems, load_classes, load_sample, read_index
+from .dataset import class_names, list_stems, load_sample, read_index
 from .instances import InstanceParams
 
 
@@ -78,10 +78,8 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
             continue
         sc = score_image(s.labels, pred)
         true_types = None
-        if ds_types is not None:
-            cls = load_classes(root, stem)
-            if cls is not None:
-                true_types = true_nucleus_types(s.labels, cls)
+        if ds_types is not None and s.classes is not None:
+            true_types = true_nucleus_types(s.labels, s.classes)
         counts = type_counts(s.labels, pred, mpp or predictor.mpp, true_types,
                              ds_types if true_types is not None else None, n_types)
         sc.update(image=stem, mpp=mpp, mpp_source=source,
