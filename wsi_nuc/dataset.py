@@ -93,6 +93,25 @@ def label_types(labels: np.ndarray, classes: np.ndarray, n_types: int = 4) -> np
     return types
 
 
+def class_names(meta: dict) -> dict[int, str]:
+    """The dataset's nucleus types, ``{id: name}`` from dataset.json ``"classes"`` (ids 1..K); {} if none.
+
+    Examples
+    --------
+    >>> class_names({"classes": {"1": "other", "2": "inflammatory"}})
+    {1: 'other', 2: 'inflammatory'}
+    """
+    out = {}
+    for k, v in (meta.get("classes") or {}).items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            continue
+        if i > 0 and isinstance(v, str):
+            out[i] = v
+    return dict(sorted(out.items()))
+
+
 def resample_factor(sample_mpp: float | None, work_mpp: float | None) -> float:
     """Zoom factor from the sample's scale to the working scale (1 where either is unknown)."""
     if not sample_mpp or not work_mpp:

@@ -40,6 +40,7 @@ class RunSettings:
     margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
     quiet: bool = False
     geojson_gz: bool = False
+    types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
             st = slide_stats(reader, tissue, f, H, W)
             stain = st.to_dict() if st is not None else None
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
-                      dict(mcfg.get("postprocess") or {}), stain)
+                      dict(mcfg.get("postprocess") or {}), stain, settings.types)
     spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
     bar = None
     if progress is None and not settings.quiet:
