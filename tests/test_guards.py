@@ -82,7 +82,8 @@ def _tile(key="r00001_c00002"):
 
     rng = np.random.default_rng(0)
     return TileNuclei(key, 1, 2, Box(128, 256, 256, 384), rng.normal(size=(30, 2)), np.array([0, 10, 30]),
-                      np.array([3.0, -1.0]), {"area_um2": np.array([12.5, 30.0]), "nucleus_id": np.array([1, 2])})
+                      np.array([3.0, -1.0]), {"area_um2": np.array([12.5, 30.0]), "nucleus_id": np.array([1, 2]),
+                                                 "type": np.array(["", "inflammatory"])})
 
 
 def test_spool_round_trip_and_rejections(tmp_path):

@@ -109,6 +109,25 @@ def label_types(labels: np.ndarray, classes: np.ndarray, n_types: int = 4) -> np
     return types
 
 
+def class_names(meta: dict) -> dict[int, str]:
+    """The dataset's nucleus types, ``{id: name}`` from dataset.json ``"classes"`` (ids 1..K); {} if none.
+
+    Examples
+    --------
+    >>> class_names({"classes": {"1": "other", "2": "inflammatory"}})
+    {1: 'other', 2: 'inflammatory'}
+    """
+    out = {}
+    for k, v in (meta.get("classes") or {}).items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            continue
+        if i > 0 and isinstance(v, str):
+            out[i] = v
+    return dict(sorted(out.items()))
+
+
 def _cause(e: BaseException) -> str:
     return " ".join(str(e).split())[:200] or type(e).__name__
 

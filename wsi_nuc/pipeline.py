@@ -41,6 +41,7 @@ class RunSettings:
     geojson_gz: bool = False
     wait: bool = False              # output locked by another run: wait for it (else InputError at once)
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
+    types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
 
 
 @dataclass
@@ -166,7 +167,7 @@ def _run_open_slide(reader, path, out, final, identity, settings, client, progre
             check_colour(st, path)
             stain = st.to_dict() if st is not None else None
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
-                      dict(mcfg.get("postprocess") or {}), stain)
+                      dict(mcfg.get("postprocess") or {}), stain, settings.types)
     key = spool_key(geom, ts, grid.tile, grid.halo)
     spool = spool_io.load(spool_io.folder_for(out, final.name, key), key)
     try:

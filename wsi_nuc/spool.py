@@ -1,7 +1,8 @@
 """The tile spool: each finished tile of a slide run on disk, as data only, so an interrupted run resumes.
 
 ``OUT/.<stem>.tiles-<key>/<tile key>.tile.npz``: a plain (uncompressed) ``.npz`` of numeric arrays
-(outline vertices, offsets, depths, one array per measurement column) and a ``meta`` array holding JSON
+(outline vertices, offsets, depths, one array per measurement column; a nucleus type's name is a
+fixed-width text array) and a ``meta`` array holding JSON
 (format, the run's settings key, tile key, row, column, core box, column names, and a SHA-256 over every
 array's name, dtype, shape and bytes). It is read with ``allow_pickle=False``: nothing in an output
 folder is ever unpickled or executed.
@@ -32,7 +33,7 @@ from .lock import alive
 FORMAT = "wsi-nuc-tile-spool/1"
 SUFFIX = ".tile.npz"
 MAX_FILE_BYTES = 1 << 30         # a spooled tile is a few MB at most; larger files are not read
-_NUMERIC = "biuf"
+_DATA_KINDS = "biufU"             # numbers and fixed-width text (a type name): never object arrays
 _TMP = re.compile(r"\.r\d+_c\d+\.(\d+)\.tmp")
 
 
@@ -72,9 +73,9 @@ def _arrays(tn) -> dict:
 def save(spool: Spool, tn) -> None:
     """Write one finished tile (to a temporary name, then renamed: a crash never leaves half a tile)."""
     arrays = _arrays(tn)
-    bad = [k for k, a in arrays.items() if a.dtype.kind not in _NUMERIC]
+    bad = [k for k, a in arrays.items() if a.dtype.kind not in _DATA_KINDS]
     if bad:
-        raise TypeError(f"non-numeric spool columns: {bad}")
+        raise TypeError(f"spool columns that are not numbers or text: {bad}")
     c = tn.core
     meta = {"format": FORMAT, "spool_key": spool.key, "tile": tn.key, "row": int(tn.row), "col": int(tn.col),
             "core": [int(c.y0), int(c.x0), int(c.y1), int(c.x1)], "columns": list(tn.columns),
@@ -124,8 +125,8 @@ def read_tile(path: Path, key: str):
     cols = list(meta.get("columns") or [])
     if set(arrays) != {"coords", "offsets", "depth", *(f"col.{c}" for c in cols)}:
         raise ValueError("unexpected arrays")
-    if any(a.dtype.kind not in _NUMERIC for a in arrays.values()):
-        raise ValueError("non-numeric arrays")
+    if any(a.dtype.kind not in _DATA_KINDS for a in arrays.values()):
+        raise ValueError("arrays that are not numbers or text")
     coords, offsets, depth = arrays["coords"], arrays["offsets"], arrays["depth"]
     n = len(offsets) - 1
     if (coords.ndim != 2 or coords.shape[1:] != (2,) or offsets.ndim != 1 or n < 0 or offsets[0] != 0
