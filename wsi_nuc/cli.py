@@ -50,12 +50,31 @@ def _calibrate(a) -> int:
     return 0
 
 
+def _output_settings(a) -> dict:
+    """RunSettings fields of the output options (shared by run and batch)."""
+    return dict(geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
+                min_area_um2=a.min_area_um2)
+
+
+def _add_output_options(p) -> None:
+    p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
+                                                             "nuclei.geojson")
+    p.add_argument("--simplify", type=_non_negative, default=0.5, metavar="PX",
+                   help="GeoJSON outline tolerance in working px (default 0.5; 0 keeps the traced outline)")
+    p.add_argument("--table", choices=("csv", "parquet", "both"), default="csv",
+                   help="per-nucleus table: nuclei.csv, nuclei.parquet or both (default csv)")
+    p.add_argument("--zarr-image", action="store_true",
+                   help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
+    p.add_argument("--min-area-um2", type=_non_negative, default=3.0, metavar="A",
+                   help="drop nuclei smaller than A µm² from every output (default 3)")
+
+
 def _run(a) -> int:
     from .pipeline import RunSettings, run_slide
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet)
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, **_output_settings(a))
     summary = run_slide(a.slide, a.out, st)
     if not a.quiet:
         secs = summary["seconds"]["total"]
@@ -70,7 +89,7 @@ def _batch(a) -> int:
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet)
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, **_output_settings(a))
     res = run_cohort(a.cohort, a.out, st, force=a.force, parallel_slides=a.parallel_slides, debug=a.debug)
     if not a.quiet:
         n, done, skipped, failed = len(res.rows), res.count("done"), res.count("skipped"), res.count("failed")
@@ -153,6 +172,13 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _non_negative(v: str) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -179,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_options(r)
     r.set_defaults(func=_run)
 
     b = sub.add_parser("batch", help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
@@ -202,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
     b.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_output_options(b)
     b.set_defaults(func=_batch)
 
     e = sub.add_parser("eval", help="score a model on an annotated dataset folder")

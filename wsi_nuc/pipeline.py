@@ -1,7 +1,7 @@
 """One slide end to end: open, find tissue, tile, segment on Dask, stitch, write outputs atomically.
 
     run_slide("slide.svs", "out/", RunSettings())  ->  out/slide/{nuclei.geojson, nuclei.csv,
-                                                        labels.zarr, summary.json, qc.png}
+                                                        nuclei.ome.zarr, summary.json, qc.png}
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 
-OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "labels.zarr", "summary.json", "qc.png")
+OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "nuclei.ome.zarr", "summary.json", "qc.png")  # defaults
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,11 @@ class RunSettings:
     tiles_per_task: int = 4
     margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
     quiet: bool = False
-    geojson_gz: bool = False
+    geojson_gz: bool = False        # nuclei.geojson.gz instead of nuclei.geojson
+    simplify: float = 0.5           # GeoJSON outline tolerance, working px (0: as traced)
+    table: str = "csv"              # "csv" | "parquet" | "both"
+    zarr_image: bool = False        # the slide itself as the OME-Zarr parent image (else a thumbnail)
+    min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
 
 
 @dataclass
@@ -78,8 +82,13 @@ def check_output_dir(out: Path) -> None:
 
 
 def is_complete(folder: Path) -> bool:
-    """A slide folder is complete when every output exists (outputs are moved into place together)."""
-    return folder.is_dir() and all((folder / n).exists() for n in OUTPUT_FILES)
+    """A slide folder is complete when every output its summary lists exists (outputs are moved into
+    place together; older summaries without the list are checked against the default outputs)."""
+    try:
+        names = json.loads((folder / "summary.json").read_text()).get("outputs") or OUTPUT_FILES
+    except (OSError, ValueError):
+        return False
+    return folder.is_dir() and all((folder / n).exists() for n in names)
 
 
 def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSettings(), client=None,
@@ -193,27 +202,51 @@ def _has_gpu_resource(client) -> bool:
 
 def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, timer, settings, mcfg,
                   model_dir) -> dict:
-    """GeoJSON, CSV and zarr from the same surviving nuclei (so ids agree), then QC image and summary."""
+    """GeoJSON, table and zarr from the same surviving nuclei (so ids agree), then QC image and summary.
+    What each writes: ``writers/slide_outputs.py``."""
     from . import __version__
-    from .morphometry import COLUMNS
-    from .writers.geojson import write_geojson
-    from .writers.labels_zarr import write_labels_zarr
-    from .writers.table import write_csv
+    from .slide import read_thumbnail
+    from .writers import slide_outputs as so
+    from .writers.geojson import coordinate_decimals, write_geojson
+    from .writers.ome_zarr import write_ome_zarr
+    from .writers.table import write_csv, write_parquet
 
-    meas_cols = [c for c in COLUMNS if c not in ("nucleus_id",)]
+    stem = slide_stem(info.path)
+    keep = so.apply_min_area(tiles, keep, settings.min_area_um2)
+    typed = so.has_types(tiles, keep)
+    outputs = []
     with timer("write_geojson"):
-        gj = tmp / ("nuclei.geojson.gz" if settings.geojson_gz else "nuclei.geojson")
-        n = write_geojson(gj, _final_features(tiles, keep, meas_cols), id_namespace=Path(info.path).name,
-                          clean=False)  # cleaned per tile
-    with timer("write_csv"):
-        write_csv(tmp / "nuclei.csv", COLUMNS, _final_column_chunks(tiles, keep, meas_cols))
+        gj = "nuclei.geojson.gz" if settings.geojson_gz else "nuclei.geojson"
+        dec = coordinate_decimals(geom.f) if settings.simplify > 0 else 2
+        n = write_geojson(tmp / gj, so.geojson_features(tiles, keep, settings.simplify * geom.f, typed, dec),
+                          clean=False, compact=True)  # cleaned per tile, rounded by simplify_rings
+        outputs.append(gj)
+    cols = so.table_columns(typed)
+    if settings.table in ("csv", "both"):
+        with timer("write_csv"):
+            write_csv(tmp / "nuclei.csv", cols, so.table_chunks(tiles, keep, stem, typed))
+            outputs.append("nuclei.csv")
+    if settings.table in ("parquet", "both"):
+        with timer("write_parquet"):
+            write_parquet(tmp / "nuclei.parquet", cols, so.table_chunks(tiles, keep, stem, typed))
+            outputs.append("nuclei.parquet")
     with timer("write_zarr"):
         index = FinalIndex(tiles, keep, geom.f)
-        write_labels_zarr(tmp / "labels.zarr", (grid.height, grid.width), index, geom.f, geom.level0_mpp)
+        thumb = read_thumbnail(reader, 2048)
+        zinfo = write_ome_zarr(tmp / "nuclei.ome.zarr", (grid.height, grid.width), index, geom.f,
+                               geom.level0_mpp, thumbnail=None if settings.zarr_image else thumb,
+                               image_reader=reader if settings.zarr_image else None,
+                               properties=so.zarr_properties(tiles, keep, typed),
+                               colors=so.zarr_colors(tiles, keep) if typed else None, slide_name=stem)
+        outputs.append("nuclei.ome.zarr")
     tissue_mm2 = float(tissue.area_mm2(info.mpp))
     with timer("write_qc"):
-        write_qc(tmp / "qc.png", reader, tissue, tiles, keep, info.mpp)
-    return {
+        write_qc(tmp / "qc.png", reader, tissue, tiles, keep, info.mpp,
+                 title=f"{stem}  |  model {mcfg.get('name', model_dir.name)} v{mcfg.get('version', '?')}"
+                       f"  |  wsi-nuc {__version__}",
+                 typed=typed, thumb=thumb, f=geom.f, min_area_um2=settings.min_area_um2)
+        outputs.append("qc.png")
+    summary = {
         "slide": {**info.to_dict(), "path": str(info.path)},
         "working_mpp": geom.work_mpp,
         "level0_per_working_px": geom.f,
@@ -222,35 +255,19 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         "tissue_detection": settings.tissue_detection,
         "nucleus_count": n,
         "nuclei_per_mm2": round(n / tissue_mm2, 2) if tissue_mm2 > 0 else None,
-        "labels_zarr": {"resolution": "working", "scale_um": geom.work_mpp,
-                        "level0_px_per_label_px": geom.f},
+        "min_area_um2": settings.min_area_um2,
+        "ome_zarr": {**zinfo, "resolution": "working", "scale_um": geom.work_mpp,
+                     "level0_px_per_label_px": geom.f},
         "seconds": dict(timer.stages),
         "model": {"name": mcfg.get("name", model_dir.name), "version": mcfg.get("version"),
                   "path": str(model_dir)},
         "software": {"wsi_nuc": __version__, "python": platform.python_version(), **_versions()},
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet",)},
+        "outputs": outputs + ["summary.json"],
     }
-
-
-def _final_features(tiles, keep, meas_cols):
-    """(nucleus id, outline, measurements) of every surviving nucleus, in id order (see ``iter_final``);
-    each tile's measurement columns are converted to Python floats in one go."""
-    from .graph import final_order
-
-    for tn, idx, first in final_order(tiles, keep):
-        cols = [tn.columns[c][idx].tolist() for c in meas_cols]
-        for j, (i, vals) in enumerate(zip(idx.tolist(), zip(*cols))):
-            yield first + j, tn.polygon(i), dict(zip(meas_cols, vals))
-
-
-def _final_column_chunks(tiles, keep, meas_cols):
-    """One CSV column chunk per tile: the surviving nuclei's ids and measurements, in id order."""
-    from .graph import final_order
-
-    for tn, idx, first in final_order(tiles, keep):
-        chunk = {"nucleus_id": np.arange(first, first + len(idx), dtype=np.int64)}
-        chunk.update((c, tn.columns[c][idx]) for c in meas_cols)
-        yield chunk
+    if typed:
+        summary["types"] = so.type_summary(so.type_counts(tiles, keep), tissue_mm2)
+    return summary
 
 
 def _versions() -> dict:
@@ -315,27 +332,14 @@ def _touching(boxes: np.ndarray, y0, x0, y1, x1) -> np.ndarray:
     return (boxes[:, 2] >= x0) & (boxes[:, 0] <= x1) & (boxes[:, 3] >= y0) & (boxes[:, 1] <= y1)
 
 
-def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float) -> None:
-    from .graph import final_order
+def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float, title: str | None = None,
+             typed: bool = False, thumb=None, f: float = 1.0, min_area_um2: float | None = None) -> None:
+    """qc.png from the surviving nuclei: zoom windows picked by ``writers.qc_data.pick_zooms``."""
     from .slide import read_thumbnail
     from .writers.qc import write_qc_png
+    from .writers.qc_data import qc_inputs
 
-    thumb, scale = read_thumbnail(reader, 1024)
-    cents = [np.stack([tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]], 1)
-             for tn, idx, _ in final_order(tiles, keep)]
-    cents = np.concatenate(cents) if cents else np.zeros((0, 2))
-    zooms = []
-    for tn, k in sorted(zip(tiles, keep), key=lambda z: -int(z[1].sum()))[:4]:
-        if not k.any():
-            break
-        idx = np.nonzero(k)[0]
-        cx, cy = tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]
-        x0, y0 = float(np.median(cx)) - 128, float(np.median(cy)) - 128
-        from .slide import read_region
-
-        scale0 = 1.0
-        crop = read_region(reader, x0, y0, 256 * scale0, 256 * scale0, 256, 256)
-        polys = [tn.polygon(i) - (x0, y0) for i in idx
-                 if x0 <= tn.columns["centroid_x_px"][i] < x0 + 256 and y0 <= tn.columns["centroid_y_px"][i] < y0 + 256]
-        zooms.append((crop, polys))
-    write_qc_png(path, thumb, scale, tissue.mask, cents, zooms, level0_mpp=level0_mpp)
+    thumb, scale = thumb if thumb is not None else read_thumbnail(reader, 1024)
+    kw = qc_inputs(reader, tiles, keep, level0_mpp, f, typed)
+    write_qc_png(path, thumb, scale, tissue.mask, level0_mpp=level0_mpp, title=title,
+                 min_area_um2=min_area_um2, **kw)
