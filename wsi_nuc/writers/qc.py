@@ -140,7 +140,7 @@ def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, ha
     if um <= 0:
         return
     L = um * px_per_um
-    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} um"
     if halo:
         draw.rectangle([x - 3, y - 16, x + max(L, 40) + 3, y + 5], fill=(255, 255, 255))
     draw.rectangle([x, y, x + L, y + 3], fill=color)
@@ -148,12 +148,12 @@ def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, ha
 
 
 def _histogram(areas: np.ndarray, w: int, h: int, font, min_area: float | None) -> Image.Image:
-    """Nucleus-area histogram (µm², 1 µm² bins up to the 99.5th percentile) as a small image."""
+    """Nucleus-area histogram (um^2, 1 um^2 bins up to the 99.5th percentile) as a small image."""
     img = Image.new("RGB", (w, h), BG)
     d = ImageDraw.Draw(img)
     a = np.asarray(areas, np.float64)
     a = a[np.isfinite(a)]
-    d.text((4, 2), f"nucleus area (µm²), n = {len(a):,}", fill=TEXT, font=font)
+    d.text((4, 2), f"nucleus area (um^2), n = {len(a):,}", fill=TEXT, font=font)
     if not len(a):
         return img
     hi = max(float(np.percentile(a, 99.5)), 1.0)
@@ -169,7 +169,8 @@ def _histogram(areas: np.ndarray, w: int, h: int, font, min_area: float | None) 
     d.line([x0, y0, x0, y1], fill=TEXT)
     for v in (0, hi / 2, hi):
         xv = x0 + (x1 - x0) * v / hi
-        d.text((xv - 8, y1 + 3), f"{v:.0f}", fill=TEXT, font=font)
+        label = f"{v:.0f}"
+        d.text((min(xv - 8, x1 - 8 * len(label)), y1 + 3), label, fill=TEXT, font=font)
     d.text((2, y0), f"{top}", fill=TEXT, font=font)
     med = float(np.median(a))
     xm = x0 + (x1 - x0) * min(med, hi) / hi
@@ -199,7 +200,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
         followed by ``colors`` (one RGB per polygon; default yellow), ``box`` (the crop's level-0
         ``(x0, y0, w, h)``: a numbered box on the thumbnail and a µm scale bar on the zoom) and a
         ``caption``.
-    level0_mpp : µm per level-0 pixel, for a density in nuclei/mm² and the scale bars (optional).
+    level0_mpp : µm per level-0 pixel, for a density in nuclei/mm^2 and the scale bars (optional).
     title : a line of text at the top (e.g. slide name, model and version).
     areas_um2 : nucleus areas for the histogram panel (optional); min_area_um2 marks the size rule.
     legend : ``[(label, rgb), ...]`` for the outline colours (types); None: the confidence colour bar
@@ -235,7 +236,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     vmax = float(np.percentile(dens[dens > 0], 99)) if (dens > 0).any() else 0.0
     norm = dens / vmax if vmax > 0 else np.zeros_like(dens)
     heat = Image.fromarray(colormap(norm)).resize((dw, dh), resample)
-    alpha_small = np.where(dens > 0, np.clip(0.15 + 0.4 * norm, 0, 0.55), 0.0)
+    alpha_small = np.where(norm > 0.03, np.clip(0.15 + 0.4 * norm, 0, 0.55), 0.0)
     alpha = np.asarray(Image.fromarray((alpha_small * 255).astype(np.uint8)).resize((dw, dh), resample),
                        np.float64)[..., None] / 255.0
     right = np.round(np.asarray(base, np.float64) * (1 - alpha) + np.asarray(heat, np.float64) * alpha)

@@ -123,17 +123,17 @@ def zarr_properties(tiles, keep, typed: bool) -> Iterator[dict]:
 
 
 def zarr_colors(tiles, keep) -> Iterator[dict]:
-    """``image-label`` colours: background transparent, every typed nucleus its type's colour."""
+    """``image-label`` colours: every nucleus its type's colour (untyped ones the plain nucleus colour);
+    the same label values as :func:`zarr_properties`, as NGFF validators require."""
     from ..graph import final_order
 
-    yield {"label-value": 0, "rgba": [0, 0, 0, 0]}
+    lut = [[*T.type_color(c), 255] for c in range(len(T.TYPES) + 1)]
     for tn, idx, first in final_order(tiles, keep):
         if not len(idx):
             continue
         codes, _ = _type_columns(tn, idx)
         for j, c in enumerate(codes.tolist()):
-            if c:
-                yield {"label-value": first + j, "rgba": [*T.type_color(c), 255]}
+            yield {"label-value": first + j, "rgba": lut[c]}
 
 
 def type_counts(tiles, keep) -> dict[str, int]:
