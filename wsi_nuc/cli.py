@@ -53,7 +53,7 @@ def _calibrate(a) -> int:
 def _output_settings(a) -> dict:
     """RunSettings fields of the output options (shared by run and batch)."""
     return dict(geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
-                min_area_um2=a.min_area_um2)
+                min_area_um2=a.min_area_um2, dashboard=a.dashboard)
 
 
 def _add_output_options(p) -> None:
@@ -67,6 +67,9 @@ def _add_output_options(p) -> None:
                    help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
     p.add_argument("--min-area-um2", type=_non_negative, default=3.0, metavar="A",
                    help="drop nuclei smaller than A µm² from every output (default 3)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="print the Dask dashboard link (a local cluster needs bokeh: pip install "
+                        "'wsi-nuc[dashboard]')")
 
 
 def _run(a) -> int:
@@ -182,7 +185,10 @@ def _non_negative(v: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"wsi-nuc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
 

@@ -9,6 +9,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -44,17 +45,21 @@ class RunSettings:
     table: str = "csv"              # "csv" | "parquet" | "both"
     zarr_image: bool = False        # the slide itself as the OME-Zarr parent image (else a thumbnail)
     min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
+    dashboard: bool = False         # print the Dask dashboard link
 
 
 @dataclass
 class Timer:
     stages: dict = field(default_factory=dict)
+    on_stage: object = None         # callable(stage name), e.g. a SlideProgress's stage()
 
     def __call__(self, name):
         timer = self
 
         class _T:
             def __enter__(self):
+                if timer.on_stage is not None:
+                    timer.on_stage(name)
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
@@ -102,17 +107,28 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     from .model.io import read_model_config, resolve_model_dir
     from .slide import open_slide
 
-    timer = Timer()
     t_start = time.perf_counter()
     path = Path(path)
     out = Path(out)
+    status = None
+    if progress is None and not settings.quiet:
+        from .progress import SlideProgress
+
+        status = SlideProgress(slide_stem(path))
+    timer = Timer(on_stage=status.stage if status is not None else None)
     with timer("open"):
         model_dir = resolve_model_dir(settings.model, settings.device)
         mcfg = read_model_config(model_dir)
         reader = open_slide(path, settings.mpp)
     try:
-        return _run_open_slide(reader, path, out, settings, client, progress, model_dir, mcfg, timer, t_start)
+        summary = _run_open_slide(reader, path, out, settings, client, progress or status, model_dir, mcfg,
+                                  timer, t_start)
+        if status is not None:
+            status.close(f"{summary['nucleus_count']} nuclei, {summary['seconds']['total']:.1f} s")
+        return summary
     finally:
+        if status is not None and status.bar is not None:
+            status.bar.close()
         reader.close()
 
 
@@ -147,18 +163,17 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
                       dict(mcfg.get("postprocess") or {}), stain)
     spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
-    bar = None
-    if progress is None and not settings.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(grid), unit="tile", desc=final.name, leave=False)
-        progress = bar.update
+    if hasattr(progress, "start_tiles"):      # our own SlideProgress (a cohort passes a plain callable)
+        progress.start_tiles(len(grid))
+        progress = progress.update
     ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
     stack = ExitStack()
     closer = None
     try:
         with timer("segment"):
             cl = stack.enter_context(ctx)
+            if settings.dashboard and client is None:
+                print(_dashboard_line(cl, settings.scheduler), file=sys.stderr, flush=True)
             resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
             tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
                               on_done=progress, resources=resources)
@@ -166,8 +181,6 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
         closer = threading.Thread(target=_close_quietly, args=(stack,), name="wsi-nuc-cluster-close",
                                   daemon=True)
         closer.start()
-        if bar is not None:
-            bar.close()
         with timer("stitch"):
             keep = deduplicate(tiles, band=2 * settings.margin + 1)
         with atomic_dir(final) as tmp:
@@ -185,6 +198,17 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     shutil.rmtree(spool, ignore_errors=True)
     summary["output"] = str(final)
     return summary
+
+
+def _dashboard_line(client, scheduler: str | None) -> str:
+    """Where to watch the run: the Dask dashboard link, or how to get one (a LocalCluster serves it only
+    when bokeh is installed; an external scheduler serves its own)."""
+    import importlib.util
+
+    if scheduler is None and importlib.util.find_spec("bokeh") is None:
+        return "wsi-nuc: no Dask dashboard: it needs bokeh (pip install 'wsi-nuc[dashboard]')"
+    link = getattr(client, "dashboard_link", None)
+    return f"wsi-nuc: Dask dashboard: {link}" if link else "wsi-nuc: the cluster reports no dashboard"
 
 
 def _close_quietly(stack: ExitStack) -> None:
@@ -262,7 +286,7 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         "model": {"name": mcfg.get("name", model_dir.name), "version": mcfg.get("version"),
                   "path": str(model_dir)},
         "software": {"wsi_nuc": __version__, "python": platform.python_version(), **_versions()},
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet",)},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet", "dashboard")},
         "outputs": outputs + ["summary.json"],
     }
     if typed:
