@@ -53,7 +53,7 @@ def _calibrate(a) -> int:
 def _output_settings(a) -> dict:
     """RunSettings fields of the output options (shared by run and batch)."""
     return dict(geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
-                min_area_um2=a.min_area_um2, dashboard=a.dashboard)
+                min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None))
 
 
 def _add_output_options(p) -> None:
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--roi", metavar="FILE", help="process only this region: a QuPath annotation GeoJSON "
+                                                 "(level-0 px) or a binary mask image at any downsample")
     _add_output_options(r)
     r.set_defaults(func=_run)
 

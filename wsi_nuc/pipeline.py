@@ -46,6 +46,7 @@ class RunSettings:
     zarr_image: bool = False        # the slide itself as the OME-Zarr parent image (else a thumbnail)
     min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
     dashboard: bool = False         # print the Dask dashboard link
+    roi: str | None = None          # region of interest: QuPath GeoJSON or mask image (wsi_nuc/roi.py)
 
 
 @dataclass
@@ -142,6 +143,11 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     from .writers.atomic import atomic_dir, safe_child
 
     info = reader.info
+    roi = None
+    if settings.roi:
+        from .roi import load_roi
+
+        roi = load_roi(settings.roi, info)
     check_output_dir(out)
     try:
         final = safe_child(out, slide_stem(path))
@@ -153,7 +159,8 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     with timer("tissue"):
         tissue = detect_tissue(reader) if settings.tissue_detection else full_mask(info)
     grid = make_grid(H, W, settings.tile, settings.halo, align=16,
-                     keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
+                     keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0
+                     and (roi is None or roi.meets_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f)))
     geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
     stain = None
     if mcfg.get("stain_norm"):
@@ -185,7 +192,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
             keep = deduplicate(tiles, band=2 * settings.margin + 1)
         with atomic_dir(final) as tmp:
             summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
-                                    mcfg, model_dir)
+                                    mcfg, model_dir, roi=roi)
             summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
             if stain is not None:
                 summary["stain_normalisation"] = {"slide": stain, "target": mcfg["stain_norm"]}
@@ -225,7 +232,7 @@ def _has_gpu_resource(client) -> bool:
 
 
 def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, timer, settings, mcfg,
-                  model_dir) -> dict:
+                  model_dir, roi=None) -> dict:
     """GeoJSON, table and zarr from the same surviving nuclei (so ids agree), then QC image and summary.
     What each writes: ``writers/slide_outputs.py``."""
     from . import __version__
@@ -237,6 +244,8 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
 
     stem = slide_stem(info.path)
     keep = so.apply_min_area(tiles, keep, settings.min_area_um2)
+    if roi is not None:
+        keep = so.apply_roi(tiles, keep, roi)
     typed = so.has_types(tiles, keep)
     outputs = []
     with timer("write_geojson"):
@@ -264,6 +273,14 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
                                colors=so.zarr_colors(tiles, keep) if typed else None, slide_name=stem)
         outputs.append("nuclei.ome.zarr")
     tissue_mm2 = float(tissue.area_mm2(info.mpp))
+    roi_info = None
+    if roi is not None:                # analysed tissue = tissue inside the region
+        px_mm2 = (tissue.scale * float(info.mpp) / 1000.0) ** 2
+        tissue_mm2 = float(np.count_nonzero(tissue.mask & roi.fraction_of(tissue.mask, tissue.scale))) * px_mm2
+        roi_mm2 = roi.area_mm2(info.mpp)
+        roi_info = {"path": roi.path, "kind": "polygons" if roi.geometry is not None else "mask",
+                    "area_mm2": round(roi_mm2, 4), "tissue_area_mm2": round(tissue_mm2, 4),
+                    "nucleus_count": n, "nuclei_per_mm2": round(n / roi_mm2, 2) if roi_mm2 > 0 else None}
     with timer("write_qc"):
         write_qc(tmp / "qc.png", reader, tissue, tiles, keep, info.mpp,
                  title=f"{stem}  |  model {mcfg.get('name', model_dir.name)} v{mcfg.get('version', '?')}"
@@ -289,6 +306,8 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("quiet", "dashboard")},
         "outputs": outputs + ["summary.json"],
     }
+    if roi_info is not None:
+        summary["roi"] = roi_info
     if typed:
         summary["types"] = so.type_summary(so.type_counts(tiles, keep), tissue_mm2)
     return summary

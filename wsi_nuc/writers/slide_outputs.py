@@ -31,6 +31,12 @@ def apply_min_area(tiles, keep, min_area_um2: float) -> list[np.ndarray]:
             for tn, k in zip(tiles, keep)]
 
 
+def apply_roi(tiles, keep, roi) -> list[np.ndarray]:
+    """``keep`` without nuclei whose centroid lies outside the region (``roi.Roi``); a new list."""
+    return [k & roi.contains(tn.columns["centroid_x_px"], tn.columns["centroid_y_px"]) if k.any() else k.copy()
+            for tn, k in zip(tiles, keep)]
+
+
 def has_types(tiles, keep) -> bool:
     """Whether any surviving nucleus has a type (then every output carries types)."""
     return any(k.any() and "type" in tn.columns and bool((T.codes(tn.columns["type"][k]) > 0).any())
