@@ -2,12 +2,17 @@
 
 Layout::
 
+    title: slide | model and version | wsi-nuc version;  subtitle: count and legend
     +-------------------------+-------------------------+
     | thumbnail               | thumbnail + nucleus     |
     | + tissue outline (green)| density heatmap + legend|
+    | + numbered zoom boxes   | + numbered zoom boxes   |
+    | + scale bar             |                         |
     +------------+------------+------------+------------+
-    | zoom 1     | zoom 2     | zoom 3     | zoom 4     |   (crops with nucleus outlines, if given)
-    +------------+------------+------------+------------+
+    | zoom 1     | zoom 2     | zoom 3     | zoom 4     |   outlines coloured by confidence or type,
+    +------------+------------+------------+------------+   scale bar, caption (density quantile)
+    | nucleus-area histogram  | outline colour legend   |
+    +-------------------------+-------------------------+
 
 The density is nuclei per mm² (when ``level0_mpp`` is known, else per 10^6 level-0 px²): centroids
 binned on the thumbnail grid, Gaussian-smoothed (sigma 50 µm, at least 1 % of the thumbnail), coloured
