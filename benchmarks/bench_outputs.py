@@ -85,17 +85,26 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+# the driver imports wsi_nuc from ``src`` even when another checkout is installed in editable mode (its
+# import hook comes before sys.path); the Dask workers run the installed tile code, which the writers
+# being compared do not touch
+_DRIVER = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+           "sys.path.insert(0, sys.argv.pop(1)); import wsi_nuc, wsi_nuc.cli; "
+           "print('wsi_nuc from', wsi_nuc.__file__, file=sys.stderr); sys.exit(wsi_nuc.cli.main(sys.argv[1:]))")
+
+
 def one_run(label: str, src: Path, slide: Path, out: Path, extra: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = run_tree([sys.executable, "-m", "wsi_nuc.cli", "run", str(slide), "--out", str(out), "--quiet", *extra],
-                   env=env)
+    res = run_tree([sys.executable, "-c", _DRIVER, str(src), "run", str(slide), "--out", str(out), "--quiet",
+                    *extra], env=env)
     if res["exit"] != 0:
         raise SystemExit(f"{label}: exit {res['exit']}: {res['stderr']}")
     folder = out / slide.name.rsplit(".", 1)[0]
     summary = json.loads((folder / "summary.json").read_text())
     n = summary["nucleus_count"]
     gj = folder / "nuclei.geojson"
-    row = {"label": label, "src": str(src), "nuclei": n, **{k: res[k] for k in ("wall_s", "peak_rss_gib",
+    used = [ln for ln in res["stderr"].splitlines() if ln.startswith("wsi_nuc from")]
+    row = {"label": label, "src": str(src), "package": used[0][13:] if used else None, "nuclei": n, **{k: res[k] for k in ("wall_s", "peak_rss_gib",
                                                                                  "largest_process_gib")},
            "seconds": summary.get("seconds")}
     if gj.exists():
