@@ -241,7 +241,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     vmax = float(np.percentile(dens[dens > 0], 99)) if (dens > 0).any() else 0.0
     norm = dens / vmax if vmax > 0 else np.zeros_like(dens)
     heat = Image.fromarray(colormap(norm)).resize((dw, dh), resample)
-    alpha_small = np.where(norm > 0.03, np.clip(0.15 + 0.4 * norm, 0, 0.55), 0.0)
+    alpha_small = np.where(norm > 0.03, np.clip(0.1 + 0.5 * norm, 0, 0.55) * np.clip(norm / 0.15, 0, 1), 0.0)
     alpha = np.asarray(Image.fromarray((alpha_small * 255).astype(np.uint8)).resize((dw, dh), resample),
                        np.float64)[..., None] / 255.0
     right = np.round(np.asarray(base, np.float64) * (1 - alpha) + np.asarray(heat, np.float64) * alpha)
