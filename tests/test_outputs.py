@@ -294,3 +294,18 @@ def test_geojson_gz_and_parquet_only(tmp_path, slide_parts):
     doc = json.loads(gzip.open(tmp_path / "nuclei.geojson.gz", "rt").read())
     areas = [f["properties"]["measurements"]["area_um2"] for f in doc["features"]]
     assert len(areas) == s["nucleus_count"] and min(areas) >= 20.0
+
+
+def test_many_nuclei_leave_properties_out(tmp_path, slide_parts, monkeypatch):
+    """Above PROPERTIES_MAX the zarr has no properties/colours (napari would spend minutes on them)."""
+    import zarr
+    from ome_zarr_models.v04.image_label import ImageLabel
+
+    import wsi_nuc.writers.ome_zarr as oz
+
+    monkeypatch.setattr(oz, "PROPERTIES_MAX", 10)
+    s = _write(tmp_path, slide_parts, _with_types(slide_parts[2]))
+    assert s["nucleus_count"] > 10 and s["ome_zarr"]["properties"] is False
+    il = _label_attrs(tmp_path)["image-label"]
+    assert "properties" not in il and "colors" not in il
+    ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "nuclei.ome.zarr" / "labels" / "nuclei"), mode="r"))

@@ -239,7 +239,7 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
     from .slide import read_thumbnail
     from .writers import slide_outputs as so
     from .writers.geojson import coordinate_decimals, write_geojson
-    from .writers.ome_zarr import write_ome_zarr
+    from .writers.ome_zarr import PROPERTIES_MAX, write_ome_zarr
     from .writers.table import write_csv, write_parquet
 
     stem = slide_stem(info.path)
@@ -269,8 +269,10 @@ def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, time
         zinfo = write_ome_zarr(tmp / "nuclei.ome.zarr", (grid.height, grid.width), index, geom.f,
                                geom.level0_mpp, thumbnail=None if settings.zarr_image else thumb,
                                image_reader=reader if settings.zarr_image else None,
-                               properties=so.zarr_properties(tiles, keep, typed),
-                               colors=so.zarr_colors(tiles, keep) if typed else None, slide_name=stem)
+                               properties=so.zarr_properties(tiles, keep, typed) if n <= PROPERTIES_MAX else None,
+                               colors=so.zarr_colors(tiles, keep) if typed and n <= PROPERTIES_MAX else None,
+                               slide_name=stem)
+        zinfo["properties"] = n <= PROPERTIES_MAX
         outputs.append("nuclei.ome.zarr")
     tissue_mm2 = float(tissue.area_mm2(info.mpp))
     roi_info = None
