@@ -18,10 +18,12 @@ ZOOM_WORK_PX = 256       # window edge in working pixels (128 µm at 0.5 µm/px)
 
 def pick_zooms(counts, quantiles=QUANTILES) -> list[tuple[int, float]]:
     """Indices of the tiles at the given quantiles of the ranking by count (tiles with at least one
-    nucleus; each tile once), with the quantile each stands for.
+    nucleus; each tile once), with the quantile each tile really is (its rank / number of tiles).
 
     >>> pick_zooms([0, 5, 1, 9, 3, 7])
-    [(4, 0.25), (1, 0.5), (5, 0.75), (3, 1.0)]
+    [(4, 0.4), (1, 0.6), (5, 0.8), (3, 1.0)]
+    >>> pick_zooms([0, 4])
+    [(1, 1.0)]
     """
     counts = np.asarray(counts)
     cand = np.flatnonzero(counts > 0)
@@ -30,10 +32,11 @@ def pick_zooms(counts, quantiles=QUANTILES) -> list[tuple[int, float]]:
     order = cand[np.argsort(counts[cand], kind="stable")]
     out, seen = [], set()
     for q in quantiles:
-        i = int(order[min(len(order) - 1, max(0, int(np.ceil(q * len(order))) - 1))])
+        pos = min(len(order) - 1, max(0, int(np.ceil(q * len(order))) - 1))
+        i = int(order[pos])
         if i not in seen:
             seen.add(i)
-            out.append((i, q))
+            out.append((i, round((pos + 1) / len(order), 3)))
     return out
 
 
