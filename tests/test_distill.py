@@ -45,11 +45,11 @@ def test_shipped_student_config_meets_budget():
     sc, tc = NetConfig.from_dict(s["model"]), NetConfig.from_dict(t["model"])
     assert count_params(UNet(sc)) <= 2_000_000
     assert macs_per_pixel(tc) / macs_per_pixel(sc) >= 4.0
-    b = check_student(sc, tc, distill_settings(s))
+    b = check_student(UNet(sc), UNet(tc), distill_settings(s))
     assert b["flop_ratio"] >= 4.0 and b["params"] == count_params(UNet(sc))
     # base 16 / max 128 is just over the 4x budget: the check must refuse it
     with pytest.raises(Exception, match="fewer"):
-        check_student(NetConfig(base=16, depth=4, max_channels=128), tc, distill_settings(s))
+        check_student(UNet(NetConfig(base=16, depth=4, max_channels=128)), UNet(tc), distill_settings(s))
 
 
 def test_adapters_map_student_to_teacher_shapes():
@@ -58,12 +58,12 @@ def test_adapters_map_student_to_teacher_shapes():
     x = torch.randn(2, 3, 32, 32)
     _, sf = s(x, return_features=True)
     _, tf = t(x, return_features=True)
-    ad = FeatureAdapters(s_cfg, t_cfg, [0, 1])
+    ad = FeatureAdapters(s, t, [0, 1])
     pairs = ad(sf, tf)
     assert [tuple(a.shape) for a, _ in pairs] == [(2, 8, 32, 32), (2, 16, 16, 16)]
     assert all(a.shape == b.shape for a, b in pairs)
     with pytest.raises(Exception):
-        FeatureAdapters(s_cfg, t_cfg, [2])  # the depth-3 student has only decoder levels 0 and 1
+        FeatureAdapters(s, t, [2])  # the depth-3 student has only decoder levels 0 and 1
 
 
 def test_binary_kl_and_rare_weighting():
@@ -115,3 +115,37 @@ def test_distill_three_steps_then_resume(shared, tmp_path):
     assert any("at step 3" in m for m in logs)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 5
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["training"]["steps"] == 5
+
+
+def test_mobile_student_from_mobile_teacher_with_types(shared, tmp_path):
+    """The v0.3 family: a narrow MobileNetV2 U-Net student distilled from a wider one, type KD on,
+    encoder copied from the teacher, on CoNSeP (types) and MoNuSeg (no types) at once."""
+    from wsi_nuc.model.mobilenet import MobileUNet, MobileUNetConfig
+
+    torch.manual_seed(0)
+    t_cfg = MobileUNetConfig(decoder=(32, 32, 16, 16, 16), stem=16)
+    teacher = MobileUNet(t_cfg)
+    save_model(teacher, tmp_path / "teacher", {"name": "t", "mpp": 0.5, "norm": {"mean": 0.5, "std": 0.5},
+                                                "types": list(t_cfg.types)})
+    cfg = yaml.safe_load((REPO / "configs" / "he-student.yaml").read_text())
+    cfg["teacher"] = str(tmp_path / "teacher")
+    cfg["data"] = {"roots": [{"path": str(dataset_view(shared, tmp_path / "data")), "weight": 1},
+                             {"path": str(shared / "data" / "consep-train"), "weight": 1}],
+                   "mpp": 0.5, "norm": {"mean": 0.5, "std": 0.5}}
+    cfg["model"] = {"kind": "mobileunet", "decoder": [8, 8, 8, 8, 4], "stem": 4}
+    cfg["train"].update(steps=2, batch=2, crop=128, val_every=2, snapshot_every=1000, warmup=1, threads=1,
+                        type_class_weights=[1, 5, 2, 2, 2])
+    cfg["distill"].update(feature_levels=[0, 1], init_encoder_from_teacher=True, min_flop_ratio=1.0,
+                          max_params=5_000_000)
+    model_dir = distill(cfg, tmp_path / "run", log=lambda m: None)
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    last = [r for r in recs if "loss" in r][-1]
+    assert np.isfinite(last["kd_type"]) and last["kd_type"] >= 0
+    val = [r for r in recs if "val" in r][-1]["val"]
+    assert set(val) == {"data", "consep-train"}
+    net, mcfg = load_model(model_dir)
+    assert mcfg["types"] == list(t_cfg.types)
+    assert torch.equal(net.encoder.blocks[3].project.weight, net.encoder.blocks[3].project.weight)
+    t_state = teacher.encoder.state_dict()
+    moved = sum(not torch.allclose(v, t_state[k]) for k, v in net.encoder.state_dict().items())
+    assert moved > 0                       # the copied encoder was trained on

@@ -16,16 +16,13 @@ from wsi_nuc.refine import (
     ambiguous_mask,
     calibrated_fg,
     disk,
-    expected_calibration_error,
-    fit_lts,
     load_lts,
-    network_logits,
     nucleus_confidence,
     refine_fg,
     refine_maps,
-    save_lts,
     uncertainty,
 )
+from wsi_nuc.train.calibrate import expected_calibration_error, fit_lts, network_logits, save_lts
 
 VAL = ("TCGA-21-5784-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1")
 

@@ -42,7 +42,7 @@ def _quantize(a) -> int:
 
 
 def _calibrate(a) -> int:
-    from .refine import calibrate_model
+    from .train.calibrate import calibrate_model
 
     cal = calibrate_model(a.model, a.dataset, a.split, use_rgb=a.rgb, steps=a.steps)
     print(f"LTS fitted on {cal['n_images']} {a.split} images: ECE {cal['ece_before']:.4f} -> "
@@ -77,7 +77,8 @@ def _run(a) -> int:
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, **_output_settings(a))
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
+                     **_output_settings(a))
     summary = run_slide(a.slide, a.out, st)
     if not a.quiet:
         secs = summary["seconds"]["total"]
@@ -92,7 +93,8 @@ def _batch(a) -> int:
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, **_output_settings(a))
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
+                     **_output_settings(a))
     res = run_cohort(a.cohort, a.out, st, force=a.force, parallel_slides=a.parallel_slides, debug=a.debug)
     if not a.quiet:
         n, done, skipped, failed = len(res.rows), res.count("done"), res.count("skipped"), res.count("failed")
@@ -110,7 +112,7 @@ def _eval(a) -> int:
         if not a.json:
             scale = f"  mpp {sc['mpp']:.3f} ({sc['mpp_source']})" if sc.get("mpp_source") == "estimated" else ""
             print(f"{sc['image']:<40} aji {sc['aji']:.4f}  pq {sc['pq']:.4f}  f1 {sc['f1']:.4f}  "
-                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}{scale}", flush=True)
+                  f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}  f_d {sc['f_d']:.4f}{scale}", flush=True)
 
     res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log,
                    auto_scale=a.scale == "auto")
@@ -121,6 +123,14 @@ def _eval(a) -> int:
         print(f"{'mean over ' + str(agg['n_images']) + ' images':<40} aji {agg['aji']:.4f}  "
               f"pq {agg['pq']:.4f}  f1 {agg['f1']:.4f}  dice {agg['dice']:.4f}  map_dsb {agg['map_dsb']:.4f}")
         print(f"{'':<40} aji_pooled {agg['aji_pooled']:.4f}  dq {agg['dq']:.4f}  sq {agg['sq']:.4f}")
+        fc = "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} –" for k, v in agg.items()
+                       if k.startswith("f_c_"))
+        print(f"{'':<40} f_d {agg['f_d']:.4f}" + (f"  {fc}" if fc else ""))
+        conf = agg.get("type_confusion")
+        if conf:
+            print(f"{'type confusion (rows true, cols predicted)':<40} " + " | ".join(conf["types"]))
+            for name, row in zip(conf["types"], conf["matrix"]):
+                print(f"{'  ' + name:<40} " + " ".join(f"{v:>6d}" for v in row))
     else:
         print("no labelled images: predictions only")
     return 0
@@ -211,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-types", action="store_true",
+                   help="plain nuclei: no per-nucleus type even when the model has a type head")
     r.add_argument("--roi", metavar="FILE", help="process only this region: a QuPath annotation GeoJSON "
                                                  "(level-0 px) or a binary mask image at any downsample")
     _add_output_options(r)
@@ -237,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
     b.add_argument("--quiet", action="store_true", help="no progress line")
+    b.add_argument("--no-types", action="store_true",
+                   help="plain nuclei: no per-nucleus type even when the model has a type head")
     _add_output_options(b)
     b.set_defaults(func=_batch)
 
@@ -247,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: val when dataset.json has a split, else all")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--json", action="store_true", help="print the aggregate metrics as one JSON object")
-    e.add_argument("--save-predictions", metavar="DIR", help="write DIR/<stem>.tif instance labels")
+    e.add_argument("--save-predictions", metavar="DIR",
+                   help="write DIR/<stem>.tif instance labels (and DIR/<stem>.classes.png nucleus types, "
+                        "in the dataset's numbering, when the model has a type head)")
     e.add_argument("--scale", choices=("auto", "native"), default="auto",
                    help="images whose dataset.json gives no mpp: estimate their scale from the nuclei "
                         "found at their own pixels (auto, default), or segment them as working pixels "

@@ -18,6 +18,8 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray | None
     mpp: float | None
+    types: np.ndarray | None = None     # per-label nucleus type (index = label id; 0 = unknown type)
+    classes: np.ndarray | None = None   # the dataset's per-pixel type map (H, W), when it has one
 
 
 def read_index(root: str | Path) -> dict:
@@ -62,11 +64,52 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
     meta = meta if meta is not None else read_index(root)
     with Image.open(root / "images" / f"{stem}.png") as im:
         image = np.asarray(im.convert("RGB"))
-    labels = None
+    labels = classes = None
     lab_path = root / "labels" / f"{stem}.tif"
     if with_labels and lab_path.exists():
         labels = tifffile.imread(lab_path).astype(np.int32)
-    return Sample(stem, image, labels, image_mpp(meta, stem))
+    cls_path = root / "classes" / f"{stem}.png"
+    if with_labels and cls_path.exists():
+        with Image.open(cls_path) as im:
+            classes = np.asarray(im).astype(np.uint8)
+    s = Sample(stem, image, labels, image_mpp(meta, stem), classes=classes)
+    if labels is not None and classes is not None:
+        s.types = label_types(labels, classes)
+    return s
+
+
+def label_types(labels: np.ndarray, classes: np.ndarray, n_types: int = 4) -> np.ndarray:
+    """Each label's type: the most frequent non-zero class among its pixels (0 where it has none).
+
+    >>> label_types(np.array([[1, 1, 2]]), np.array([[3, 3, 0]])).tolist()
+    [0, 3, 0]
+    """
+    n = int(labels.max()) + 1
+    m = (labels > 0) & (classes > 0) & (classes <= n_types)
+    counts = np.bincount(labels[m].astype(np.int64) * (n_types + 1) + classes[m], minlength=n * (n_types + 1))
+    counts = counts.reshape(n, n_types + 1)
+    types = counts.argmax(1).astype(np.uint8)
+    types[counts.sum(1) == 0] = 0
+    return types
+
+
+def class_names(meta: dict) -> dict[int, str]:
+    """The dataset's nucleus types, ``{id: name}`` from dataset.json ``"classes"`` (ids 1..K); {} if none.
+
+    Examples
+    --------
+    >>> class_names({"classes": {"1": "other", "2": "inflammatory"}})
+    {1: 'other', 2: 'inflammatory'}
+    """
+    out = {}
+    for k, v in (meta.get("classes") or {}).items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            continue
+        if i > 0 and isinstance(v, str):
+            out[i] = v
+    return dict(sorted(out.items()))
 
 
 def resample_factor(sample_mpp: float | None, work_mpp: float | None) -> float:
@@ -106,5 +149,9 @@ def load_at_mpp(root, stem, work_mpp, meta=None) -> Sample:
         s.image = resize_image(s.image, shape)
         if s.labels is not None:
             s.labels = relabel_sequential(resize_labels(s.labels, shape))[0].astype(np.int32)
+        if s.classes is not None:
+            s.classes = resize_labels(s.classes, shape)
+            if s.labels is not None:
+                s.types = label_types(s.labels, s.classes)
         s.mpp = work_mpp
     return s

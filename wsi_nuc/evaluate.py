@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import list_stems, load_sample, read_index
+from .dataset import class_names, list_stems, load_sample, read_index
 from .instances import InstanceParams
 
 
@@ -14,6 +14,13 @@ def save_prediction(path: Path, labels: np.ndarray) -> None:
 
     dtype = np.uint16 if labels.max(initial=0) < 65535 else np.uint32
     tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
+
+
+def save_classes(path: Path, classes: np.ndarray) -> None:
+    """A per-pixel type map as an 8-bit greyscale PNG (0 background, the dataset's type ids)."""
+    from PIL import Image
+
+    Image.fromarray(np.asarray(classes, np.uint8)).save(path)
 
 
 def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | None = None,
@@ -26,9 +33,20 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
     :func:`wsi_nuc.scale.estimate_mpp` finds for them when ``auto_scale`` and the model records its
     training nuclei's size, else at their own pixels. Returns ``{"aggregate": {...}, "images": [...]}``,
     each image with the scale used (``mpp``) and where it came from (``mpp_source``).
+
+    Detection and types (HoVer-Net's F1s, :mod:`wsi_nuc.metrics_types`): every scored image also gets
+    ``f_d`` and its pairing counts (``type_counts``); the aggregate gets ``f_d`` from the counts pooled
+    over the images. When the model has a type head (``"types"`` in its config.json) and the dataset has
+    ``classes/<stem>.png``, the aggregate also holds ``f_c_<type>`` for each of the dataset's types
+    (dataset.json ``"classes"``; names with underscores, e.g. ``f_c_spindle_shaped``) and
+    ``type_confusion`` (rows true, columns predicted type, over the paired nuclei). With ``save_dir``,
+    a model with types also writes ``<stem>.classes.png`` (uint8, each predicted nucleus painted with its
+    type in the dataset's numbering, 0 background).
     """
     from .metrics import aggregate, score_image
+    from .metrics_types import add_counts, detection_f1, type_counts, type_scores
     from .predict import get_predictor
+    from .type_map import paint_types, to_dataset_ids, true_nucleus_types
 
     root = Path(dataset_dir)
     meta = read_index(root)
@@ -37,40 +55,67 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
     stems = list_stems(root, split)
     predictor = get_predictor(model, device)
     p = InstanceParams.from_dict({**(predictor.config.get("postprocess") or {}), **(params or {})})
+    classes = class_names(meta)
+    typed = bool(predictor.types)
+    lut = to_dataset_ids(predictor.types, classes) if typed else None
+    n_types = max([*classes, *(lut.tolist() if lut is not None else [])], default=0)
+    names = [classes.get(i, f"type_{i}") for i in range(1, n_types + 1)]
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
     per_image = []
     for stem in stems:
         s = load_sample(root, stem, meta)
-        pred, mpp, source = segment_at_scale(s.image, s.mpp, predictor, p, auto_scale)
+        pred, ptypes, _, mpp, source = segment_at_scale_typed(s.image, s.mpp, predictor, p, auto_scale, typed)
+        pred_ids = np.unique(pred)
+        pred_ids = pred_ids[pred_ids > 0]
+        ds_types = lut[ptypes] if ptypes is not None else None
         if save_dir is not None:
             save_prediction(save_dir / f"{stem}.tif", pred)
+            if ds_types is not None:
+                save_classes(save_dir / f"{stem}.classes.png", paint_types(pred, pred_ids, ds_types))
         if s.labels is None:
             continue
         sc = score_image(s.labels, pred)
-        sc.update(image=stem, mpp=mpp, mpp_source=source)
+        true_types = None
+        if ds_types is not None and s.classes is not None:
+            true_types = true_nucleus_types(s.labels, s.classes)
+        counts = type_counts(s.labels, pred, mpp or predictor.mpp, true_types,
+                             ds_types if true_types is not None else None, n_types)
+        sc.update(image=stem, mpp=mpp, mpp_source=source,
+                  f_d=detection_f1(counts["tp_d"], counts["fp_d"], counts["fn_d"]), type_counts=counts)
         per_image.append(sc)
         if log:
             log(sc)
     agg = aggregate(per_image) if per_image else {}
+    if per_image:
+        agg.update(type_scores(add_counts([sc["type_counts"] for sc in per_image]), names))
     return {"dataset": str(root), "split": split, "model": predictor.config.get("name"),
-            "postprocess": p.to_dict(), "aggregate": agg, "images": per_image}
+            "types": list(predictor.types), "postprocess": p.to_dict(), "aggregate": agg, "images": per_image}
 
 
 def segment_at_scale(image: np.ndarray, mpp: float | None, predictor, params: InstanceParams,
                      auto_scale: bool = True) -> tuple[np.ndarray, float | None, str]:
     """Instance labels of one image, the scale used, and its source (dataset | estimated | native)."""
+    labels, _, _, mpp, source = segment_at_scale_typed(image, mpp, predictor, params, auto_scale, False)
+    return labels, mpp, source
+
+
+def segment_at_scale_typed(image: np.ndarray, mpp: float | None, predictor, params: InstanceParams,
+                           auto_scale: bool = True, with_types: bool = True):
+    """``(labels, types, type_prob, mpp used, its source)`` of one image; see :func:`segment_at_scale` and
+    :func:`wsi_nuc.segment.segment_image_typed` (types None without a type head or ``with_types``)."""
     from .scale import estimate_mpp
-    from .segment import segment_image
+    from .segment import segment_image_typed
 
     if mpp:
-        return segment_image(image, predictor, params, mpp), float(mpp), "dataset"
-    labels = segment_image(image, predictor, params, None)
+        return (*segment_image_typed(image, predictor, params, mpp, with_types=with_types), float(mpp),
+                "dataset")
+    res = segment_image_typed(image, predictor, params, None, with_types=with_types)
     area = predictor.config.get("nucleus_area_um2")
     if not (auto_scale and predictor.mpp and area):
-        return labels, None, "native"
-    est = estimate_mpp(labels, predictor.mpp, area)
+        return (*res, None, "native")
+    est = estimate_mpp(res[0], predictor.mpp, area)
     if est != predictor.mpp:
-        labels = segment_image(image, predictor, params, est)
-    return labels, est, "estimated"
+        res = segment_image_typed(image, predictor, params, est, with_types=with_types)
+    return (*res, est, "estimated")

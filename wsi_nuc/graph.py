@@ -42,6 +42,7 @@ class TaskSettings:
     margin: int
     params: dict
     stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
+    types: bool = True            # per-nucleus type and type_prob, when the model has a type head
 
 
 _READERS: dict = {}
@@ -70,12 +71,13 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
                                    t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
     stain = LabStats.from_dict(ts.stain)
+    types = predictor.types if ts.types else ()
     out = []
     for s in range(0, len(tiles), bs):
         maps = predictor.maps(images[s:s + bs], stain)
         for k, t in enumerate(tiles[s:s + bs]):
             out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
-                                   ts.margin))
+                                   ts.margin, types=types))
     return out
 
 
@@ -85,7 +87,8 @@ def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
     weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(ts.model).glob("*")
                      if p.is_file()) if ts.model and Path(ts.model).is_dir() else []
     ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model, weights,
-                  ts.margin, sorted(ts.params.items()), ts.stain, tile, halo))
+                  ts.margin, sorted(ts.params.items()), ts.stain, tile, halo)
+                 + (() if ts.types else ("no-types",)))  # runs with types keep their former keys
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 

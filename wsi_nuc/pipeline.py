@@ -47,6 +47,7 @@ class RunSettings:
     min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
     dashboard: bool = False         # print the Dask dashboard link
     roi: str | None = None          # region of interest: QuPath GeoJSON or mask image (wsi_nuc/roi.py)
+    types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
 
 
 @dataclass
@@ -138,6 +139,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     from .graph import Geometry, TaskSettings, run_tiles, spool_key
     from .stainnorm import slide_stats
     from .stitch import deduplicate
+    from .model.io import model_stride
     from .tiling import make_grid
     from .tissue import detect_tissue, full_mask
     from .writers.atomic import atomic_dir, safe_child
@@ -158,7 +160,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
     H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
     with timer("tissue"):
         tissue = detect_tissue(reader) if settings.tissue_detection else full_mask(info)
-    grid = make_grid(H, W, settings.tile, settings.halo, align=16,
+    grid = make_grid(H, W, settings.tile, settings.halo, align=max(16, model_stride(mcfg)),
                      keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0
                      and (roi is None or roi.meets_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f)))
     geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
@@ -168,7 +170,7 @@ def _run_open_slide(reader, path, out, settings, client, progress, model_dir, mc
             st = slide_stats(reader, tissue, f, H, W)
             stain = st.to_dict() if st is not None else None
     ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
-                      dict(mcfg.get("postprocess") or {}), stain)
+                      dict(mcfg.get("postprocess") or {}), stain, settings.types)
     spool = out / f".{final.name}.tiles-{spool_key(geom, ts, grid.tile, grid.halo)}"
     if hasattr(progress, "start_tiles"):      # our own SlideProgress (a cohort passes a plain callable)
         progress.start_tiles(len(grid))

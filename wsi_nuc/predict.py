@@ -14,6 +14,7 @@ from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 
 # Output channels of ``Predictor.maps`` (after the activations).
 MAP_CHANNELS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
+N_MAPS = len(MAP_CHANNELS)  # a type head's softmax (background + K types) follows these
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -46,13 +47,24 @@ class Predictor:
 
         return LabStats.from_dict(self.config.get("stain_norm"))
 
+    @cached_property
+    def types(self) -> tuple[str, ...]:
+        """Names of the model's nucleus types (``"types"`` in config.json), in channel order; () without a
+        type head. See :mod:`wsi_nuc.type_map`."""
+        from .type_map import model_types
+
+        return model_types(self.config)
+
     @property
     def stride(self) -> int:
         return int(getattr(self.net, "stride", 16))
 
     @torch.inference_mode()
     def maps(self, images: np.ndarray, stain=None) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, 6, H, W) float32 maps; pads to the stride by mirroring, crops back.
+        """(B, H, W, 3) uint8 -> (B, C, H, W) float32 maps; pads to the stride by mirroring, crops back.
+
+        C is 6 (:data:`MAP_CHANNELS`), or 6 + 1 + K for a model with K nucleus types: channels 6.. are then
+        the softmax over background and the types (``type_prob``, see :func:`wsi_nuc.type_map.type_prob_map`).
 
         A model with ``stain_norm`` in its config first Reinhard-normalises the images: from ``stain``
         (a :class:`~wsi_nuc.stainnorm.LabStats` of the slide or image they come from) when given, else
@@ -82,6 +94,15 @@ class Predictor:
         act[:, 0] = calibrated_fg(out[:, 0], self.lts, x)
         act[:, [1, 2, 5]] = torch.sigmoid(out[:, [1, 2, 5]])
         act[:, 3:5] = torch.tanh(out[:, 3:5])
+        nt = len(self.types)
+        if nt:
+            if out.shape[1] < N_MAPS + 1 + nt:
+                raise ValueError(f"model {self.config.get('name')}: config.json names {nt} types but the network "
+                                 f"has {out.shape[1]} output channels (need {N_MAPS + 1 + nt})")
+            act[:, N_MAPS:N_MAPS + 1 + nt] = torch.softmax(out[:, N_MAPS:N_MAPS + 1 + nt], dim=1)
+            act = act[:, :N_MAPS + 1 + nt]
+        else:
+            act = act[:, :N_MAPS]
         act = act[:, :, :h, :w]
         rp = RefineParams.from_dict(self.config.get("refine"))
         if rp.enabled:

@@ -11,6 +11,7 @@ import numpy as np
 from .instances import InstanceParams, centroids, labels_from_maps, polygons_level0
 from .outlines import pack_polygons
 from .tiling import Box, Tile
+from .type_map import N_INSTANCE_MAPS, nucleus_types, type_prob_map
 
 
 @dataclass
@@ -45,20 +46,29 @@ def segment_maps(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
 
 
 def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: InstanceParams, f: float,
-                mpp_work: float, level0_mpp: float, margin: int = 8) -> TileNuclei:
-    """Segment one tile's read window (marker-controlled watershed) and keep the nuclei it owns."""
+                mpp_work: float, level0_mpp: float, margin: int = 8, types: tuple[str, ...] = ()) -> TileNuclei:
+    """Segment one tile's read window (marker-controlled watershed) and keep the nuclei it owns.
+
+    ``types``: the model's type names; when given and ``maps`` carries type probabilities, each nucleus
+    also gets ``type`` and ``type_prob`` columns (see :func:`owned_nuclei`).
+    """
     labels = segment_maps(maps, params)
-    return owned_nuclei(tile, labels, image, maps[0], f, mpp_work, level0_mpp, margin)
+    tp = type_prob_map(maps) if types else None
+    return owned_nuclei(tile, labels, image, maps[0], f, mpp_work, level0_mpp, margin,
+                        type_prob=tp, type_names=types)
 
 
 def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: np.ndarray | None,
-                 f: float, mpp_work: float, level0_mpp: float, margin: int = 8) -> TileNuclei:
+                 f: float, mpp_work: float, level0_mpp: float, margin: int = 8,
+                 type_prob: np.ndarray | None = None, type_names: tuple[str, ...] = ()) -> TileNuclei:
     """The nuclei a tile owns, from the instance labels of its read window.
 
     1. drop nuclei cut by the read-window edge (a neighbour sees them whole);
     2. keep nuclei whose centroid lies in the core, grown by ``margin`` px (duplicates of the margin band
        are resolved by the stitcher);
-    3. outlines in level-0 coordinates and per-nucleus measurements.
+    3. outlines in level-0 coordinates and per-nucleus measurements;
+    4. with ``type_prob`` ((1 + K, H, W), see :mod:`wsi_nuc.type_map`) and ``type_names`` (K names): the
+       columns ``type`` (the type's name, a str array) and ``type_prob`` (float64).
     """
     from .morphometry import measure_nuclei
     from .outlines import clean_polygons
@@ -79,15 +89,47 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     polys = [p for p in polys if p is not None]
     cols = measure_nuclei(labels, image, ids, mpp_work, level0_mpp, origin, confidence=confidence,
                           outlines=polys)
+    if type_prob is not None and type_names:
+        cols.update(type_columns(labels, type_prob, ids, type_names))
     coords, offsets = pack_polygons(polys)
     c = tile.core
     depth = np.minimum.reduce([gy - c.y0, c.y1 - gy, gx - c.x0, c.x1 - gx]) if len(ids) else np.zeros(0)
     return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth.astype(float), cols)
 
 
+def type_columns(labels: np.ndarray, type_prob: np.ndarray, ids, type_names) -> dict[str, np.ndarray]:
+    """``type`` (names, str array) and ``type_prob`` (float64) of the nuclei ``ids`` of ``labels``.
+
+    Examples
+    --------
+    >>> p = np.zeros((3, 1, 2)); p[2] = 1.0
+    >>> c = type_columns(np.array([[1, 1]]), p, [1], ("a", "b"))
+    >>> c["type"].tolist(), c["type_prob"].tolist()
+    (['b'], [1.0])
+    """
+    t, prob = nucleus_types(labels, type_prob, ids)
+    names = np.array(["", *type_names])
+    return {"type": names[np.clip(t, 0, len(type_names))], "type_prob": prob.astype(np.float64)}
+
+
 def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
                   max_side: int = 2048) -> np.ndarray:
     """Instance labels of a whole (small) image at its own size, through the model's working scale.
+
+    See :func:`segment_image_typed`, which also types the nuclei.
+    """
+    return segment_image_typed(rgb, predictor, params, image_mpp, max_side, with_types=False)[0]
+
+
+def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
+                        max_side: int = 2048, with_types: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Instance labels of a whole (small) image at its own size, and the type of each nucleus.
+
+    Returns ``(labels, types, type_prob)``: ``types`` (int64, 1..K in the model's ``types`` order) and
+    ``type_prob`` (float64), one per label in ascending label order, both None when the model has no type
+    head or ``with_types`` is False. The types are decided on the grid the watershed ran on (the image's
+    own when the maps were upsampled to it, the working grid otherwise) and carried to the labels.
 
     When the image is finer than the working scale (a 40x tile for a 0.5 µm/px model), the head maps are
     upsampled bilinearly to the image's own grid before the watershed (pixel-count thresholds scaled to
@@ -112,14 +154,33 @@ def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp:
         maps = tiled_maps(work, predictor, stain=stain)
     else:
         maps = predictor.maps(work[None], stain)[0]
+    if not with_types:
+        maps = maps[:N_INSTANCE_MAPS]
     if shape == (h, w):
-        return segment_maps(maps, params)
+        labels = segment_maps(maps, params)
+        return (labels, *_types_of(labels, maps))
     if fct < 1:
         area = 1.0 / (fct * fct)
         fine = replace(params, min_area_px=max(1, round(params.min_area_px * area)),
                        min_marker_px=max(1, round(params.min_marker_px * area)))
-        return segment_maps(upsample_maps(maps, (h, w)), fine)
-    return resize_labels(segment_maps(maps, params), (h, w))
+        maps = upsample_maps(maps, (h, w))
+        labels = segment_maps(maps, fine)
+        return (labels, *_types_of(labels, maps))
+    labels = segment_maps(maps, params)
+    types, prob = _types_of(labels, maps)
+    out = resize_labels(labels, (h, w))
+    if types is not None:  # nearest resizing may drop a small nucleus: keep the rows of those that remain
+        ids = np.unique(labels)
+        keep = np.isin(ids[ids > 0], np.unique(out))
+        types, prob = types[keep], prob[keep]
+    return out, types, prob
+
+
+def _types_of(labels: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    tp = type_prob_map(maps)
+    if tp is None:
+        return None, None
+    return nucleus_types(labels, tp)
 
 
 def upsample_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -137,12 +198,14 @@ def tiled_maps(img: np.ndarray, predictor, tile: int = 1024, halo: int = 64, sta
 
     h, w = img.shape[:2]
     grid = make_grid(h, w, tile, halo, predictor.stride)
-    out = np.zeros((6, h, w), np.float32)
+    out = None
     for t in grid:
         r = t.read
         pad = ((max(0, -r.y0), max(0, r.y1 - h)), (max(0, -r.x0), max(0, r.x1 - w)), (0, 0))
         win = np.pad(img[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad, constant_values=255)
         m = predictor.maps(win[None], stain)[0]
+        if out is None:  # 6 maps, or more with a type head
+            out = np.zeros((m.shape[0], h, w), np.float32)
         c = t.core
         out[:, c.y0:c.y1, c.x0:c.x1] = m[:, c.y0 - r.y0:c.y1 - r.y0, c.x0 - r.x0:c.x1 - r.x0]
     return out

@@ -2,7 +2,7 @@
 model folders without importing torch."""
 from importlib import import_module
 
-_WHERE = {"HEADS": ".net", "NetConfig": ".net", "UNet": ".net", "load_model": ".io", "save_model": ".io",
+_WHERE = {"HEADS": ".net", "NetConfig": ".net", "UNet": ".net", "build_net": ".net", "load_model": ".io", "save_model": ".io",
           "resolve_model_dir": ".io", "shipped_models": ".io"}
 
 __all__ = list(_WHERE)

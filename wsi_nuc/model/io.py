@@ -84,16 +84,16 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     import torch
     from safetensors.torch import load_file
 
-    from .net import NetConfig, UNet
+    from .net import build_net
 
     model_dir = resolve_model_dir(name_or_path, torch.device(device).type)
     cfg = read_model_config(model_dir)
     if cfg.get("quantized") == "int8":
-        from ..train.quantize import load_int8
+        from .int8 import load_int8
 
         net = load_int8(model_dir, device)
     else:
-        net = UNet(NetConfig.from_dict(cfg["arch"]))
+        net = build_net(cfg["arch"])
         state = load_file(str(model_dir / "model.safetensors"))
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         net.load_state_dict(state)
@@ -101,3 +101,12 @@ def load_model(name_or_path=None, device: "str | torch.device" = "cpu") -> "tupl
     cfg["path"] = str(model_dir)
     cfg.setdefault("name", model_dir.name)
     return net, cfg
+
+
+def model_stride(cfg: dict) -> int:
+    """The network's total stride from a model's config (without torch): tiles are aligned to it so a
+    pixel's prediction does not depend on which tile computed it."""
+    arch = cfg.get("arch") or {}
+    if arch.get("kind") == "mobileunet":
+        return 32
+    return 2 ** (int(arch.get("depth", 4)) - 1)

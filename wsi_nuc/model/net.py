@@ -118,3 +118,20 @@ def macs_per_pixel(cfg: NetConfig) -> float:
         total += 9 * ((ch[i + 1] + ch[i]) * ch[i] + ch[i] * ch[i]) / 4**i
     total += ch[0] * len(cfg.heads)
     return total
+
+
+def build_net(arch: dict) -> nn.Module:
+    """The network an ``arch`` dict describes: ``kind: mobileunet`` (v0.3) or the plain U-Net (default)."""
+    if arch.get("kind") == "mobileunet":
+        from .mobilenet import MobileUNet, MobileUNetConfig
+
+        return MobileUNet(MobileUNetConfig.from_dict(arch))
+    return UNet(NetConfig.from_dict(arch))
+
+
+def net_macs_per_pixel(net: nn.Module) -> float:
+    if getattr(net.cfg, "kind", None) == "mobileunet":
+        from .mobilenet import macs_per_pixel as mobile_macs
+
+        return mobile_macs(net.cfg)
+    return macs_per_pixel(net.cfg)

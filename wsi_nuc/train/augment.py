@@ -24,6 +24,12 @@ class AugmentConfig:
     noise_p: float = 0.2
 
 
+def augment_config(cfg: dict) -> AugmentConfig:
+    """The ``augment:`` section of a training config (lists become tuples)."""
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in (cfg.get("augment") or {}).items()})
+
+
 def sample_crop(img: np.ndarray, lab: np.ndarray, size: int, cfg: AugmentConfig, rng) -> tuple:
     """Random crop of ``size`` px after scale jitter, flips and rot90; pads with the image's median colour
     when the image is smaller than the crop."""

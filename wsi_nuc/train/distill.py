@@ -22,13 +22,13 @@ Per training step, on the same augmented batch the supervised loop draws:
    ``rare_weight: 0`` gives uniform KD weights.
 
 Every term has a weight under ``distill:`` in the config; weight 0 switches it off (and skips its
-computation). The run folder, checkpoints (keys model/optim/step/cpu_s + adapters), resume, the
-val-every-N-steps log and the exported model folder follow :func:`wsi_nuc.train.loop.train`.
+computation). ``kd_type`` distils the nucleus-type logits (softmax KL at temperature T, times T**2) when
+both networks have a type head. ``init_encoder_from_teacher: true`` starts a student whose encoder has the
+teacher's shape from the teacher's (fine-tuned) encoder. The run folder, checkpoints (keys
+model/optim/step/cpu_s + adapters), resume, logs and export are :func:`wsi_nuc.train.driver.run_job`'s.
 """
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from ..config import write_config
 from ..errors import InputError
-from ..model.io import load_model, save_model
-from ..model.net import NetConfig, UNet, count_params, macs_per_pixel
-from .loop import (NORM_MEAN, NORM_STD, augment_config, load_split, lr_at, make_batch, make_optimizer,
-                   model_meta, normalise_stain, resume, save_checkpoint, val_batches)
+from ..model.io import load_model
+from ..model.net import build_net, count_params, net_macs_per_pixel
+from .driver import Job, input_norm, load_data, run_job, val_images
+from .loop import make_optimizer, model_meta
 from .losses import head_losses
 
 # Defaults of the ``distill:`` config section.
@@ -53,11 +53,13 @@ DISTILL_DEFAULTS = {
     "kd_centre": 0.5,
     "kd_dist": 2.0,
     "kd_hv": 1.0,
+    "kd_type": 1.0,          # softmax KL of the type logits (models with a type head)
     "feat": 0.5,
     "feature_levels": [0, 1, 2],   # decoder levels counted from the finest (0 = full resolution)
     "rare_weight": 1.0,      # KD pixel weight = 1 + rare_weight * (weight_map - 1)
     "max_params": 2_000_000,
     "min_flop_ratio": 4.0,   # teacher MACs/px / student MACs/px
+    "init_encoder_from_teacher": False,
 }
 
 SIGMOID_HEADS = {"kd_fg": 0, "kd_boundary": 1, "kd_centre": 5}
@@ -72,21 +74,29 @@ def distill_settings(cfg: dict) -> dict:
     return d
 
 
+def decoder_channels(net: nn.Module) -> list[int]:
+    """Channels of a network's decoder features from the finest level (0 = full resolution) up."""
+    cfg = net.cfg
+    if getattr(cfg, "kind", None) == "mobileunet":
+        return list(cfg.decoder)[::-1]
+    return cfg.channels()[:cfg.depth - 1]
+
+
 class FeatureAdapters(nn.Module):
     """1x1 conv adapters from student decoder channels to teacher decoder channels, one per level.
 
     ``levels`` count decoder levels from the finest (0 = full resolution, 1 = half, ...): the same level
-    has the same resolution in any two U-Nets of this family, whatever their depth.
+    has the same resolution in any two networks of these families.
     """
 
-    def __init__(self, student: NetConfig, teacher: NetConfig, levels):
+    def __init__(self, student: nn.Module, teacher: nn.Module, levels):
         super().__init__()
-        n = min(student.depth, teacher.depth) - 1
+        sc, tc = decoder_channels(student), decoder_channels(teacher)
+        n = min(len(sc), len(tc))
         self.levels = [int(k) for k in levels]
         bad = [k for k in self.levels if not 0 <= k < n]
         if bad:
-            raise InputError(f"distill.feature_levels {bad}: must lie in 0..{n - 1} for these depths")
-        sc, tc = student.channels(), teacher.channels()
+            raise InputError(f"distill.feature_levels {bad}: must lie in 0..{n - 1} for these networks")
         self.convs = nn.ModuleList(nn.Conv2d(sc[k], tc[k], 1) for k in self.levels)
 
     def forward(self, s_feats: list, t_feats: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -128,6 +138,9 @@ def kd_losses(s_out: torch.Tensor, t_out: torch.Tensor, pix_w: torch.Tensor, T: 
         parts["kd_dist"] = _wmean((torch.sigmoid(s_out[:, 2]) - torch.sigmoid(t_out[:, 2])) ** 2, pix_w)
     if weights.get("kd_hv", 0):
         parts["kd_hv"] = _wmean((torch.tanh(s_out[:, 3:5]) - torch.tanh(t_out[:, 3:5])) ** 2, pix_w)
+    if weights.get("kd_type", 0) and s_out.shape[1] > 6 and s_out.shape[1] == t_out.shape[1]:
+        ls, lt = F.log_softmax(s_out[:, 6:] / T, 1), F.log_softmax(t_out[:, 6:] / T, 1)
+        parts["kd_type"] = _wmean((lt.exp() * (lt - ls)).sum(1) * (T * T), pix_w)
     return parts
 
 
@@ -143,7 +156,7 @@ def feature_loss(pairs, pix_w: torch.Tensor) -> torch.Tensor:
     return total / max(1, len(pairs))
 
 
-def load_teacher(cfg: dict) -> tuple[UNet, dict]:
+def load_teacher(cfg: dict) -> tuple[nn.Module, dict]:
     name = cfg.get("teacher")
     if not name:
         raise InputError("distill: the config needs 'teacher' (a shipped model name or a model folder)")
@@ -155,15 +168,15 @@ def load_teacher(cfg: dict) -> tuple[UNet, dict]:
     if tcfg.get("mpp") and mpp and abs(float(tcfg["mpp"]) - float(mpp)) > 1e-6:
         raise InputError(f"teacher works at mpp {tcfg['mpp']}, the config at {mpp}: they must match")
     norm = tcfg.get("norm") or {}
-    if norm and (norm.get("mean") != NORM_MEAN or norm.get("std") != NORM_STD):
-        raise InputError(f"teacher normalisation {norm} differs from the training loop's")
+    if norm and norm != input_norm(cfg):
+        raise InputError(f"teacher normalisation {norm} differs from the config's data.norm {input_norm(cfg)}")
     return teacher, tcfg
 
 
-def check_student(student: NetConfig, teacher: NetConfig, d: dict) -> dict:
+def check_student(student: nn.Module, teacher: nn.Module, d: dict) -> dict:
     """Param and FLOP budget of the student against the teacher; raises if over budget."""
-    n = count_params(UNet(student))
-    s_macs, t_macs = macs_per_pixel(student), macs_per_pixel(teacher)
+    n = count_params(student)
+    s_macs, t_macs = net_macs_per_pixel(student), net_macs_per_pixel(teacher)
     ratio = t_macs / s_macs
     if n > d["max_params"]:
         raise InputError(f"student has {n:,} params, over distill.max_params {d['max_params']:,}")
@@ -174,18 +187,18 @@ def check_student(student: NetConfig, teacher: NetConfig, d: dict) -> dict:
             "flop_ratio": round(ratio, 3)}
 
 
-def _step_loss(student, teacher, adapters, x, t, sup_w, d):
+def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None):
     s_out, s_feats = student(x, return_features=True)
     with torch.no_grad():
         t_out, t_feats = teacher(x, return_features=True)
     parts = {}
     total = 0.0
     if d["supervised"]:
-        sup, sparts = head_losses(s_out, t, sup_w)
+        sup, sparts = head_losses(s_out, t, sup_w, type_w)
         total = total + d["supervised"] * sup
     else:  # still logged, without a gradient
         with torch.no_grad():
-            sup, sparts = head_losses(s_out, t, sup_w)
+            sup, sparts = head_losses(s_out, t, sup_w, type_w)
     parts.update(sparts)
     parts["supervised"] = float(sup.detach())
     pix_w = 1.0 + float(d["rare_weight"]) * (t["weight"] - 1.0)
@@ -201,16 +214,28 @@ def _step_loss(student, teacher, adapters, x, t, sup_w, d):
 
 
 @torch.no_grad()
-def validate_distill(student, teacher, adapters, val_set, size, sup_w, d) -> dict:
-    """Mean supervised val loss (comparable with the teacher's ``val_loss``) and mean total KD loss."""
+def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None) -> dict:
+    """Per val source: the mean supervised loss (comparable with the teacher's) and total KD loss."""
     student.eval()
-    sup, tot = [], []
-    for x, t in val_batches(val_set, size):
-        total, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d)
-        sup.append(parts["supervised"])
-        tot.append(float(total))
-    return {"val_loss": float(np.mean(sup)) if sup else float("nan"),
-            "val_total": float(np.mean(tot)) if tot else float("nan")}
+    out = {}
+    for name, items in val_images(data, getattr(student, "stride", 32)):
+        sup, tot = [], []
+        for x, t in items:
+            total, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w)
+            sup.append(parts["supervised"])
+            tot.append(float(total))
+        out[name] = {"val_loss": float(np.mean(sup)) if sup else float("nan"),
+                     "val_total": float(np.mean(tot)) if tot else float("nan")}
+    return {"val_loss": float(np.nanmean([v["val_loss"] for v in out.values()])), "val": out}
+
+
+def build_student(cfg: dict, teacher: nn.Module, d: dict) -> nn.Module:
+    student = build_net(dict(cfg["model"]))
+    if d["init_encoder_from_teacher"]:
+        if not (hasattr(student, "encoder") and hasattr(teacher, "encoder")):
+            raise InputError("distill.init_encoder_from_teacher: both networks need an encoder")
+        student.encoder.load_state_dict(teacher.encoder.state_dict())
+    return student
 
 
 def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
@@ -222,71 +247,28 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     d = distill_settings(cfg)
     torch.set_num_threads(int(tc.get("threads", 2)))
     torch.manual_seed(int(tc.get("seed", 0)))
-    mpp = cfg["data"].get("mpp")
     teacher, tcfg = load_teacher(cfg)
-    s_cfg = NetConfig.from_dict(cfg["model"])
-    budget = check_student(s_cfg, teacher.cfg, d)
-    student = UNet(s_cfg)
-    adapters = FeatureAdapters(s_cfg, teacher.cfg, d["feature_levels"]) if d["feat"] else None
+    student = build_student(cfg, teacher, d)
+    budget = check_student(student, teacher, d)
+    adapters = FeatureAdapters(student, teacher, d["feature_levels"]) if d["feat"] else None
     params = list(student.parameters()) + (list(adapters.parameters()) if adapters is not None else [])
     opt = make_optimizer(params, tc)
-    aug_cfg = augment_config(cfg)
-    sup_w = tc.get("loss_weights", {})
-    ckpt = out / "checkpoint.pt"
-    step, cpu_s = resume(ckpt, student, opt, log, extra={"adapters": adapters})
-    rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
-    train_set = load_split(cfg["data"], "train", mpp)
-    val_set = load_split(cfg["data"], "val", mpp)
-    stain = normalise_stain(cfg, train_set, val_set)
-    log(f"{len(train_set)} train / {len(val_set)} val images at mpp={mpp}; teacher {tcfg.get('name')} "
-        f"({budget['teacher_macs_per_px']:,.0f} MACs/px) -> student params={budget['params']:,} "
-        f"MACs/px={budget['student_macs_per_px']:,.0f} ({budget['flop_ratio']:.2f}x fewer)")
-    total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
-    logf = open(out / "log.jsonl", "a")
-    last_ckpt = time.time()
-    t_cpu0 = time.process_time()
-    run_loss = None
+    sup_w, type_w = tc.get("loss_weights", {}), tc.get("type_class_weights")
+    data = load_data(cfg)
+    log(data.describe() + f"; teacher {tcfg.get('name')} ({budget['teacher_macs_per_px']:,.0f} MACs/px) -> "
+        f"student params={budget['params']:,} MACs/px={budget['student_macs_per_px']:,.0f} "
+        f"({budget['flop_ratio']:.2f}x fewer)")
 
-    def extra():
-        return {"adapters": adapters.state_dict()} if adapters is not None else {}
+    def meta() -> dict:
+        m = model_meta(cfg, data)
+        m["params"] = budget["params"]
+        m["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),
+                             "teacher_name": tcfg.get("name"), **budget,
+                             "weights": {k: v for k, v in d.items() if k not in ("max_params", "min_flop_ratio")}}
+        return m
 
-    while step < total:
-        student.train()
-        if adapters is not None:
-            adapters.train()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50)))
-        x, t = make_batch(train_set, size, bs, aug_cfg, rng)
-        loss, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        lv = float(loss.detach())
-        run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
-        if step % 10 == 0 or step == total:
-            rec = {"step": step, "loss": lv, "ema": run_loss, "lr": opt.param_groups[0]["lr"],
-                   "cpu_s": cpu_s + time.process_time() - t_cpu0, "time": time.time(), **parts}
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
-        if step % int(tc.get("val_every", 100)) == 0 or step == total:
-            v = validate_distill(student, teacher, adapters, val_set, size, sup_w, d)
-            logf.write(json.dumps({"step": step, **v}) + "\n")
-            logf.flush()
-            log(f"step {step}/{total} loss {run_loss:.4f} val {v['val_loss']:.4f} "
-                f"val_total {v['val_total']:.4f}")
-        if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
-            save_checkpoint(ckpt, student, opt, step, cpu_s + time.process_time() - t_cpu0, extra())
-            last_ckpt = time.time()
-        if step % int(tc.get("snapshot_every", 250)) == 0:
-            save_model(student, out / "snapshots" / f"step{step:06d}", model_meta(cfg, train_set, stain))
-    cpu_s += time.process_time() - t_cpu0
-    meta = model_meta(cfg, train_set, stain)
-    meta["params"] = budget["params"]
-    meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
-    meta["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),
-                            "teacher_name": tcfg.get("name"), **budget,
-                            "weights": {k: v for k, v in d.items() if k not in ("max_params", "min_flop_ratio")}}
-    model_dir = save_model(student, out / "model", meta)
-    logf.close()
-    return model_dir
+    job = Job(cfg, out, student, opt, data,
+              step_loss=lambda x, t: _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w),
+              validate=lambda: validate_distill(student, teacher, adapters, data, sup_w, d, type_w),
+              meta=meta, extra={"adapters": adapters})
+    return run_job(job, log)

@@ -51,8 +51,9 @@ def mse_grad(pred, target, mask) -> tuple[torch.Tensor, torch.Tensor]:
     return mse, g
 
 
-def head_losses(out: torch.Tensor, t: dict, w: dict) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of all head losses; ``out`` is (B, 6, H, W) in the order of ``net.HEADS``."""
+def head_losses(out: torch.Tensor, t: dict, w: dict, type_weights=None) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of all head losses; ``out`` is (B, 6 [+ types + 1], H, W) in the order of
+    ``net.HEADS`` then the type logits; ``t["types"]`` (when present) is the per-pixel type target."""
     fg, bd, dist, hv, ctr = out[:, 0], out[:, 1], out[:, 2], out[:, 3:5], out[:, 5]
     parts = {
         "fg_bce": weighted_bce(fg, t["fg"], t["weight"]),
@@ -64,5 +65,38 @@ def head_losses(out: torch.Tensor, t: dict, w: dict) -> tuple[torch.Tensor, dict
     parts["dist_mse"], parts["dist_grad"] = mse_grad(torch.sigmoid(dist).unsqueeze(1),
                                                      t["dist"].unsqueeze(1), t["fg"])
     parts["hv_mse"], parts["hv_grad"] = mse_grad(torch.tanh(hv), t["hv"], t["fg"])
+    if out.shape[1] > 6 and "types" in t:
+        parts.update(type_losses(out[:, 6:], t["types"], type_weights))
     total = sum(w.get(k, 1.0) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def type_losses(logits: torch.Tensor, target: torch.Tensor, class_weights=None) -> dict:
+    """Nucleus-type losses on the type logits (B, T+1, H, W), background first.
+
+    ``target`` (B, H, W) holds the type class per pixel (0 background) and -1 where the type is unknown
+    (sources without types, nuclei without a type): those pixels are ignored. Returns class-weighted
+    cross-entropy and the mean soft Dice over the T nucleus types (HoVer-Net's NP/TP pairing of losses);
+    both zero when the batch holds no typed pixel.
+    """
+    valid = target >= 0
+    if not bool(valid.any()):
+        z = logits.sum() * 0.0
+        return {"type_ce": z, "type_dice": z}
+    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype,
+                                                           device=logits.device)
+    ce = F.cross_entropy(logits, target.clamp(min=0), weight=w, reduction="none")
+    if w is not None:
+        pw = w[target.clamp(min=0)] * valid
+        ce = (ce * pw).sum() / pw.sum().clamp(min=1e-6)
+    else:
+        ce = (ce * valid).sum() / valid.sum()
+    p = torch.softmax(logits, 1)[:, 1:]
+    onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(p.dtype)
+    m = valid.unsqueeze(1).to(p.dtype)
+    inter = (p * onehot * m).sum(dim=(0, 2, 3))
+    denom = ((p + onehot) * m).sum(dim=(0, 2, 3))
+    present = onehot.mul(m).sum(dim=(0, 2, 3)) > 0
+    dice = 1 - (2 * inter + 1.0) / (denom + 1.0)
+    dice = dice[present].mean() if bool(present.any()) else dice.sum() * 0.0
+    return {"type_ce": ce, "type_dice": dice}

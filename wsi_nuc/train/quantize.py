@@ -4,9 +4,7 @@
 folded into the conv), calibrates the inserted observers on training crops, checks the converted model
 against fp32, and writes a model folder whose ``model.safetensors`` holds the *prepared* graph's state:
 the BN-folded fp32 weights plus every activation observer's state (HistogramObserver: histogram, min,
-max). ``load_int8`` rebuilds it deterministically with no data: UNet(arch) -> prepare_fx (same qconfig)
--> load that state -> ``convert_fx``. convert_fx derives the weight qparams from the weights and the
-activation qparams from the stored histograms, so the rebuilt model is bit-identical to the one checked.
+max); :func:`wsi_nuc.model.int8.load_int8` rebuilds it with no data, bit-identical to the one checked.
 
 QConfig: weights int8 per-channel symmetric (PerChannelMinMaxObserver, qint8); activations quint8 with
 HistogramObserver, whose qparams minimise the L2 quantisation error over the calibration histogram;
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,79 +24,18 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model.net import NetConfig, UNet
-
-BACKEND = "x86"
-
-
-class _Plain(nn.Module):
-    """Traceable wrapper: forward(x) -> raw outputs only (no ``return_features`` branch)."""
-
-    def __init__(self, net: UNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class Int8UNet(nn.Module):
-    """A converted INT8 graph with the fp32 UNet's interface (``cfg``, ``stride``, float outputs)."""
-
-    def __init__(self, graph: nn.Module, cfg: NetConfig):
-        super().__init__()
-        self.graph = graph
-        self.cfg = cfg
-
-    @property
-    def stride(self) -> int:
-        return 2 ** (self.cfg.depth - 1)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        if return_features:
-            raise ValueError("an INT8 model does not return decoder features")
-        return self.graph(x.float().cpu())
-
-
-def qconfig_mapping(reduce_range: bool = True):
-    from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
-
-    qc = QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=bool(reduce_range)),
-                 weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
-                                                           qscheme=torch.per_channel_symmetric))
-    return QConfigMapping().set_global(qc)
-
-
-def prepare(net: UNet, reduce_range: bool = True) -> nn.Module:
-    """The observed (prepared) FX graph of an fp32 net, BN folded."""
-    from torch.ao.quantization.quantize_fx import prepare_fx
-
-    torch.backends.quantized.engine = BACKEND
-    example = (torch.zeros(1, net.cfg.in_channels, net.stride * 2, net.stride * 2),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_fx(_Plain(net.eval()), qconfig_mapping(reduce_range), example)
-
-
-def convert(prepared: nn.Module, cfg: NetConfig) -> Int8UNet:
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    torch.backends.quantized.engine = BACKEND
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Int8UNet(convert_fx(prepared), cfg).eval()
-
+from ..model.int8 import BACKEND, Int8UNet, convert, load_int8, prepare  # noqa: F401 (re-exported)
 
 def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: int = 0,
                       stain: dict | None = None) -> np.ndarray:
     """(n, size, size, 3) uint8 random unaugmented crops of the train split at the working mpp (each
     image Reinhard-normalised to ``stain``, a model's ``stain_norm``, when given)."""
     from ..stainnorm import normalise_to
-    from .loop import load_split
+    from .sources import all_samples, load_sources
 
     if isinstance(data_cfg, (str, Path)):
         data_cfg = {"roots": [str(data_cfg)]}
-    samples = load_split(data_cfg, "train", mpp)
+    samples = all_samples(load_sources(dict(data_cfg, mpp=mpp), "train"))
     if not samples:
         raise InputError(f"no labelled train images in {data_cfg.get('roots')}")
     rng = np.random.default_rng(seed)
@@ -122,7 +58,7 @@ def _to_input(rgb: np.ndarray, norm: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_net(net: UNet, crops: np.ndarray, batch: int = 8, norm: dict | None = None,
+def quantize_net(net: nn.Module, crops: np.ndarray, batch: int = 8, norm: dict | None = None,
                  reduce_range: bool = True) -> tuple[dict, Int8UNet]:
     """Calibrate on crops (n, H, W, 3) uint8; returns (prepared-graph state: folded weights + observer
     state, int8 model)."""
@@ -132,7 +68,7 @@ def quantize_net(net: UNet, crops: np.ndarray, batch: int = 8, norm: dict | None
         prepared(_to_input(crops[i:i + batch], norm))
     # convert_fx may reuse the prepared modules: snapshot the state to save first
     state = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
-    return state, convert(prepared, net.cfg)
+    return state, convert(prepared, net.cfg, net.stride)
 
 
 @torch.no_grad()
@@ -159,30 +95,6 @@ def save_int8(state: dict, src_cfg: dict, out_dir: str | Path, info: dict) -> Pa
     cfg["quantization"] = info
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
-
-
-def load_int8(model_dir, device: str | torch.device = "cpu") -> Int8UNet:
-    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
-    from safetensors.torch import load_file
-
-    from ..model.io import read_model_config, resolve_model_dir
-
-    if torch.device(device).type != "cpu":
-        raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
-    model_dir = resolve_model_dir(model_dir)
-    cfg = read_model_config(model_dir)
-    if cfg.get("quantized") != "int8":
-        raise InputError(f"{model_dir}: not an INT8 model folder")
-    q = cfg.get("quantization") or {}
-    arch = NetConfig.from_dict(cfg["arch"])
-    prepared = prepare(UNet(arch), q.get("reduce_range", True))
-    state = load_file(str(model_dir / "model.safetensors"))
-    missing, unexpected = prepared.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{model_dir}: INT8 state does not match the traced graph (torch "
-                         f"{torch.__version__}, saved with {q.get('torch')}): missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
-    return convert(prepared, arch)
 
 
 def time_forward(net, x, iters: int = 3) -> float:

@@ -1,0 +1,73 @@
+"""Score models on every val set here, each reported on its own (never select on one alone).
+
+    python benchmarks/eval_sets.py --models he-student-int8 runs/he-teacher-v03/model \
+        --out benchmarks/results/val-sets.json
+
+Sets: MoNuSeg 2018 val (5 exact tiles, 40x), CoNSeP val (80 crops of 5 tiles, 40x, colorectal, another
+hospital), DSB 2018 H&E-like val (11 images, another source, scale unknown: estimated as `wsi-nuc eval`
+does). Same code as `wsi-nuc eval`. ``--postprocess FILE.json`` overrides every model's post-processing
+(e.g. to score training snapshots with the shipped settings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench_autoscale import subset
+from wsi_nuc.evaluate import evaluate
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KEYS = ("aji", "pq", "f1", "dice")
+
+
+def val_sets(tmp: Path) -> dict[str, tuple[Path, str | None]]:
+    dsb = tmp / "dsb-he-val"
+    subset(SHARED / "dsb2018-stage1-train", "val", "colour_brightfield", dsb)
+    return {"monuseg_val": (SHARED / "monuseg2018-train", "val"),
+            "consep_val": (SHARED / "consep-train", "val"),
+            "dsb_he_val": (dsb, None)}
+
+
+def score(model: str, sets: dict, params: dict | None, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    row = {"model": model}
+    for name, (root, split) in sets.items():
+        t0 = time.perf_counter()
+        agg = evaluate(root, model, split, "cpu", params=params)["aggregate"]
+        row[name] = {k: round(float(agg[k]), 4) for k in KEYS if k in agg}
+        for k in agg:
+            if k.startswith(("f_d", "f_c_")):
+                row[name][k] = round(float(agg[k]), 4)
+        row[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(model, name, row[name], flush=True)
+    row["mean_aji"] = round(sum(row[n]["aji"] for n in sets) / len(sets), 4)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--postprocess", help="JSON file of post-processing settings for every model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    params = json.loads(Path(a.postprocess).read_text()) if a.postprocess else None
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = val_sets(Path(tmp))
+        rows = [score(m, sets, params, a.threads) for m in a.models]
+    import torch
+
+    res = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": a.threads,
+           "postprocess_override": params, "rows": rows}
+    print(json.dumps(res, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""INT8 models (PyTorch FX static quantisation): the graph, and rebuilding it from a model folder.
+
+Inference side only (:mod:`wsi_nuc.train.quantize` calibrates and writes these folders). A folder's
+``model.safetensors`` holds the *prepared* graph's state: the BN-folded fp32 weights plus every activation
+observer's state (HistogramObserver: histogram, min, max). ``load_int8`` rebuilds it deterministically with
+no data: build_net(arch) -> prepare_fx (same qconfig) -> load that state -> ``convert_fx``. convert_fx
+derives the weight qparams from the weights and the activation qparams from the stored histograms, so the
+rebuilt model is bit-identical to the one checked when it was written.
+
+QConfig: weights int8 per-channel symmetric (PerChannelMinMaxObserver, qint8); activations quint8 with
+HistogramObserver; backend "x86" (fbgemm/onednn kernels). ``reduce_range`` (7-bit activations, PyTorch's
+x86 default) avoids int16 accumulation saturation on CPUs without AVX512-VNNI. INT8 models run on the CPU
+only; the forward returns the same float raw outputs as the fp32 net.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .net import build_net
+
+BACKEND = "x86"
+
+
+class _Plain(nn.Module):
+    """Traceable wrapper: forward(x) -> raw outputs only (no ``return_features`` branch)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Int8UNet(nn.Module):
+    """A converted INT8 graph with the fp32 network's interface (``cfg``, ``stride``, float outputs)."""
+
+    def __init__(self, graph: nn.Module, cfg, stride: int):
+        super().__init__()
+        self.graph = graph
+        self.cfg = cfg
+        self.stride = int(stride)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        if return_features:
+            raise ValueError("an INT8 model does not return decoder features")
+        return self.graph(x.float().cpu())
+
+
+def qconfig_mapping(reduce_range: bool = True):
+    from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+
+    qc = QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=bool(reduce_range)),
+                 weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                           qscheme=torch.per_channel_symmetric))
+    return QConfigMapping().set_global(qc)
+
+
+def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
+    """The observed (prepared) FX graph of an fp32 net, BN folded."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = BACKEND
+    example = (torch.zeros(1, net.cfg.in_channels, net.stride * 2, net.stride * 2),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_fx(_Plain(net.eval()), qconfig_mapping(reduce_range), example)
+
+
+def convert(prepared: nn.Module, cfg, stride: int) -> Int8UNet:
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    torch.backends.quantized.engine = BACKEND
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Int8UNet(convert_fx(prepared), cfg, stride).eval()
+
+
+def load_int8(model_dir, device: str | torch.device = "cpu") -> Int8UNet:
+    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
+    from safetensors.torch import load_file
+
+    from .io import read_model_config, resolve_model_dir
+
+    if torch.device(device).type != "cpu":
+        raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
+    model_dir = resolve_model_dir(model_dir)
+    cfg = read_model_config(model_dir)
+    if cfg.get("quantized") != "int8":
+        raise InputError(f"{model_dir}: not an INT8 model folder")
+    q = cfg.get("quantization") or {}
+    fp32 = build_net(cfg["arch"])
+    prepared = prepare(fp32, q.get("reduce_range", True))
+    state = load_file(str(model_dir / "model.safetensors"))
+    missing, unexpected = prepared.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"{model_dir}: INT8 state does not match the traced graph (torch "
+                         f"{torch.__version__}, saved with {q.get('torch')}): missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return convert(prepared, fp32.cfg, fp32.stride)

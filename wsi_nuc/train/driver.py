@@ -1,0 +1,200 @@
+"""One resumable training driver for ``train`` and ``distill``: schedule, checkpoints, logs, snapshots, export.
+
+A run is a :class:`Job`: the network being trained, its optimiser, a ``step_loss(x, t)`` function (the only
+thing ``train`` and ``distill`` do differently), a ``validate()`` function, extra modules to checkpoint
+(distillation adapters) and the ``config.json`` fields of the exported model. :func:`run_job`:
+
+1. resumes from ``OUT/checkpoint.pt`` when it exists (model, optimiser, extras, step, CPU seconds);
+2. per step: sets the warm-up + cosine learning rate (each parameter group times its ``lr_mult``), draws a
+   weighted multi-source batch (:mod:`wsi_nuc.train.sources`), and takes one optimiser step;
+3. every 10 steps appends a line to ``OUT/log.jsonl``; every ``val_every`` steps validates and prints a
+   line a person can read; every ``checkpoint_minutes`` writes the checkpoint atomically; every
+   ``snapshot_every`` steps exports a snapshot model folder;
+4. at the end exports ``OUT/model`` with the steps and CPU-hours.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model.io import save_model
+from ..stainnorm import LabStats, lab_stats, normalise
+from .augment import augment_config
+from .sources import Source, all_samples, load_sources, make_batch
+
+NORM_MEAN, NORM_STD = 0.5, 0.25
+
+
+def to_input(batch_rgb: np.ndarray, norm: dict | None = None) -> torch.Tensor:
+    """(B, H, W, 3) RGB 0..255 -> normalised (B, 3, H, W) float tensor."""
+    mean, std = (norm or {}).get("mean", NORM_MEAN), (norm or {}).get("std", NORM_STD)
+    x = torch.from_numpy(np.ascontiguousarray(batch_rgb, dtype=np.float32)).permute(0, 3, 1, 2)
+    return (x / 255.0 - mean) / std
+
+
+def stack_targets(targets: list[dict]) -> dict:
+    return {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
+
+
+def input_norm(cfg: dict) -> dict:
+    """The input normalisation of a config: ``data.norm``, else the v0.1/v0.2 models' (0.5, 0.25)."""
+    return dict(cfg["data"].get("norm") or {"mean": NORM_MEAN, "std": NORM_STD})
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+@dataclass
+class TrainData:
+    """The sources of a run at the working scale, stain-normalised when the config asks for it."""
+
+    train: list[Source]
+    val: list[Source]
+    norm: dict
+    stain: LabStats | None = None
+
+    def batch(self, size: int, n: int, aug_cfg, rng) -> tuple[torch.Tensor, dict]:
+        imgs, tgts = make_batch(self.train, size, n, aug_cfg, rng)
+        return to_input(imgs, self.norm), stack_targets(tgts)
+
+    def describe(self) -> str:
+        return " / ".join(f"{s.name}: {len(s.samples)} train, {len(v.samples)} val (weight {s.weight})"
+                          for s, v in zip(self.train, self.val))
+
+
+def load_data(cfg: dict) -> TrainData:
+    """Load ``data.roots`` (train and val splits); with ``data.stain_norm`` Reinhard-normalise every image
+    to the pooled CIELAB statistics of the training images (the model's ``stain_norm`` target)."""
+    train, val = load_sources(cfg["data"], "train"), load_sources(cfg["data"], "val")
+    stain = None
+    if cfg["data"].get("stain_norm"):
+        stain = lab_stats([s.image for s in all_samples(train)])
+        for s in all_samples(train) + all_samples(val):
+            s.image = normalise(s.image, lab_stats(s.image), stain)
+    return TrainData(train, val, input_norm(cfg), stain)
+
+
+def val_images(data: TrainData, stride: int = 32):
+    """Per val source: (name, [(x, targets)]) over whole images cropped to a multiple of ``stride``."""
+    from .sources import type_target
+    from .targets import make_targets
+
+    for src in data.val:
+        items = []
+        for s in src.samples:
+            h, w = (n - n % stride for n in s.labels.shape)
+            if h < stride or w < stride:
+                continue
+            lab = s.labels[:h, :w]
+            t = make_targets(lab)
+            t["types"] = type_target(lab, s.types)
+            items.append((to_input(s.image[None, :h, :w].astype(np.float32), data.norm), stack_targets([t])))
+        yield src.name, items
+
+
+@dataclass
+class Job:
+    cfg: dict
+    out: Path
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    data: TrainData
+    step_loss: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
+    validate: Callable[[], dict]
+    meta: Callable[[], dict]
+    extra: dict = field(default_factory=dict)      # name -> module, checkpointed with the model
+
+
+def resume(ckpt: Path, net, opt, log=print, extra: dict | None = None) -> tuple[int, float]:
+    """Load a checkpoint into ``net``/``opt`` (and each ``extra`` module by key) if it exists;
+    returns (step, cpu seconds so far)."""
+    if not ckpt.exists():
+        return 0, 0.0
+    state = torch.load(ckpt, weights_only=True)
+    net.load_state_dict(state["model"])
+    for key, module in (extra or {}).items():
+        if module is not None and key in state:
+            module.load_state_dict(state[key])
+    opt.load_state_dict(state["optim"])
+    log(f"resumed from {ckpt} at step {int(state['step'])}")
+    return int(state["step"]), float(state["cpu_s"])
+
+
+def save_checkpoint(path: Path, net, opt, step, cpu_s, extra: dict | None = None) -> None:
+    """Atomic checkpoint: keys model/optim/step/cpu_s (+ ``extra`` state dicts)."""
+    tmp = path.with_suffix(".tmp")
+    state = {"model": net.state_dict(), "optim": opt.state_dict(), "step": step, "cpu_s": cpu_s}
+    state.update(extra or {})
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def run_job(job: Job, log=print) -> Path:
+    """Train ``job`` to ``train.steps`` (resuming); returns the exported model folder."""
+    tc = job.cfg["train"]
+    extra_state = lambda: {k: m.state_dict() for k, m in job.extra.items() if m is not None}  # noqa: E731
+    ckpt = job.out / "checkpoint.pt"
+    step, cpu_s = resume(ckpt, job.net, job.opt, log, job.extra)
+    rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
+    aug_cfg = augment_config(job.cfg)
+    total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
+    last_ckpt, t_cpu0, run_loss = time.time(), time.process_time(), None
+    with open(job.out / "log.jsonl", "a") as logf:
+        while step < total:
+            job.net.train()
+            for m in job.extra.values():
+                if m is not None:
+                    m.train()
+            for g in job.opt.param_groups:
+                g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50))) * g.get("lr_mult", 1.0)
+            x, t = job.data.batch(size, bs, aug_cfg, rng)
+            loss, parts = job.step_loss(x, t)
+            job.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            job.opt.step()
+            step += 1
+            lv = float(loss.detach())
+            run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
+            cpu_now = cpu_s + time.process_time() - t_cpu0
+            if step % 10 == 0 or step == total:
+                logf.write(json.dumps({"step": step, "loss": lv, "ema": run_loss,
+                                       "lr": job.opt.param_groups[0]["lr"], "cpu_s": cpu_now,
+                                       "time": time.time(), **parts}) + "\n")
+                logf.flush()
+            if step % int(tc.get("val_every", 100)) == 0 or step == total:
+                v = job.validate()
+                logf.write(json.dumps({"step": step, **v}) + "\n")
+                logf.flush()
+                log(f"step {step}/{total} loss {run_loss:.4f} " + " ".join(
+                    f"{k} {val:.4f}" for k, val in _flat(v).items()))
+            if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
+                save_checkpoint(ckpt, job.net, job.opt, step, cpu_now, extra_state())
+                last_ckpt = time.time()
+            if step % int(tc.get("snapshot_every", 250)) == 0:
+                save_model(job.net, job.out / "snapshots" / f"step{step:06d}", job.meta())
+    cpu_s += time.process_time() - t_cpu0
+    meta = job.meta()
+    meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
+    return save_model(job.net, job.out / "model", meta)
+
+
+def _flat(v: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, val in v.items():
+        if isinstance(val, dict):
+            out.update(_flat(val, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = val
+    return out
