@@ -309,3 +309,41 @@ def test_many_nuclei_leave_properties_out(tmp_path, slide_parts, monkeypatch):
     il = _label_attrs(tmp_path)["image-label"]
     assert "properties" not in il and "colors" not in il
     ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "nuclei.ome.zarr" / "labels" / "nuclei"), mode="r"))
+
+
+# ------------------------------------------------- a typed model, end to end ----
+
+from test_types_pipeline import STEMS, consep, tiny_model  # noqa: E402,F401  (fixtures: a typed model)
+
+
+def test_typed_model_types_reach_every_output(tiny_model, consep, tmp_path):
+    """A model whose type head says "epithelial" everywhere: every output of `wsi-nuc run` says so."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from wsi_nuc.cli import main
+
+    slide = tmp_path / "crop.png"
+    shutil.copy(consep / "images" / f"{STEMS[0]}.png", slide)
+    args = ["run", str(slide), "--out", str(tmp_path / "out"), "--model", str(tiny_model), "--device", "cpu",
+            "--mpp", "0.25", "--no-tissue-detection", "--quiet", "--workers", "1", "--table", "both"]
+    assert main(args) == 0
+    d = tmp_path / "out" / "crop"
+    s = json.loads((d / "summary.json").read_text())
+    n = s["nucleus_count"]
+    assert n > 10 and s["types"]["counts"] == {"other": 0, "inflammatory": 0, "epithelial": n, "spindle-shaped": 0}
+    assert s["types"]["fraction"]["epithelial"] == 1.0
+    assert qupath_problems(d / "nuclei.geojson") == []
+    cls = {(f["properties"]["classification"]["name"], tuple(f["properties"]["classification"]["color"]))
+           for f in iter_geojson(d / "nuclei.geojson")}
+    assert cls == {("epithelial", T.type_color("epithelial"))}
+    tab = pq.read_table(d / "nuclei.parquet").to_pydict()
+    assert set(tab["type"]) == {"epithelial"} and len(tab["type_prob"]) == n
+    props = _label_attrs(d)["image-label"]["properties"]
+    assert {p["type"] for p in props} == {"epithelial"}
+    # --no-types: plain nuclei everywhere
+    assert main(args[:3] + [str(tmp_path / "plain")] + args[4:] + ["--no-types"]) == 0
+    s2 = json.loads((tmp_path / "plain" / "crop" / "summary.json").read_text())
+    assert "types" not in s2 and s2["nucleus_count"] == n
+    assert {f["properties"]["classification"]["name"] for f in iter_geojson(tmp_path / "plain" / "crop" / "nuclei.geojson")} == {"Nucleus"}
