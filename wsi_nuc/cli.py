@@ -50,12 +50,35 @@ def _calibrate(a) -> int:
     return 0
 
 
+def _output_settings(a) -> dict:
+    """RunSettings fields of the output options (shared by run and batch)."""
+    return dict(geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
+                min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None))
+
+
+def _add_output_options(p) -> None:
+    p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
+                                                             "nuclei.geojson")
+    p.add_argument("--simplify", type=_non_negative, default=0.5, metavar="PX",
+                   help="GeoJSON outline tolerance in working px (default 0.5; 0 keeps the traced outline)")
+    p.add_argument("--table", choices=("csv", "parquet", "both"), default="csv",
+                   help="per-nucleus table: nuclei.csv, nuclei.parquet or both (default csv)")
+    p.add_argument("--zarr-image", action="store_true",
+                   help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
+    p.add_argument("--min-area-um2", type=_non_negative, default=3.0, metavar="A",
+                   help="drop nuclei smaller than A µm² from every output (default 3)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="print the Dask dashboard link (a local cluster needs bokeh: pip install "
+                        "'wsi-nuc[dashboard]')")
+
+
 def _run(a) -> int:
     from .pipeline import RunSettings, run_slide
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types)
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
+                     **_output_settings(a))
     summary = run_slide(a.slide, a.out, st)
     if not a.quiet:
         secs = summary["seconds"]["total"]
@@ -70,7 +93,8 @@ def _batch(a) -> int:
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types)
+                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
+                     **_output_settings(a))
     res = run_cohort(a.cohort, a.out, st, force=a.force, parallel_slides=a.parallel_slides, debug=a.debug)
     if not a.quiet:
         n, done, skipped, failed = len(res.rows), res.count("done"), res.count("skipped"), res.count("failed")
@@ -161,10 +185,20 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _non_negative(v: str) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"wsi-nuc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
 
@@ -189,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
+    r.add_argument("--roi", metavar="FILE", help="process only this region: a QuPath annotation GeoJSON "
+                                                 "(level-0 px) or a binary mask image at any downsample")
+    _add_output_options(r)
     r.set_defaults(func=_run)
 
     b = sub.add_parser("batch", help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
@@ -214,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress line")
     b.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
+    _add_output_options(b)
     b.set_defaults(func=_batch)
 
     e = sub.add_parser("eval", help="score a model on an annotated dataset folder")
