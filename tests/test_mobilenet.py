@@ -112,3 +112,23 @@ def test_sources_mosaic_carries_types():
         q = set(np.unique(lab[y:y + 128, x:x + 128])) - {0}
         rest = set(np.unique(lab)) - q - {0}
         assert not q & rest
+
+
+def test_stride2_eval_path_equals_tf_same_padding():
+    """In eval mode a stride-2 conv runs at stride 1 (symmetric padding, fast INT8 kernels) and keeps
+    every second output: the same function as TensorFlow's SAME padding used in training."""
+    from wsi_nuc.model.mobilenet import SameConv
+
+    torch.manual_seed(0)
+    for groups, cin in ((1, 3), (8, 8)):
+        conv = SameConv(cin, 8, 3, stride=2, groups=groups)
+        x = torch.randn(2, cin, 32, 48)
+        with torch.no_grad():
+            ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), conv.weight,
+                                             conv.bias, 2, 0, 1, groups)
+            conv.train()
+            a = conv(x)
+            conv.eval()
+            b = conv(x)
+        assert a.shape == b.shape == (2, 8, 16, 24)
+        assert torch.allclose(a, ref, atol=1e-5) and torch.allclose(b, ref, atol=1e-5)

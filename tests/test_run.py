@@ -33,7 +33,7 @@ def cmu_runs(slides, tmp_path_factory, client):
 def read_zarr(folder):
     import zarr
 
-    return np.asarray(zarr.open_group(str(folder / "labels.zarr"), mode="r")["0"][:])
+    return np.asarray(zarr.open_group(str(folder / "nuclei.ome.zarr" / "labels" / "nuclei"), mode="r")["0"][:])
 
 
 def test_outputs_exist_and_summary(cmu_runs):
@@ -87,6 +87,20 @@ def test_geojson_csv_zarr_agree(cmu_runs):
     for r in rows[::50]:
         i = int(r["nucleus_id"])
         assert areas[i] * mpp * mpp == pytest.approx(float(r["area_um2"]), rel=0.35, abs=2)
+
+
+def test_cmu_geojson_is_light_and_qupath_ready(cmu_runs):
+    """Issue 15: <= 500 bytes per nucleus uncompressed on CMU, QuPath's rules met, nothing small."""
+    from wsi_nuc.writers.geojson import qupath_problems
+
+    folder, summary = cmu_runs[256]
+    path = folder / "nuclei.geojson"
+    assert qupath_problems(path) == []
+    assert path.stat().st_size / summary["nucleus_count"] <= 500
+    with open(folder / "nuclei.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert min(float(r["area_um2"]) for r in rows) >= summary["min_area_um2"] == 3.0
+    assert {r["slide"] for r in rows} == {"CMU-1-Small-Region"}
 
 
 def test_tile_size_does_not_change_nuclei(cmu_runs):

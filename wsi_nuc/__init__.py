@@ -1,2 +1,25 @@
-"""wsi-nuc: every cell nucleus in a whole-slide image, as instances, measured."""
+"""wsi-nuc: every cell nucleus in a whole-slide image, as instances, measured.
+
+Python API (see README.md, "Python API")::
+
+    labels, table = wsi_nuc.segment_image(rgb, mpp=0.25)        # one image in memory
+    summary = wsi_nuc.run_slide("slide.svs", "out", quiet=True)  # one slide, as `wsi-nuc run`
+"""
 __version__ = "0.1.0"
+
+
+def segment_image(rgb, mpp, model=None, device="cpu", min_area_um2=3.0):
+    """Segment and measure the nuclei of one RGB image; see :func:`wsi_nuc.api.segment_image`."""
+    from .api import segment_image as _f
+
+    return _f(rgb, mpp, model=model, device=device, min_area_um2=min_area_um2)
+
+
+def run_slide(path, out, **settings):
+    """One slide end to end, as ``wsi-nuc run``; see :func:`wsi_nuc.api.run_slide`."""
+    from .api import run_slide as _f
+
+    return _f(path, out, **settings)
+
+
+__all__ = ["__version__", "segment_image", "run_slide"]

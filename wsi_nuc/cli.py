@@ -50,6 +50,28 @@ def _calibrate(a) -> int:
     return 0
 
 
+def _output_settings(a) -> dict:
+    """RunSettings fields of the output options (shared by run and batch)."""
+    return dict(geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
+                min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None))
+
+
+def _add_output_options(p) -> None:
+    p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
+                                                             "nuclei.geojson")
+    p.add_argument("--simplify", type=_non_negative, default=0.5, metavar="PX",
+                   help="GeoJSON outline tolerance in working px (default 0.5; 0 keeps the traced outline)")
+    p.add_argument("--table", choices=("csv", "parquet", "both"), default="csv",
+                   help="per-nucleus table: nuclei.csv, nuclei.parquet or both (default csv)")
+    p.add_argument("--zarr-image", action="store_true",
+                   help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
+    p.add_argument("--min-area-um2", type=_non_negative, default=3.0, metavar="A",
+                   help="drop nuclei smaller than A µm² from every output (default 3)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="print the Dask dashboard link (a local cluster needs bokeh: pip install "
+                        "'wsi-nuc[dashboard]')")
+
+
 def _settings(a):
     """RunSettings from the flags, checked (one owner: ``validate_settings``); roundings are noted."""
     from .pipeline import RunSettings
@@ -58,7 +80,7 @@ def _settings(a):
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
                      scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
-                     wait=a.wait, overwrite=a.overwrite)
+                     wait=a.wait, overwrite=a.overwrite, **_output_settings(a))
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
@@ -192,10 +214,20 @@ def _output_flags(parser) -> None:
                              "wsi-nuc did not write)")
 
 
+def _non_negative(v: str) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    from . import __version__
+
     p = _Parser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"wsi-nuc {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add = sub.add_parser
 
@@ -221,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flags(r)
     r.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
+    r.add_argument("--roi", metavar="FILE", help="process only this region: a QuPath annotation GeoJSON "
+                                                 "(level-0 px) or a binary mask image at any downsample")
+    _add_output_options(r)
     r.set_defaults(func=_run)
 
     b = sub.add_parser("batch", help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
@@ -247,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flags(b)
     b.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
+    _add_output_options(b)
     b.set_defaults(func=_batch)
 
     e = sub.add_parser("eval", help="score a model on an annotated dataset folder")

@@ -51,7 +51,8 @@ STATS = ("median", "q1", "q3", "iqr")
 SUMMARY_COLUMNS = (["slide", "nucleus_count", "tissue_area_mm2", "nuclei_per_mm2"]
                    + [f"{m}_{s}" for m in MEASURES for s in STATS])
 # Run settings that change the nuclei: a finished slide made with other values is redone, not skipped.
-RESULT_SETTINGS = ("tile", "halo", "tissue_detection", "margin", "geojson_gz")
+RESULT_SETTINGS = ("tile", "halo", "tissue_detection", "margin", "geojson_gz", "simplify", "table",
+                   "zarr_image", "min_area_um2")
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,11 @@ def _read_csv(path: Path):
                 mpp = math.nan
             if not (math.isfinite(mpp) and mpp > 0):
                 raise InputError(f"{path}: line {n}: mpp {row[im].strip()!r} is not a positive number")
-        items.append((f, mpp, {name: row[i] for i, name in carried}))
+        extra = {name: row[i] for i, name in carried}
+        if (extra.get("roi") or "").strip():       # a region per slide; relative to the CSV like path
+            r = Path(os.path.expanduser(extra["roi"].strip()))
+            extra["roi"] = str(r if r.is_absolute() else path.parent / r)
+        items.append((f, mpp, extra))
     return items, [name for _, name in carried]
 
 
@@ -307,6 +312,11 @@ def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings,
     return summary, ""
 
 
+def _slide_roi(slide: CohortSlide, settings) -> str | None:
+    """The slide's region: its CSV ``roi`` cell when filled, else the batch-wide setting."""
+    return ((getattr(slide, "extra", None) or {}).get("roi") or "").strip() or getattr(settings, "roi", None)
+
+
 def _changed_settings(summary: dict, settings, slide: CohortSlide, model_dir: Path) -> list[str]:
     old = summary.get("settings") or {}
     changed = [k for k in RESULT_SETTINGS if k in old and old[k] != getattr(settings, k)]
@@ -314,6 +324,8 @@ def _changed_settings(summary: dict, settings, slide: CohortSlide, model_dir: Pa
     if "mpp" in old and not (old["mpp"] == mpp or (old["mpp"] is not None and mpp is not None
                                                   and math.isclose(old["mpp"], mpp, rel_tol=1e-9))):
         changed.append("mpp")
+    if (old.get("roi") or None) != _slide_roi(slide, settings):
+        changed.append("roi")
     old_model = (summary.get("model") or {}).get("path")
     if old_model and os.path.abspath(old_model) != os.path.abspath(model_dir):
         changed.append("model")
@@ -531,7 +543,8 @@ def run_cohort(cohort, out, settings=None, *, force: bool = False, client=None,
             def one(slide: CohortSlide, why: str) -> None:
                 with progress.lock:
                     progress.running += 1
-                st = replace(settings, mpp=slide.mpp if slide.mpp is not None else settings.mpp, quiet=True)
+                st = replace(settings, mpp=slide.mpp if slide.mpp is not None else settings.mpp,
+                             roi=_slide_roi(slide, settings), quiet=True)
                 try:
                     summ = run_fn(slide.path, out, st, client=cl, progress=progress.add_tiles)
                     row = _row_from_summary(slide, out, DONE, summ, why)

@@ -2,12 +2,17 @@
 
 Layout::
 
+    title: slide | model and version | wsi-nuc version;  subtitle: count and legend
     +-------------------------+-------------------------+
     | thumbnail               | thumbnail + nucleus     |
     | + tissue outline (green)| density heatmap + legend|
+    | + numbered zoom boxes   | + numbered zoom boxes   |
+    | + scale bar             |                         |
     +------------+------------+------------+------------+
-    | zoom 1     | zoom 2     | zoom 3     | zoom 4     |   (crops with nucleus outlines, if given)
-    +------------+------------+------------+------------+
+    | zoom 1     | zoom 2     | zoom 3     | zoom 4     |   outlines coloured by confidence or type,
+    +------------+------------+------------+------------+   scale bar, caption (density quantile)
+    | nucleus-area histogram  | outline colour legend   |
+    +-------------------------+-------------------------+
 
 The density is nuclei per mm² (when ``level0_mpp`` is known, else per 10^6 level-0 px²): centroids
 binned on the thumbnail grid, Gaussian-smoothed (sigma 50 µm, at least 1 % of the thumbnail), coloured
@@ -109,10 +114,86 @@ def density_map(centroids_xy: np.ndarray, thumb_shape: tuple[int, int], thumb_sc
     return dens / (thumb_scale * thumb_scale) * 1e6, "nuclei/Mpx^2 (level-0)"
 
 
+def confidence_color(v) -> np.ndarray:
+    """Outline colour of a confidence in 0.5..1 (red low, yellow, green high); uint8 (..., 3).
+
+    >>> confidence_color([0.5, 1.0]).tolist()
+    [[255, 60, 60], [0, 220, 120]]
+    """
+    t = np.clip((np.nan_to_num(np.asarray(v, np.float64), nan=0.5) - 0.5) / 0.5, 0, 1)[..., None]
+    lo, mid, hi = np.array(_CONF_ANCHORS, np.float64)
+    c = np.where(t < 0.5, lo + (mid - lo) * (t / 0.5), mid + (hi - mid) * ((t - 0.5) / 0.5))
+    return np.round(c).astype(np.uint8)
+
+
+_CONF_ANCHORS = ((255, 60, 60), (255, 230, 0), (0, 220, 120))
+
+
+def _nice_length(target: float) -> float:
+    """A round length (1, 2 or 5 times a power of ten) not above ``target``."""
+    if target <= 0:
+        return 0.0
+    p = 10.0 ** np.floor(np.log10(target))
+    return float(max(m * p for m in (1, 2, 5) if m * p <= target))
+
+
+def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, halo=True) -> None:
+    """A µm (or mm) scale bar of a round length up to ``max_px`` pixels, its left end at (x, y)."""
+    if not px_per_um or px_per_um <= 0:
+        return
+    um = _nice_length(max_px / px_per_um)
+    if um <= 0:
+        return
+    L = um * px_per_um
+    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} um"
+    if halo:
+        draw.rectangle([x - 3, y - 16, x + max(L, 40) + 3, y + 5], fill=(255, 255, 255))
+    draw.rectangle([x, y, x + L, y + 3], fill=color)
+    draw.text((x, y - 15), label, fill=color, font=font)
+
+
+def _histogram(areas: np.ndarray, w: int, h: int, font, min_area: float | None) -> Image.Image:
+    """Nucleus-area histogram (um^2, 1 um^2 bins up to the 99.5th percentile) as a small image."""
+    img = Image.new("RGB", (w, h), BG)
+    d = ImageDraw.Draw(img)
+    a = np.asarray(areas, np.float64)
+    a = a[np.isfinite(a)]
+    d.text((4, 2), f"nucleus area (um^2), n = {len(a):,}", fill=TEXT, font=font)
+    if not len(a):
+        return img
+    hi = max(float(np.percentile(a, 99.5)), 1.0)
+    bins = np.linspace(0, hi, min(60, max(10, int(hi))) + 1)
+    cnt, _ = np.histogram(np.clip(a, 0, hi), bins)
+    x0, y0, x1, y1 = 36, 22, w - 8, h - 20
+    top = max(int(cnt.max()), 1)
+    bw = (x1 - x0) / len(cnt)
+    for i, c in enumerate(cnt.tolist()):
+        bh = (y1 - y0) * c / top
+        d.rectangle([x0 + i * bw, y1 - bh, x0 + (i + 1) * bw - 1, y1], fill=(90, 90, 160))
+    d.line([x0, y1, x1, y1], fill=TEXT)
+    d.line([x0, y0, x0, y1], fill=TEXT)
+    for v in (0, hi / 2, hi):
+        xv = x0 + (x1 - x0) * v / hi
+        label = f"{v:.0f}"
+        d.text((min(xv - 8, x1 - 8 * len(label)), y1 + 3), label, fill=TEXT, font=font)
+    d.text((2, y0), f"{top}", fill=TEXT, font=font)
+    med = float(np.median(a))
+    xm = x0 + (x1 - x0) * min(med, hi) / hi
+    d.line([xm, y0, xm, y1], fill=(200, 0, 0), width=2)
+    d.text((xm + 4, y0), f"median {med:.1f}", fill=(200, 0, 0), font=font)
+    if min_area:
+        xa = x0 + (x1 - x0) * min(min_area, hi) / hi
+        d.line([xa, y0 + 20, xa, y1], fill=(0, 130, 0), width=1)
+        d.text((xa + 3, y0 + 20), f"min {min_area:g}", fill=(0, 130, 0), font=font)
+    return img
+
+
 def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, tissue_mask_bool: np.ndarray,
                  centroids_level0_xy: np.ndarray,
-                 zooms: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]] = (),
-                 level0_mpp: float | None = None, title: str | None = None) -> None:
+                 zooms: Sequence[tuple] = (),
+                 level0_mpp: float | None = None, title: str | None = None,
+                 areas_um2: np.ndarray | None = None, legend: Sequence[tuple[str, tuple]] | None = None,
+                 min_area_um2: float | None = None, subtitle: str | None = None) -> None:
     """Write the QC PNG.
 
     thumb_rgb : (h, w, 3) thumbnail of the slide.
@@ -120,9 +201,20 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
         thumbnail x * thumb_scale).
     tissue_mask_bool : tissue mask of any size covering the same slide extent (resized to the thumbnail).
     centroids_level0_xy : (N, 2) nucleus centroids in level-0 pixels (N may be 0).
-    zooms : up to 4 ``(rgb_crop, [polygon (K, 2) xy in crop pixel coordinates, ...])``.
-    level0_mpp : µm per level-0 pixel, for a density in nuclei/mm² (optional).
-    title : a line of text at the top (e.g. the slide name).
+    zooms : up to 4 ``(rgb_crop, [polygon (K, 2) xy in crop pixel coordinates, ...])``, optionally
+        followed by ``colors`` (one RGB per polygon; default yellow), ``box`` (the crop's level-0
+        ``(x0, y0, w, h)``: a numbered box on the thumbnail and a µm scale bar on the zoom) and a
+        ``caption``.
+    level0_mpp : µm per level-0 pixel, for a density in nuclei/mm^2 and the scale bars (optional).
+    title : a line of text at the top (e.g. slide name, model and version).
+    areas_um2 : nucleus areas for the histogram panel (optional); min_area_um2 marks the size rule.
+    legend : ``[(label, rgb), ...]`` for the outline colours (types); None: the confidence colour bar
+        when the zooms have colours.
+    subtitle : a second line (counts, tissue).
+
+    >>> import tempfile, os
+    >>> write_qc_png(os.path.join(tempfile.mkdtemp(), "qc.png"), np.full((20, 30, 3), 230, np.uint8),
+    ...              4.0, np.ones((5, 5), bool), np.array([[10.0, 12.0]]), level0_mpp=0.5, title="s")
     """
     thumb = _as_rgb_uint8(thumb_rgb)
     th, tw = thumb.shape[:2]
@@ -133,6 +225,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     dw, dh, ds = _display_size(th, tw, PANEL)
     resample = Image.NEAREST if ds >= 2 else Image.BILINEAR
     base = Image.fromarray(thumb).resize((dw, dh), resample)
+    disp_per_l0 = ds / thumb_scale          # display px per level-0 px
 
     # panel 1: tissue outline
     mask = np.asarray(tissue_mask_bool).astype(bool)
@@ -143,28 +236,44 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     left[_outline(mask_disp, 2)] = OUTLINE_TISSUE
     left_img = Image.fromarray(left)
 
-    # panel 2: density heatmap
+    # panel 2: density heatmap, translucent enough to see the tissue through it
     dens, unit = density_map(centroids_level0_xy, (th, tw), thumb_scale, level0_mpp)
     vmax = float(np.percentile(dens[dens > 0], 99)) if (dens > 0).any() else 0.0
     norm = dens / vmax if vmax > 0 else np.zeros_like(dens)
     heat = Image.fromarray(colormap(norm)).resize((dw, dh), resample)
-    alpha_small = np.where(dens > 0, np.clip(0.25 + 0.5 * norm, 0, 0.75), 0.0)
+    alpha_small = np.where(norm > 0.03, np.clip(0.1 + 0.5 * norm, 0, 0.55) * np.clip(norm / 0.15, 0, 1), 0.0)
     alpha = np.asarray(Image.fromarray((alpha_small * 255).astype(np.uint8)).resize((dw, dh), resample),
                        np.float64)[..., None] / 255.0
     right = np.round(np.asarray(base, np.float64) * (1 - alpha) + np.asarray(heat, np.float64) * alpha)
     right_img = Image.fromarray(right.astype(np.uint8))
 
+    zooms = [tuple(z) + (None,) * (5 - len(z)) for z in list(zooms)[:4]]
+    # numbered boxes where the zooms come from, on both panels
+    for img in (left_img, right_img):
+        d = ImageDraw.Draw(img)
+        for k, (_, _, _, box, _) in enumerate(zooms):
+            if box is None:
+                continue
+            bx, by, bw_, bh_ = (float(v) * disp_per_l0 for v in box)
+            cx, cy = bx + bw_ / 2, by + bh_ / 2
+            half = max(bw_, bh_, 10) / 2
+            d.rectangle([cx - half, cy - half, cx + half, cy + half], outline=(0, 90, 255), width=2)
+            d.text((cx + half + 2, cy - half - 2), str(k + 1), fill=(0, 60, 200), font=font)
+    if level0_mpp:
+        _scale_bar(ImageDraw.Draw(left_img), 10, dh - 10, disp_per_l0 / float(level0_mpp), dw / 4, font)
+
     # canvas
-    title_h = 22
+    title_h = 40
     legend_h = 44
-    zooms = list(zooms)[:4]
-    zoom_row_h = (ZOOM + MARGIN) if zooms else 0
-    width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 300)
-    height = title_h + dh + legend_h + zoom_row_h + 2 * MARGIN
+    zoom_row_h = (ZOOM + MARGIN + 18) if zooms else 0
+    hist_h = 170 if areas_um2 is not None else 0
+    width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 560)
+    height = title_h + dh + legend_h + zoom_row_h + hist_h + 2 * MARGIN
     canvas = Image.new("RGB", (width, height), BG)
     draw = ImageDraw.Draw(canvas)
     head = title or "wsi-nuc QC"
-    draw.text((MARGIN, 4), f"{head}  |  {n_nuclei} nuclei  |  tissue outline (green), density (right)",
+    draw.text((MARGIN, 3), head, fill=TEXT, font=font)
+    draw.text((MARGIN, 21), subtitle or f"{n_nuclei:,} nuclei  |  tissue outline (green), density (right)",
               fill=TEXT, font=font)
     y_top = title_h
     canvas.paste(left_img, (MARGIN, y_top))
@@ -181,21 +290,49 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
               fill=TEXT, font=font)
     draw.text((MARGIN, ly), f"thumbnail: {tw}x{th} px, 1 px = {thumb_scale:g} level-0 px",
               fill=TEXT, font=font)
+    if zooms and any(z[3] is not None for z in zooms):
+        draw.text((MARGIN, ly + 16), "blue boxes: where zooms 1-4 come from", fill=(0, 60, 200), font=font)
 
     # zooms
     zy = y_top + dh + legend_h + MARGIN
-    for k, (crop, polys) in enumerate(zooms):
+    for k, (crop, polys, colors, box, caption) in enumerate(zooms):
         crop = _as_rgb_uint8(crop)
         ch, cw = crop.shape[:2]
         zw, zh, zs = _display_size(ch, cw, ZOOM)
         zimg = Image.fromarray(crop).resize((zw, zh), Image.NEAREST if zs >= 2 else Image.BILINEAR)
         zd = ImageDraw.Draw(zimg)
         lw = 2 if zs >= 1.5 else 1
-        for p in polys or ():
-            _draw_polygon_outline(zd, p, zs, OUTLINE_NUCLEUS, lw)
+        for j, p in enumerate(polys or ()):
+            col = tuple(int(v) for v in colors[j]) if colors is not None else OUTLINE_NUCLEUS
+            _draw_polygon_outline(zd, p, zs, col, lw)
+        if box is not None and level0_mpp:
+            zpx_per_um = zs * cw / (float(box[2]) * float(level0_mpp))
+            _scale_bar(zd, 8, zh - 8, zpx_per_um, zw / 3, font)
+        zd.rectangle([0, 0, 18, 16], fill=(255, 255, 255))
+        zd.text((4, 0), str(k + 1), fill=(0, 60, 200), font=font)
         zx = MARGIN + k * (ZOOM + MARGIN)
         canvas.paste(zimg, (zx, zy))
         draw.rectangle([zx - 1, zy - 1, zx + zw, zy + zh], outline=TEXT)
+        if caption:
+            draw.text((zx, zy + zh + 2), str(caption), fill=TEXT, font=font)
+
+    # bottom: area histogram and the outline colour legend
+    hy = zy + zoom_row_h
+    if areas_um2 is not None:
+        canvas.paste(_histogram(areas_um2, min(dw, 520), hist_h - MARGIN, font, min_area_um2), (MARGIN, hy))
+    gx = MARGIN + min(dw, 520) + 2 * MARGIN
+    if legend:
+        draw.text((gx, hy + 2), "outlines: nucleus type", fill=TEXT, font=font)
+        for j, (label, rgb) in enumerate(legend):
+            yy = hy + 22 + 18 * j
+            draw.rectangle([gx, yy + 2, gx + 24, yy + 12], fill=tuple(int(v) for v in rgb), outline=TEXT)
+            draw.text((gx + 30, yy), str(label), fill=TEXT, font=font)
+    elif zooms and any(z[2] is not None for z in zooms):
+        draw.text((gx, hy + 2), "outlines: confidence", fill=TEXT, font=font)
+        cb = confidence_color(np.tile(np.linspace(0.5, 1.0, 200), (10, 1)))
+        canvas.paste(Image.fromarray(cb), (gx, hy + 24))
+        draw.text((gx, hy + 38), "0.5", fill=TEXT, font=font)
+        draw.text((gx + 180, hy + 38), "1.0", fill=TEXT, font=font)
 
     path = Path(path)
     with atomic_file(path) as tmp:

@@ -1,0 +1,23 @@
+"""The examples in the docstrings of the output modules run and give what they show."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["wsi_nuc.types", "wsi_nuc.progress", "wsi_nuc.roi", "wsi_nuc.writers.measures",
+           "wsi_nuc.writers.geojson", "wsi_nuc.writers.ome_zarr", "wsi_nuc.writers.table",
+           "wsi_nuc.writers.qc", "wsi_nuc.writers.qc_data", "wsi_nuc.writers.slide_outputs"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    try:
+        mod = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            pytest.skip(f"{name} not present")
+        raise
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.failed == 0 and res.attempted > 0

@@ -1,0 +1,179 @@
+"""A region of interest that limits a run: a QuPath annotation export or a binary mask image.
+
+``--roi FILE`` takes either
+
+- GeoJSON (``.geojson`` / ``.json``, as QuPath's File → Export objects writes it): a FeatureCollection,
+  a Feature or a bare geometry; every Polygon and MultiPolygon in it counts (holes are respected,
+  overlapping shapes are merged), other geometry types are ignored. Coordinates are level-0 pixels.
+- a mask image (PNG, TIFF, JPEG, ...): non-zero pixels are the region; it may be at any downsample of
+  level 0 (a 1:16 mask of a 40000 × 30000 slide is 2500 × 1875), found from the sizes, which must have the
+  slide's aspect ratio.
+
+Only tiles whose core meets the region are processed; a nucleus is kept when its centroid lies inside
+(on the boundary counts as inside). Anything wrong with the file is an ``InputError`` (exit 2, one line
+naming the file).
+
+>>> from types import SimpleNamespace as S
+>>> import json, tempfile, os
+>>> p = os.path.join(tempfile.mkdtemp(), "roi.geojson")
+>>> _ = open(p, "w").write(json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [100, 0], [100, 50], [0, 50], [0, 0]]]}))
+>>> r = load_roi(p, S(width=1000, height=800))
+>>> r.area_px, r.contains([10, 150], [10, 10]).tolist(), r.meets_box(90, 40, 200, 200)
+(5000.0, [True, False], True)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+_IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class Roi:
+    """The region: a shapely geometry in level-0 pixels (GeoJSON) or a mask (image)."""
+
+    path: str
+    geometry: object = None           # shapely (Multi)Polygon, level-0 px
+    mask: np.ndarray | None = None    # bool (h, w); pixel (r, c) covers level-0 [c sx, (c+1) sx) x ...
+    scale: tuple[float, float] = (1.0, 1.0)   # level-0 px per mask px (x, y)
+
+    @property
+    def area_px(self) -> float:
+        """Area in level-0 px²."""
+        if self.geometry is not None:
+            return float(self.geometry.area)
+        return float(np.count_nonzero(self.mask)) * self.scale[0] * self.scale[1]
+
+    def area_mm2(self, mpp: float) -> float:
+        return self.area_px * (float(mpp) / 1000.0) ** 2
+
+    def contains(self, x, y) -> np.ndarray:
+        """Whether level-0 points (x, y) lie in the region (boundary included)."""
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if self.geometry is not None:
+            import shapely
+
+            return shapely.intersects_xy(self.geometry, x, y)
+        c = np.floor(x / self.scale[0]).astype(np.int64)
+        r = np.floor(y / self.scale[1]).astype(np.int64)
+        h, w = self.mask.shape
+        ok = (r >= 0) & (r < h) & (c >= 0) & (c < w) & np.isfinite(x) & np.isfinite(y)
+        out = np.zeros(x.shape, bool)
+        out[ok] = self.mask[r[ok], c[ok]]
+        return out
+
+    def meets_box(self, x0: float, y0: float, x1: float, y1: float) -> bool:
+        """Whether the region meets the level-0 box [x0, x1) x [y0, y1)."""
+        if self.geometry is not None:
+            import shapely
+
+            return bool(shapely.intersects(self.geometry, shapely.box(x0, y0, x1, y1)))
+        sx, sy = self.scale
+        c0, c1 = int(np.floor(x0 / sx)), int(np.ceil(x1 / sx))
+        r0, r1 = int(np.floor(y0 / sy)), int(np.ceil(y1 / sy))
+        h, w = self.mask.shape
+        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, w), min(r1, h)
+        return c1 > c0 and r1 > r0 and bool(self.mask[r0:r1, c0:c1].any())
+
+    def fraction_of(self, mask: np.ndarray, scale: float) -> np.ndarray:
+        """Which pixels of another mask (pixel = ``scale`` level-0 px, e.g. the tissue mask) have their
+        centre in the region."""
+        h, w = mask.shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        return self.contains((xx.ravel() + 0.5) * scale, (yy.ravel() + 0.5) * scale).reshape(h, w)
+
+
+def _polygons_of(doc) -> list:
+    """Every Polygon / MultiPolygon geometry in a GeoJSON document (dict)."""
+    if not isinstance(doc, dict):
+        return []
+    t = doc.get("type")
+    if t == "FeatureCollection":
+        return [g for f in doc.get("features") or [] for g in _polygons_of(f)]
+    if t == "Feature":
+        return _polygons_of(doc.get("geometry"))
+    if t == "GeometryCollection":
+        return [g for x in doc.get("geometries") or [] for g in _polygons_of(x)]
+    if t in ("Polygon", "MultiPolygon"):
+        return [doc]
+    return []
+
+
+def _load_geojson(path: Path, info) -> Roi:
+    import shapely
+    from shapely.geometry import shape
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: ROI file is not text (GeoJSON) nor a known image type") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: ROI is not valid JSON (line {e.lineno}: {e.msg})") from None
+    geoms = _polygons_of(doc)
+    if not geoms:
+        raise InputError(f"{path}: ROI GeoJSON has no Polygon or MultiPolygon")
+    try:
+        parts = [shape(g) for g in geoms]
+    except Exception as e:
+        raise InputError(f"{path}: ROI GeoJSON has a malformed polygon ({e})") from None
+    parts = [shapely.make_valid(p) if not p.is_valid else p for p in parts]
+    region = shapely.union_all(parts)
+    if region.is_empty or region.area <= 0:
+        raise InputError(f"{path}: ROI polygons have no area")
+    x0, y0, x1, y1 = region.bounds
+    if x1 <= 0 or y1 <= 0 or x0 >= info.width or y0 >= info.height:
+        raise InputError(f"{path}: ROI lies outside the slide (bounds {x0:.0f},{y0:.0f}-{x1:.0f},{y1:.0f} "
+                         f"level-0 px; slide {info.width}x{info.height})")
+    return Roi(str(path), geometry=region)
+
+
+def _load_mask(path: Path, info) -> Roi:
+    from PIL import Image
+
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            a = tifffile.imread(path)
+        else:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("L") if im.mode not in ("1", "L", "I", "I;16") else im)
+    except Exception as e:
+        raise InputError(f"{path}: ROI mask image cannot be read ({type(e).__name__}: {e})") from None
+    a = np.asarray(a)
+    if a.ndim == 3:
+        a = a[..., :3].max(axis=-1) if a.shape[-1] in (3, 4) else a[0]
+    if a.ndim != 2 or a.size == 0:
+        raise InputError(f"{path}: ROI mask must be a 2-D image, got shape {a.shape}")
+    mask = a > 0
+    h, w = mask.shape
+    sx, sy = info.width / w, info.height / h
+    if abs(sx - sy) > max(sx, sy) * 0.02 + 1.0 / min(h, w) * max(sx, sy):
+        raise InputError(f"{path}: ROI mask is {w}x{h}, not the slide's aspect ratio "
+                         f"({info.width}x{info.height}): it must be the whole slide at some downsample")
+    if not mask.any():
+        raise InputError(f"{path}: ROI mask is empty (no non-zero pixel)")
+    s = (sx + sy) / 2.0
+    return Roi(str(path), mask=mask, scale=(s, s))
+
+
+def load_roi(path: str | Path, info) -> Roi:
+    """Read a region of interest for a slide (``info``: width and height of level 0).
+
+    Raises ``InputError`` (one line naming the file) for a missing or unreadable file, JSON without
+    polygons, a region outside the slide, an empty mask or a mask of another aspect ratio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: ROI file not found" if not path.exists() else f"{path}: ROI is not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: ROI file is empty")
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        return _load_mask(path, info)
+    return _load_geojson(path, info)

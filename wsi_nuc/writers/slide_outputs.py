@@ -1,0 +1,166 @@
+"""What a slide's writers stream: the surviving nuclei of every tile, in id order, as table chunks,
+GeoJSON features, zarr properties and colours, and per-type counts.
+
+The input is the stitcher's result: ``tiles`` (``segment.TileNuclei``: packed outlines + measurement
+columns) and ``keep`` (one boolean array per tile). Ids run 1..N in the order of
+``graph.final_order``, the same in every output. Plain functions over those lists; the pipeline wires
+them to the writers.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .. import types as T
+from ..morphometry import COLUMNS
+from .measures import GEOJSON_MEASUREMENTS, round_column
+
+
+def apply_min_area(tiles, keep, min_area_um2: float) -> list[np.ndarray]:
+    """``keep`` without nuclei smaller than ``min_area_um2`` (µm², from the unsimplified outline's
+    pixel count); a new list, the input is not changed.
+
+    >>> from types import SimpleNamespace as S
+    >>> apply_min_area([S(columns={"area_um2": np.array([2.0, 3.0, 9.5])})], [np.ones(3, bool)], 3.0)
+    [array([False,  True,  True])]
+    """
+    if not min_area_um2 or min_area_um2 <= 0:
+        return [k.copy() for k in keep]
+    return [k & (np.nan_to_num(tn.columns["area_um2"], nan=0.0) >= float(min_area_um2))
+            for tn, k in zip(tiles, keep)]
+
+
+def apply_roi(tiles, keep, roi) -> list[np.ndarray]:
+    """``keep`` without nuclei whose centroid lies outside the region (``roi.Roi``); a new list."""
+    return [k & roi.contains(tn.columns["centroid_x_px"], tn.columns["centroid_y_px"]) if k.any() else k.copy()
+            for tn, k in zip(tiles, keep)]
+
+
+def has_types(tiles, keep) -> bool:
+    """Whether any surviving nucleus has a type (then every output carries types)."""
+    return any(k.any() and "type" in tn.columns and bool((T.codes(tn.columns["type"][k]) > 0).any())
+               for tn, k in zip(tiles, keep))
+
+
+def table_columns(typed: bool, slide: bool = True) -> list[str]:
+    """Columns of nuclei.csv / nuclei.parquet: ``slide``, the morphometry columns, then ``type`` and
+    ``type_prob`` when nuclei have types."""
+    return (["slide"] if slide else []) + list(COLUMNS) + (["type", "type_prob"] if typed else [])
+
+
+def _type_columns(tn, idx) -> tuple[np.ndarray, np.ndarray]:
+    if "type" in tn.columns:
+        codes = T.codes(tn.columns["type"][idx])
+    else:
+        codes = np.zeros(len(idx), np.int64)
+    prob = tn.columns.get("type_prob")
+    prob = np.asarray(prob, np.float64)[idx] if prob is not None else np.full(len(idx), np.nan)
+    return codes, np.where(codes > 0, prob, np.nan)
+
+
+def table_chunks(tiles, keep, slide: str, typed: bool) -> Iterator[dict]:
+    """One chunk {column: array} per tile with survivors, in id order, rounded by ``measures``."""
+    from ..graph import final_order
+
+    for tn, idx, first in final_order(tiles, keep):
+        if not len(idx):
+            continue
+        chunk = {"slide": [slide] * len(idx),
+                 "nucleus_id": np.arange(first, first + len(idx), dtype=np.int64)}
+        chunk.update((c, round_column(c, tn.columns[c][idx])) for c in COLUMNS if c != "nucleus_id")
+        if typed:
+            codes, prob = _type_columns(tn, idx)
+            chunk["type"] = T.names(codes)
+            chunk["type_prob"] = round_column("type_prob", prob)
+        yield chunk
+
+
+def geojson_features(tiles, keep, tolerance: float, typed: bool, decimals: int = 1) -> Iterator[tuple]:
+    """``(nucleus_id, ring, measurements, type code)`` of every survivor, in id order.
+
+    Rings are simplified within ``tolerance`` level-0 px (:func:`.geojson.simplify_rings`; 0 keeps them
+    as traced); measurements are :data:`measures.GEOJSON_MEASUREMENTS`, rounded, from the unsimplified
+    outline (they were measured in the tile).
+    """
+    from ..graph import final_order
+    from .geojson import simplify_rings
+
+    cols = [c for c in GEOJSON_MEASUREMENTS if c not in ("nucleus_id", "type_prob")]
+    for tn, idx, first in final_order(tiles, keep):
+        if not len(idx):
+            continue
+        rings = simplify_rings([tn.polygon(i) for i in idx.tolist()], tolerance, decimals)
+        vals = [round_column(c, tn.columns[c][idx]).tolist() for c in cols]
+        names = list(cols)
+        codes = np.zeros(len(idx), np.int64)
+        if typed:
+            codes, prob = _type_columns(tn, idx)
+            vals.append(round_column("type_prob", prob).tolist())
+            names.append("type_prob")
+        for j, (ring, row) in enumerate(zip(rings, zip(*vals))):
+            yield first + j, ring, dict(zip(names, row)), int(codes[j])
+
+
+def zarr_properties(tiles, keep, typed: bool) -> Iterator[dict]:
+    """``image-label`` properties of every survivor: label-value (= nucleus_id), nucleus_id, area_um2,
+    confidence and, with types, type and type_prob (NaN left out)."""
+    from ..graph import final_order
+
+    for tn, idx, first in final_order(tiles, keep):
+        if not len(idx):
+            continue
+        area = round_column("area_um2", tn.columns["area_um2"][idx]).tolist()
+        conf = round_column("confidence", tn.columns["confidence"][idx]).tolist()
+        if typed:
+            codes, prob = _type_columns(tn, idx)
+            tnames = T.names(codes).tolist()
+            prob = round_column("type_prob", prob).tolist()
+        for j in range(len(idx)):
+            nid = first + j
+            d = {"label-value": nid, "nucleus_id": nid, "area_um2": area[j]}
+            if conf[j] == conf[j]:
+                d["confidence"] = conf[j]
+            if typed and tnames[j]:
+                d["type"] = tnames[j]
+                if prob[j] == prob[j]:
+                    d["type_prob"] = prob[j]
+            yield d
+
+
+def zarr_colors(tiles, keep) -> Iterator[dict]:
+    """``image-label`` colours: every nucleus its type's colour (untyped ones the plain nucleus colour);
+    the same label values as :func:`zarr_properties`, as NGFF validators require."""
+    from ..graph import final_order
+
+    lut = [[*T.type_color(c), 255] for c in range(len(T.TYPES) + 1)]
+    for tn, idx, first in final_order(tiles, keep):
+        if not len(idx):
+            continue
+        codes, _ = _type_columns(tn, idx)
+        for j, c in enumerate(codes.tolist()):
+            yield {"label-value": first + j, "rgba": lut[c]}
+
+
+def type_counts(tiles, keep) -> dict[str, int]:
+    """Surviving nuclei per type name (every type listed, zeros included; untyped not counted)."""
+    n = np.zeros(len(T.TYPES) + 1, np.int64)
+    for tn, k in zip(tiles, keep):
+        if k.any() and "type" in tn.columns:
+            n += np.bincount(T.codes(tn.columns["type"][k]), minlength=len(n))[:len(n)]
+    return {name: int(n[code]) for code, (name, _) in T.TYPES.items()}
+
+
+def type_summary(counts: dict[str, int], area_mm2: float | None) -> dict:
+    """Counts, densities (per mm² of the analysed area) and fractions of the typed nuclei.
+
+    >>> type_summary({"other": 1, "inflammatory": 3, "epithelial": 0, "spindle-shaped": 0}, 2.0)["fraction"]
+    {'other': 0.25, 'inflammatory': 0.75, 'epithelial': 0.0, 'spindle-shaped': 0.0}
+    """
+    total = sum(counts.values())
+    return {
+        "counts": dict(counts),
+        "per_mm2": {k: (round(v / area_mm2, 2) if area_mm2 else None) for k, v in counts.items()},
+        "fraction": {k: (round(v / total, 4) if total else None) for k, v in counts.items()},
+        "colors": {name: list(rgb) for name, rgb in T.TYPES.values()},
+    }
