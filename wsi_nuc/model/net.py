@@ -32,20 +32,29 @@ class NetConfig:
     max_channels: int = 256
     in_channels: int = 3
     heads: tuple = HEADS
+    types: tuple = ()              # nucleus-type names: a type head of len(types) + 1 logits follows
 
     def channels(self) -> list[int]:
         return [min(self.base * 2**i, self.max_channels) for i in range(self.depth)]
 
+    @property
+    def out_channels(self) -> int:
+        return len(self.heads) + (len(self.types) + 1 if self.types else 0)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["heads"] = list(self.heads)
+        d["types"] = list(self.types)
+        if not self.types:
+            del d["types"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
         d = dict(d)
-        if "heads" in d:
-            d["heads"] = tuple(d["heads"])
+        for k in ("heads", "types"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -75,7 +84,7 @@ class UNet(nn.Module):
         self.dec = nn.ModuleList()
         for i in range(len(ch) - 2, -1, -1):
             self.dec.append(_block(ch[i + 1] + ch[i], ch[i]))
-        self.head = nn.Conv2d(ch[0], len(cfg.heads), 1)
+        self.head = nn.Conv2d(ch[0], cfg.out_channels, 1)
         with torch.no_grad():  # sparse heads start near their prior (CenterNet-style bias init)
             for name, b in (("boundary", -2.0), ("centre", -4.0)):
                 if name in cfg.heads:
@@ -116,7 +125,7 @@ def macs_per_pixel(cfg: NetConfig) -> float:
         cin = c
     for i in range(len(ch) - 2, -1, -1):
         total += 9 * ((ch[i + 1] + ch[i]) * ch[i] + ch[i] * ch[i]) / 4**i
-    total += ch[0] * len(cfg.heads)
+    total += ch[0] * cfg.out_channels
     return total
 
 

@@ -60,6 +60,7 @@ DISTILL_DEFAULTS = {
     "max_params": 2_000_000,
     "min_flop_ratio": 4.0,   # teacher MACs/px / student MACs/px
     "init_encoder_from_teacher": False,
+    "init_student_from": None,   # a model (name or folder) of the student's architecture to start from
 }
 
 SIGMOID_HEADS = {"kd_fg": 0, "kd_boundary": 1, "kd_centre": 5}
@@ -229,8 +230,29 @@ def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None) ->
     return {"val_loss": float(np.nanmean([v["val_loss"] for v in out.values()])), "val": out}
 
 
+def warm_start(student: nn.Module, source: str) -> list[str]:
+    """Copy a model's weights into ``student`` wherever names and shapes agree; an output head with fewer
+    channels (a model without the type head) fills the first rows. Returns the names left as initialised."""
+    src, _ = load_model(source, "cpu")
+    src_state, dst_state = src.state_dict(), student.state_dict()
+    fresh = []
+    with torch.no_grad():
+        for k, v in dst_state.items():
+            w = src_state.get(k)
+            if w is not None and w.shape == v.shape:
+                v.copy_(w)
+            elif w is not None and k.startswith("head.") and w.shape[1:] == v.shape[1:] and w.shape[0] < v.shape[0]:
+                v[:w.shape[0]].copy_(w)
+                fresh.append(f"{k}[{w.shape[0]}:]")
+            else:
+                fresh.append(k)
+    return fresh
+
+
 def build_student(cfg: dict, teacher: nn.Module, d: dict) -> nn.Module:
     student = build_net(dict(cfg["model"]))
+    if d["init_student_from"]:
+        warm_start(student, d["init_student_from"])
     if d["init_encoder_from_teacher"]:
         if not (hasattr(student, "encoder") and hasattr(teacher, "encoder")):
             raise InputError("distill.init_encoder_from_teacher: both networks need an encoder")
