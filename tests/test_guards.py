@@ -261,6 +261,9 @@ def test_shipped_models_pass_and_shapes_match_the_network():
         if not cfg.get("quantized"):
             sd = UNet(NetConfig.from_dict(cfg["arch"])).state_dict()
             assert {k: tuple(v.shape) for k, v in sd.items()} == expected_shapes(cfg["arch"])
+    typed = NetConfig(base=8, depth=3, types=("other", "inflammatory")).to_dict()     # with a type head
+    sd = UNet(NetConfig.from_dict(typed)).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected_shapes(typed)
 
 
 def test_damaged_model_folders(tmp_path):

@@ -132,6 +132,8 @@ def expected_shapes(arch: dict, quantized: bool = False) -> dict:
     base, depth, maxc = int(arch.get("base", 32)), int(arch.get("depth", 4)), int(arch.get("max_channels", 256))
     cin, heads = int(arch.get("in_channels", 3)), len(arch.get("heads", ("fg", "boundary", "dist", "hv_x",
                                                                          "hv_y", "centre")))
+    types = arch.get("types") or ()
+    heads += len(types) + 1 if types else 0          # a type head: one logit per type plus "no type"
     if base < 1 or depth < 1 or maxc < 1 or cin < 1 or heads < 1:
         raise ValueError("non-positive sizes")
     ch = [min(base * 2 ** i, maxc) for i in range(depth)]
