@@ -237,10 +237,10 @@ def test_read_thumbnail(slides, cmu):
 
 def test_read_region_negative_coords_on_pyramid_level(slides):
     """OpenSlide truncates negative level coordinates its own way; the adapter must not."""
-    from wsi_nuc import slide as S
+    from wsi_nuc.slide import readers
 
     with open_slide(slides / JP2K, mpp=0.5) as r:
-        ts = S._TiffSlideReader(str(slides / JP2K))  # exact level pixels, no interpolation
+        ts = readers._TiffSlideReader(str(slides / JP2K))  # exact level pixels, no interpolation
         ts.info = r.info
         try:
             for box in [(-100.5, -77.2, 800, 600, 200, 150), (-3, -1, 64, 64, 32, 32)]:
@@ -253,16 +253,16 @@ def test_read_region_negative_coords_on_pyramid_level(slides):
 
 
 def test_large_reads_are_chunked_identically(cmu, monkeypatch):
-    from wsi_nuc import slide as S
+    from wsi_nuc.slide import resample
 
     whole = read_region(cmu, -10.5, 3.25, 1500.0, 1200.0, 500, 400)
-    monkeypatch.setattr(S, "_MAX_WINDOW_PX", 200 * 200)
+    monkeypatch.setattr(resample, "_MAX_WINDOW_PX", 200 * 200)
     chunked = read_region(cmu, -10.5, 3.25, 1500.0, 1200.0, 500, 400)
     assert np.array_equal(whole, chunked)
 
 
 def test_ome_physical_size_units():
-    from wsi_nuc.slide import _ome_mpp
+    from wsi_nuc.slide.mpp import _ome_mpp
 
     xml = ('<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
            '<Image ID="Image:0"><Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="0.00025" '
