@@ -1,0 +1,92 @@
+"""Resume: which slides of an earlier run of this cohort are finished with these settings (and are skipped), and
+the tables a run starts from."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from .inputs import Cohort, CohortSlide
+from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
+
+# Run settings that change the nuclei: a finished slide made with other values is redone, not skipped.
+RESULT_SETTINGS = ("tile", "halo", "tissue_detection", "margin", "geojson_gz", "simplify", "table",
+                   "zarr_image", "min_area_um2")
+
+
+
+def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings, model_dir: Path,
+                     ) -> tuple[dict | None, str]:
+    """(summary, "") when the slide is verifiably finished with these settings, else (None, why not)."""
+    from ..pipeline import is_complete
+
+    if prev is None or prev.get("status") not in (DONE, SKIPPED):
+        return None, ""
+    if os.path.normpath(prev.get("path") or "") != os.path.normpath(str(slide.path)):
+        return None, "redone: the cohort points this slide name at another file"
+    folder = out / slide.stem
+    if not is_complete(folder):
+        return None, "redone: its outputs were incomplete"
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None, "redone: its summary.json was unreadable"
+    from ..ownership import read_marker, same_slide, slide_identity
+
+    m = read_marker(folder)
+    if m is not None and m.get("version", 0) >= 1:
+        try:
+            ident = slide_identity(slide.path)
+        except InputError:
+            return None, ""          # unreadable now: the run reports it
+        if not same_slide(m["slide"], ident):
+            return None, "redone: the slide file changed"
+    changed = _changed_settings(summary, settings, slide, model_dir)
+    if changed:
+        return None, f"redone: settings changed ({', '.join(changed)})"
+    return summary, ""
+
+
+def _slide_roi(slide: CohortSlide, settings) -> str | None:
+    """The slide's region: its CSV ``roi`` cell when filled, else the batch-wide setting."""
+    return ((getattr(slide, "extra", None) or {}).get("roi") or "").strip() or getattr(settings, "roi", None)
+
+
+def _changed_settings(summary: dict, settings, slide: CohortSlide, model_dir: Path) -> list[str]:
+    old = summary.get("settings") or {}
+    changed = [k for k in RESULT_SETTINGS if k in old and old[k] != getattr(settings, k)]
+    mpp = slide.mpp if slide.mpp is not None else settings.mpp
+    if "mpp" in old and not (old["mpp"] == mpp or (old["mpp"] is not None and mpp is not None
+                                                  and math.isclose(old["mpp"], mpp, rel_tol=1e-9))):
+        changed.append("mpp")
+    if (old.get("roi") or None) != _slide_roi(slide, settings):
+        changed.append("roi")
+    old_model = (summary.get("model") or {}).get("path")
+    if old_model and os.path.abspath(old_model) != os.path.abspath(model_dir):
+        changed.append("model")
+    return changed
+
+
+def plan(cohort: Cohort, out: Path, settings, model_dir: Path, force: bool, log,
+         ) -> tuple[Tables, list[tuple[CohortSlide, str]]]:
+    """The tables this run starts from (finished slides skipped, the rest pending) and the slides to run, each
+    with why it is redone ("" when it simply was not finished)."""
+    prev, prev_morph = read_rows(out / MANIFEST), read_rows(out / SUMMARY)
+    tables = Tables(cohort, out / MANIFEST, out / SUMMARY)
+    todo = []
+    for s in cohort.slides:
+        summ, why = (None, "") if force else finished_summary(s, out, prev.get(s.stem), settings, model_dir)
+        if summ is None:
+            tables.rows[s.stem] = _pending_row(s, out)
+            todo.append((s, why))
+            continue
+        tables.rows[s.stem] = {**_row_from_summary(s, out, SKIPPED, summ, "already done"),
+                               "finished_at": prev[s.stem].get("finished_at", "")}
+        old = prev_morph.get(s.stem)
+        if old and str(old.get("nucleus_count")) == str(summ.get("nucleus_count")):
+            tables.morph[s.stem] = {k: old.get(k) for k in SUMMARY_COLUMNS}
+        else:
+            tables.morph[s.stem] = _morph_row(s, out, summ, log)
+    return tables, todo
