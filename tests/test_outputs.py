@@ -85,15 +85,16 @@ def _with_types(tiles):
 
 
 def _write(tmp, slide_parts, tiles=None, **settings):
-    from wsi_nuc.pipeline import RunSettings, Timer, write_outputs
+    from wsi_nuc.pipeline import RunSettings, SlidePlan, SlideRun, Timer, write_outputs
     from wsi_nuc.tissue import full_mask
 
     reader, grid, base_tiles, keep, geom = slide_parts
     tiles = base_tiles if tiles is None else tiles
     st = RunSettings(quiet=True, **settings)
     tmp.mkdir(parents=True, exist_ok=True)
-    summary = write_outputs(tmp, reader, reader.info, tiles, keep, full_mask(reader.info), geom, grid, Timer(),
-                            st, {"name": "test-model", "version": "9.9"}, Path("test-model"))
+    run = SlideRun(Path(reader.info.path), tmp, tmp, {}, st, reader, Path("test-model"),
+                   {"name": "test-model", "version": "9.9"}, Timer(), 0.0)
+    summary = write_outputs(tmp, run, SlidePlan(full_mask(reader.info), grid, geom), tiles, keep)
     return summary
 
 

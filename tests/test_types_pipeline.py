@@ -170,9 +170,9 @@ def test_run_records_carry_type_unless_no_types(tiny_model, consep, tmp_path, cl
     seen = {}
     original = pipeline.write_outputs
 
-    def capture(tmp, reader, info, tiles, keep, *a, **kw):
+    def capture(tmp, run, plan, tiles, keep):
         seen["tiles"] = tiles
-        return original(tmp, reader, info, tiles, keep, *a, **kw)
+        return original(tmp, run, plan, tiles, keep)
 
     monkeypatch.setattr(pipeline, "write_outputs", capture)
     slide = tmp_path / "crop.png"

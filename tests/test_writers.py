@@ -277,7 +277,7 @@ def test_polygon_areas():
 
 def test_final_index_matches_brute_force():
     from wsi_nuc.graph import iter_final
-    from wsi_nuc.pipeline import FinalIndex
+    from wsi_nuc.writers.final_index import FinalIndex
 
     class Tile:  # the parts of TileNuclei that FinalIndex and final_order use
         def __init__(self, polys):

@@ -2,73 +2,29 @@
 
     run_slide("slide.svs", "out/", RunSettings())  ->  out/slide/{nuclei.geojson, nuclei.csv,
                                                         nuclei.ome.zarr, summary.json, qc.png}
+
+The recipe (:func:`run_slide`): check the inputs (:func:`_check_inputs` -> a :class:`SlideRun`), lock the output,
+plan the tiles (:func:`plan_tiles` -> a :class:`SlidePlan`), segment them on Dask (:func:`_segment`), stitch and
+write (:func:`_stitch_and_write`, the outputs themselves in :mod:`wsi_nuc.writers.run_outputs`).
 """
 from __future__ import annotations
 
 import json
 import math
-import platform
 import sys
 import threading
 import time
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, asdict, field
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
-
 from .errors import InputError
+from .run_context import RunSettings, SlidePlan, SlideRun, Timer
 from .validate import check_output_dir  # noqa: F401 - re-exported (cohort, tests)
+from .writers.run_outputs import write_outputs
 
 OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "nuclei.ome.zarr", "summary.json", "qc.png")  # defaults
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything a slide run depends on (CLI flags map 1:1 onto these)."""
-
-    model: str | None = None
-    device: str = "auto"
-    tile: int = 512                 # core edge, working px
-    halo: int = 64                  # context on each side, working px (> largest nucleus radius)
-    mpp: float | None = None        # override of the slide's level-0 mpp
-    tissue_detection: bool = True
-    workers: int | None = None
-    scheduler: str | None = None
-    batch: int | None = None        # tiles per forward pass; None: 1 on CPU (fastest there), 8 on CUDA
-    tiles_per_task: int = 4
-    margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
-    quiet: bool = False
-    geojson_gz: bool = False        # nuclei.geojson.gz instead of nuclei.geojson
-    simplify: float = 0.5           # GeoJSON outline tolerance, working px (0: as traced)
-    table: str = "csv"              # "csv" | "parquet" | "both"
-    zarr_image: bool = False        # the slide itself as the OME-Zarr parent image (else a thumbnail)
-    min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
-    dashboard: bool = False         # print the Dask dashboard link
-    roi: str | None = None          # region of interest: QuPath GeoJSON or mask image (wsi_nuc/roi.py)
-    types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
-    wait: bool = False              # output locked by another run: wait for it (else InputError at once)
-    overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
-
-
-@dataclass
-class Timer:
-    stages: dict = field(default_factory=dict)
-    on_stage: object = None         # callable(stage name), e.g. a SlideProgress's stage()
-
-    def __call__(self, name):
-        timer = self
-
-        class _T:
-            def __enter__(self):
-                if timer.on_stage is not None:
-                    timer.on_stage(name)
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.stages[name] = round(timer.stages.get(name, 0) + time.perf_counter() - self.t0, 3)
-
-        return _T()
+__all__ = ["OUTPUT_FILES", "RunSettings", "SlidePlan", "SlideRun", "Timer", "is_complete", "plan_tiles",
+           "run_slide", "slide_stem", "write_outputs"]
 
 
 def slide_stem(path: str | Path) -> str:
@@ -104,49 +60,18 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     with ``settings.overwrite``). A full disk is one InputError naming the folder.
     """
     from .lock import hold
-    from .model.io import check_model_dir, resolve_model_dir
-    from .ownership import check_slot, check_stem, clean_stale_work, slide_identity
-    from .slide import open_slide
-    from .validate import is_no_space, no_space, tile_align, validate_settings
-    from .writers.atomic import safe_child
+    from .ownership import check_slot, clean_stale_work
 
-    t_start = time.perf_counter()
-    path = Path(path)
-    out = Path(out)
-    settings, _ = validate_settings(settings)
-    timer = Timer()
-    with timer("open"):       # the input checks: before any progress line, so bad input is one line
-        model_dir = resolve_model_dir(settings.model, settings.device)
-        mcfg = check_model_dir(model_dir)
-        settings, _ = validate_settings(settings, tile_align(mcfg))
-        reader = open_slide(path, settings.mpp)
+    run = _check_inputs(Path(path), Path(out), settings, time.perf_counter())
     status = None
     try:
-        with timer("open"):
-            stem = slide_stem(path)
-            check_stem(path, stem)
-            check_output_dir(out)
-            try:
-                final = safe_child(out, stem)
-            except ValueError as e:
-                raise InputError(f"{path}: {e}") from None
-            identity = slide_identity(path)
-        with hold(out / f".{final.name}.lock", str(final), "run", settings.wait,
-                  None if settings.quiet else _say):
-            check_slot(final, identity, settings.overwrite)
-            clean_stale_work(out, final.name)
-            if progress is None and not settings.quiet:
-                from .progress import SlideProgress
-
-                status = SlideProgress(stem)
-                timer.on_stage = status.stage
-            try:
-                summary = _run_open_slide(reader, path, out, final, identity, settings, client,
-                                          progress or status, model_dir, mcfg, timer, t_start)
-            except Exception as e:
-                if not isinstance(e, InputError) and is_no_space(e):
-                    raise no_space(out, e) from e
-                raise
+        st = run.settings
+        with hold(run.out / f".{run.final.name}.lock", str(run.final), "run", st.wait, None if st.quiet else _say):
+            check_slot(run.final, run.identity, st.overwrite)
+            clean_stale_work(run.out, run.final.name)
+            status = _status_line(run, progress)
+            with _no_space_is_input_error(run.out):
+                summary = _segment_and_write(run, client, progress or status)
         if status is not None:
             status.close(f"{summary['nucleus_count']} nuclei, {summary['seconds']['total']:.1f} s")
         return summary
@@ -158,7 +83,63 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     finally:
         if status is not None and status.bar is not None:
             status.bar.close()
+        run.reader.close()
+
+
+def _check_inputs(path: Path, out: Path, settings: RunSettings, t_start: float) -> SlideRun:
+    """Settings, model folder, slide, output folder and name: every input check, before any progress line, so
+    bad input is one line. The slide is open on return (closed here when a later check fails)."""
+    from .model.io import check_model_dir, resolve_model_dir
+    from .ownership import check_stem, slide_identity
+    from .slide import open_slide
+    from .validate import tile_align, validate_settings
+    from .writers.atomic import safe_child
+
+    settings, _ = validate_settings(settings)
+    timer = Timer()
+    with timer("open"):
+        model_dir = resolve_model_dir(settings.model, settings.device)
+        mcfg = check_model_dir(model_dir)
+        settings, _ = validate_settings(settings, tile_align(mcfg))
+        reader = open_slide(path, settings.mpp)
+    try:
+        with timer("open"):
+            stem = slide_stem(path)
+            check_stem(path, stem)
+            check_output_dir(out)
+            try:
+                final = safe_child(out, stem)
+            except ValueError as e:
+                raise InputError(f"{path}: {e}") from None
+            identity = slide_identity(path)
+    except BaseException:
         reader.close()
+        raise
+    return SlideRun(path, out, final, identity, settings, reader, model_dir, mcfg, timer, t_start)
+
+
+def _status_line(run: SlideRun, progress):
+    """Our own progress display (a SlideProgress), unless the caller passed a callable or asked for quiet."""
+    if progress is not None or run.settings.quiet:
+        return None
+    from .progress import SlideProgress
+
+    status = SlideProgress(run.final.name)
+    run.timer.on_stage = status.stage
+    return status
+
+
+@contextmanager
+def _no_space_is_input_error(out: Path):
+    """A full disk is one line naming the output folder, not a traceback."""
+    from .validate import is_no_space, no_space
+
+    try:
+        yield
+    except Exception as e:
+        if not isinstance(e, InputError) and is_no_space(e):
+            raise no_space(out, e) from e
+        raise
 
 
 def _say(message: str) -> None:
@@ -167,75 +148,61 @@ def _say(message: str) -> None:
     print(f"wsi-nuc: {one_line(message)}", file=sys.stderr, flush=True)
 
 
-def _run_open_slide(reader, path, out, final, identity, settings, client, progress, model_dir, mcfg, timer,
-                    t_start) -> dict:
-    from . import spool as spool_io
-    from .cluster import dask_client
-    from .graph import Geometry, TaskSettings, run_tiles, spool_key
-    from .lock import checkpoint
-    from .ownership import check_slot, marker
+def plan_tiles(run: SlideRun) -> SlidePlan:
+    """Region, tissue, the tile grid over the tissue (and region) at the model's scale, stain statistics."""
+    from .graph import Geometry, TaskSettings
     from .stainnorm import check_colour, slide_stats
-    from .stitch import deduplicate
     from .tiling import make_grid
     from .tissue import detect_tissue, full_mask
     from .validate import tile_align
-    from .writers.atomic import atomic_dir
 
-    info = reader.info
+    info, st, mcfg = run.info, run.settings, run.mcfg
     roi = None
-    if settings.roi:
+    if st.roi:
         from .roi import load_roi
 
-        roi = load_roi(settings.roi, info)
+        roi = load_roi(st.roi, info)
     work_mpp = float(mcfg.get("mpp") or info.mpp)
     f = work_mpp / info.mpp
     H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
-    with timer("tissue"):
-        tissue = detect_tissue(reader) if settings.tissue_detection else full_mask(info)
-    grid = make_grid(H, W, settings.tile, settings.halo, align=tile_align(mcfg),
+    with run.timer("tissue"):
+        tissue = detect_tissue(run.reader) if st.tissue_detection else full_mask(info)
+    grid = make_grid(H, W, st.tile, st.halo, align=tile_align(mcfg),
                      keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0
                      and (roi is None or roi.meets_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f)))
-    geom = Geometry(str(path.resolve()), settings.mpp, float(info.mpp), work_mpp, f)
+    geom = Geometry(str(run.path.resolve()), st.mpp, float(info.mpp), work_mpp, f)
     stain = None
     if mcfg.get("stain_norm"):
-        with timer("stain"):
-            st = slide_stats(reader, tissue, f, H, W)
-            check_colour(st, path)
-            stain = st.to_dict() if st is not None else None
-    ts = TaskSettings(str(model_dir), settings.device, None, settings.batch, settings.margin,
-                      dict(mcfg.get("postprocess") or {}), stain, settings.types)
-    key = spool_key(geom, ts, grid.tile, grid.halo)
-    spool = spool_io.load(spool_io.folder_for(out, final.name, key), key)
+        with run.timer("stain"):
+            stats = slide_stats(run.reader, tissue, f, H, W)
+            check_colour(stats, run.path)
+            stain = stats.to_dict() if stats is not None else None
+    task = TaskSettings(str(run.model_dir), st.device, None, st.batch, st.margin,
+                        dict(mcfg.get("postprocess") or {}), stain, st.types)
+    return SlidePlan(tissue, grid, geom, roi, stain, task)
+
+
+def _segment_and_write(run: SlideRun, client, progress) -> dict:
+    """Plan, segment (resuming from the tile spool), stitch and write; the spool is finished on success and
+    left with only what a resume needs on failure."""
+    from . import spool as spool_io
+    from .graph import spool_key
+
+    plan = plan_tiles(run)
+    key = spool_key(plan.geom, plan.task, plan.grid.tile, plan.grid.halo)
+    spool = spool_io.load(spool_io.folder_for(run.out, run.final.name, key), key)
     try:
         if hasattr(progress, "start_tiles"):      # our own SlideProgress (a cohort passes a plain callable)
-            progress.start_tiles(len(grid))
+            progress.start_tiles(len(plan.grid))
             progress = progress.update
-        ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers)
-        stack = ExitStack()
-        closer = None
+        stack, closer = ExitStack(), None
         try:
-            with timer("segment"):
-                cl = stack.enter_context(ctx)
-                if settings.dashboard and client is None:
-                    print(_dashboard_line(cl, settings.scheduler), file=sys.stderr, flush=True)
-                resources = {"GPU": 1} if settings.device == "cuda" and _has_gpu_resource(cl) else None
-                tiles = run_tiles(cl, geom, list(grid), ts, spool=spool, per_task=settings.tiles_per_task,
-                                  on_done=progress, resources=resources)
+            tiles = _segment(run, plan, client, stack, spool, progress)
             # a cluster of our own shuts down (about 1 s) while the driver stitches and writes
             closer = threading.Thread(target=_close_quietly, args=(stack,), name="wsi-nuc-cluster-close",
                                       daemon=True)
             closer.start()
-            with timer("stitch"):
-                keep = deduplicate(tiles, band=2 * settings.margin + 1)
-            with atomic_dir(final, before_replace=lambda p: check_slot(p, identity, settings.overwrite)) as tmp:
-                summary = write_outputs(tmp, reader, info, tiles, keep, tissue, geom, grid, timer, settings,
-                                        mcfg, model_dir, roi=roi)
-                summary["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-                if stain is not None:
-                    summary["stain_normalisation"] = {"slide": stain, "target": mcfg["stain_norm"]}
-                summary["wsi_nuc_output"] = marker(identity)
-                (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-                checkpoint("commit")
+            summary = _stitch_and_write(run, plan, tiles)
         finally:
             if closer is None:
                 stack.close()
@@ -244,8 +211,45 @@ def _run_open_slide(reader, path, out, final, identity, settings, client, progre
     except BaseException:
         spool_io.drop_if_empty(spool)    # a failed run leaves only what a resume needs
         raise
-    spool_io.finish(spool, f".{final.name}.tiles-")
-    summary["output"] = str(final)
+    spool_io.finish(spool, f".{run.final.name}.tiles-")
+    summary["output"] = str(run.final)
+    return summary
+
+
+def _segment(run: SlideRun, plan: SlidePlan, client, stack: ExitStack, spool, progress) -> list:
+    """Every tile of the grid through the Dask graph (on ``client``, or a cluster of our own entered on ``stack``)."""
+    from .cluster import dask_client
+    from .graph import run_tiles
+
+    st = run.settings
+    ctx = nullcontext(client) if client is not None else dask_client(st.scheduler, st.workers)
+    with run.timer("segment"):
+        cl = stack.enter_context(ctx)
+        if st.dashboard and client is None:
+            print(_dashboard_line(cl, st.scheduler), file=sys.stderr, flush=True)
+        resources = {"GPU": 1} if st.device == "cuda" and _has_gpu_resource(cl) else None
+        return run_tiles(cl, plan.geom, list(plan.grid), plan.task, spool=spool, per_task=st.tiles_per_task,
+                         on_done=progress, resources=resources)
+
+
+def _stitch_and_write(run: SlideRun, plan: SlidePlan, tiles) -> dict:
+    """One survivor per nucleus, then every output into a temporary folder renamed into place at the end."""
+    from .lock import checkpoint
+    from .ownership import check_slot, marker
+    from .stitch import deduplicate
+    from .writers.atomic import atomic_dir
+
+    st = run.settings
+    with run.timer("stitch"):
+        keep = deduplicate(tiles, band=2 * st.margin + 1)
+    with atomic_dir(run.final, before_replace=lambda p: check_slot(p, run.identity, st.overwrite)) as tmp:
+        summary = write_outputs(tmp, run, plan, tiles, keep)
+        summary["seconds"]["total"] = round(time.perf_counter() - run.t_start, 3)
+        if plan.stain is not None:
+            summary["stain_normalisation"] = {"slide": plan.stain, "target": run.mcfg["stain_norm"]}
+        summary["wsi_nuc_output"] = marker(run.identity)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        checkpoint("commit")
     return summary
 
 
@@ -271,163 +275,3 @@ def _close_quietly(stack: ExitStack) -> None:
 def _has_gpu_resource(client) -> bool:
     workers = client.scheduler_info().get("workers", {})
     return any("GPU" in (w.get("resources") or {}) for w in workers.values())
-
-
-def write_outputs(tmp: Path, reader, info, tiles, keep, tissue, geom, grid, timer, settings, mcfg,
-                  model_dir, roi=None) -> dict:
-    """GeoJSON, table and zarr from the same surviving nuclei (so ids agree), then QC image and summary.
-    What each writes: ``writers/slide_outputs.py``."""
-    from . import __version__
-    from .slide import read_thumbnail
-    from .writers import slide_outputs as so
-    from .writers.geojson import coordinate_decimals, write_geojson
-    from .writers.ome_zarr import PROPERTIES_MAX, write_ome_zarr
-    from .writers.table import write_csv, write_parquet
-
-    stem = slide_stem(info.path)
-    keep = so.apply_min_area(tiles, keep, settings.min_area_um2)
-    if roi is not None:
-        keep = so.apply_roi(tiles, keep, roi)
-    typed = so.has_types(tiles, keep)
-    outputs = []
-    with timer("write_geojson"):
-        gj = "nuclei.geojson.gz" if settings.geojson_gz else "nuclei.geojson"
-        dec = coordinate_decimals(geom.f) if settings.simplify > 0 else 2
-        n = write_geojson(tmp / gj, so.geojson_features(tiles, keep, settings.simplify * geom.f, typed, dec),
-                          clean=False, compact=True)  # cleaned per tile, rounded by simplify_rings
-        outputs.append(gj)
-    cols = so.table_columns(typed)
-    if settings.table in ("csv", "both"):
-        with timer("write_csv"):
-            write_csv(tmp / "nuclei.csv", cols, so.table_chunks(tiles, keep, stem, typed))
-            outputs.append("nuclei.csv")
-    if settings.table in ("parquet", "both"):
-        with timer("write_parquet"):
-            write_parquet(tmp / "nuclei.parquet", cols, so.table_chunks(tiles, keep, stem, typed))
-            outputs.append("nuclei.parquet")
-    with timer("write_zarr"):
-        index = FinalIndex(tiles, keep, geom.f)
-        thumb = read_thumbnail(reader, 2048)
-        zinfo = write_ome_zarr(tmp / "nuclei.ome.zarr", (grid.height, grid.width), index, geom.f,
-                               geom.level0_mpp, thumbnail=None if settings.zarr_image else thumb,
-                               image_reader=reader if settings.zarr_image else None,
-                               properties=so.zarr_properties(tiles, keep, typed) if n <= PROPERTIES_MAX else None,
-                               colors=so.zarr_colors(tiles, keep) if typed and n <= PROPERTIES_MAX else None,
-                               slide_name=stem)
-        zinfo["properties"] = n <= PROPERTIES_MAX
-        outputs.append("nuclei.ome.zarr")
-    tissue_mm2 = float(tissue.area_mm2(info.mpp))
-    roi_info = None
-    if roi is not None:                # analysed tissue = tissue inside the region
-        px_mm2 = (tissue.scale * float(info.mpp) / 1000.0) ** 2
-        tissue_mm2 = float(np.count_nonzero(tissue.mask & roi.fraction_of(tissue.mask, tissue.scale))) * px_mm2
-        roi_mm2 = roi.area_mm2(info.mpp)
-        roi_info = {"path": roi.path, "kind": "polygons" if roi.geometry is not None else "mask",
-                    "area_mm2": round(roi_mm2, 4), "tissue_area_mm2": round(tissue_mm2, 4),
-                    "nucleus_count": n, "nuclei_per_mm2": round(n / roi_mm2, 2) if roi_mm2 > 0 else None}
-    with timer("write_qc"):
-        write_qc(tmp / "qc.png", reader, tissue, tiles, keep, info.mpp,
-                 title=f"{stem}  |  model {mcfg.get('name', model_dir.name)} v{mcfg.get('version', '?')}"
-                       f"  |  wsi-nuc {__version__}",
-                 typed=typed, thumb=thumb, f=geom.f, min_area_um2=settings.min_area_um2)
-        outputs.append("qc.png")
-    summary = {
-        "slide": {**info.to_dict(), "path": str(info.path)},
-        "working_mpp": geom.work_mpp,
-        "level0_per_working_px": geom.f,
-        "tiles": {"core_px": grid.tile, "halo_px": grid.halo, "count": len(grid)},
-        "tissue_area_mm2": round(tissue_mm2, 4),
-        "tissue_detection": settings.tissue_detection,
-        "nucleus_count": n,
-        "nuclei_per_mm2": round(n / tissue_mm2, 2) if tissue_mm2 > 0 else None,
-        "min_area_um2": settings.min_area_um2,
-        "ome_zarr": {**zinfo, "resolution": "working", "scale_um": geom.work_mpp,
-                     "level0_px_per_label_px": geom.f},
-        "seconds": dict(timer.stages),
-        "model": {"name": mcfg.get("name", model_dir.name), "version": mcfg.get("version"),
-                  "path": str(model_dir)},
-        "software": {"wsi_nuc": __version__, "python": platform.python_version(), **_versions()},
-        "settings": {k: v for k, v in asdict(settings).items()
-                     if k not in ("quiet", "dashboard", "wait", "overwrite")},
-        "outputs": outputs + ["summary.json"],
-    }
-    if roi_info is not None:
-        summary["roi"] = roi_info
-    if typed:
-        summary["types"] = so.type_summary(so.type_counts(tiles, keep), tissue_mm2)
-    return summary
-
-
-def _versions() -> dict:
-    """Installed versions of the packages a result depends on (from package metadata: nothing is
-    imported, so the driver never loads torch just to name its version)."""
-    from importlib.metadata import version, PackageNotFoundError
-
-    out = {}
-    for pkg in ("torch", "openslide-python", "openslide-bin", "tiffslide", "dask", "distributed", "zarr",
-                "scikit-image", "shapely", "kornia", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-class FinalIndex:
-    """Surviving outlines that touch a working-pixel box, found through their tile (no global tree).
-
-    For every tile with survivors it keeps the outlines' bounding boxes in working pixels (level-0 / f),
-    one (n, 4) array per tile, and the box around them all; a query picks the tiles, then the outlines,
-    with boolean masks. An outline counts when its box touches [y0, y1] x [x0, x1] (edges included).
-    Ids and order are those of ``final_order``.
-    """
-
-    def __init__(self, tiles, keep, f):
-        from .graph import final_order
-
-        self.f = f
-        self.tiles = []
-        for tn, idx, first in final_order(tiles, keep):
-            if len(idx):
-                self.tiles.append((tn, idx, first, _outline_boxes(tn)[idx] / f))
-        self.boxes = np.array([(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
-                               for *_, b in self.tiles]).reshape(-1, 4)
-
-    def __call__(self, y0, x0, y1, x1):
-        for t in np.flatnonzero(_touching(self.boxes, y0, x0, y1, x1)):
-            tn, idx, first, boxes = self.tiles[t]
-            for j in np.flatnonzero(_touching(boxes, y0, x0, y1, x1)).tolist():
-                yield first + j, tn.polygon(idx[j])
-
-    query = __call__
-
-
-def _outline_boxes(tn) -> np.ndarray:
-    """(x_min, y_min, x_max, y_max) of every outline of a tile, level-0; NaN for an empty outline."""
-    starts, lens = tn.offsets[:-1], np.diff(tn.offsets)
-    out = np.full((len(lens), 4), np.nan)
-    ok = lens > 0
-    if ok.any():
-        x, y = tn.coords[:tn.offsets[-1], 0], tn.coords[:tn.offsets[-1], 1]
-        s = starts[ok]
-        out[ok] = np.column_stack([np.minimum.reduceat(x, s), np.minimum.reduceat(y, s),
-                                   np.maximum.reduceat(x, s), np.maximum.reduceat(y, s)])
-    return out
-
-
-def _touching(boxes: np.ndarray, y0, x0, y1, x1) -> np.ndarray:
-    """Which (x_min, y_min, x_max, y_max) boxes touch [y0, y1] x [x0, x1] (False for NaN boxes)."""
-    return (boxes[:, 2] >= x0) & (boxes[:, 0] <= x1) & (boxes[:, 3] >= y0) & (boxes[:, 1] <= y1)
-
-
-def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float, title: str | None = None,
-             typed: bool = False, thumb=None, f: float = 1.0, min_area_um2: float | None = None) -> None:
-    """qc.png from the surviving nuclei: zoom windows picked by ``writers.qc_data.pick_zooms``."""
-    from .slide import read_thumbnail
-    from .writers.qc import write_qc_png
-    from .writers.qc_data import qc_inputs
-
-    thumb, scale = thumb if thumb is not None else read_thumbnail(reader, 1024)
-    kw = qc_inputs(reader, tiles, keep, level0_mpp, f, typed)
-    write_qc_png(path, thumb, scale, tissue.mask, level0_mpp=level0_mpp, title=title,
-                 min_area_um2=min_area_um2, **kw)

@@ -1,0 +1,88 @@
+"""What one slide run knows: its settings (:class:`RunSettings`), its checked inputs (:class:`SlideRun`), its
+tiling plan (:class:`SlidePlan`) and its stage clock (:class:`Timer`). The pipeline's steps and the output
+writers take these instead of long parameter lists."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a slide run depends on (CLI flags map 1:1 onto these)."""
+
+    model: str | None = None
+    device: str = "auto"
+    tile: int = 512                 # core edge, working px
+    halo: int = 64                  # context on each side, working px (> largest nucleus radius)
+    mpp: float | None = None        # override of the slide's level-0 mpp
+    tissue_detection: bool = True
+    workers: int | None = None
+    scheduler: str | None = None
+    batch: int | None = None        # tiles per forward pass; None: 1 on CPU (fastest there), 8 on CUDA
+    tiles_per_task: int = 4
+    margin: int = 8                 # ownership slack, px; duplicates in it are resolved by the stitcher
+    quiet: bool = False
+    geojson_gz: bool = False        # nuclei.geojson.gz instead of nuclei.geojson
+    simplify: float = 0.5           # GeoJSON outline tolerance, working px (0: as traced)
+    table: str = "csv"              # "csv" | "parquet" | "both"
+    zarr_image: bool = False        # the slide itself as the OME-Zarr parent image (else a thumbnail)
+    min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
+    dashboard: bool = False         # print the Dask dashboard link
+    roi: str | None = None          # region of interest: QuPath GeoJSON or mask image (wsi_nuc/roi.py)
+    types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
+    wait: bool = False              # output locked by another run: wait for it (else InputError at once)
+    overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
+
+
+@dataclass
+class Timer:
+    stages: dict = field(default_factory=dict)
+    on_stage: object = None         # callable(stage name), e.g. a SlideProgress's stage()
+
+    def __call__(self, name):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                if timer.on_stage is not None:
+                    timer.on_stage(name)
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.stages[name] = round(timer.stages.get(name, 0) + time.perf_counter() - self.t0, 3)
+
+        return _T()
+
+
+@dataclass(frozen=True)
+class SlideRun:
+    """One slide run after its input checks: the open slide, the model and where the outputs go."""
+
+    path: Path                  # the slide, as given
+    out: Path                   # the output folder (OUT)
+    final: Path                 # OUT/<stem>: where the outputs are moved at the end
+    identity: dict              # the slide's size and first-MiB hash (ownership marker)
+    settings: RunSettings       # validated, tile and halo on the model's grid
+    reader: object              # the open SlideReader
+    model_dir: Path
+    mcfg: dict                  # the model's config.json
+    timer: Timer
+    t_start: float              # perf_counter() at the start, for the total time
+
+    @property
+    def info(self):
+        return self.reader.info
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """Where and how the slide is segmented: tissue, region, tile grid, scale, stain statistics, task settings."""
+
+    tissue: object              # tissue.TissueMask
+    grid: object                # tiling.Grid, in working pixels
+    geom: object                # graph.Geometry: level-0 <-> working scale
+    roi: object = None          # roi.Region, with --roi
+    stain: dict | None = None   # the slide's stain statistics (models with stain normalisation)
+    task: object = None         # graph.TaskSettings: what each tile task needs
