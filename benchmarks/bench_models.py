@@ -68,9 +68,16 @@ def bench(name: str, data: str, threads: int, params_override: dict | None = Non
         name = with_refine(name[:-len("+refine")], Path(tempfile.mkdtemp()))
     pred = get_predictor(name, "cpu")
     arch = pred.config.get("arch", {})
-    from wsi_nuc.model.net import NetConfig
+    if arch.get("kind") == "mobileunet":     # NetConfig would describe a U-Net that is not this network
+        from wsi_nuc.model.mobilenet import MobileUNet, MobileUNetConfig, macs_per_pixel as mobile_macs
 
-    cfg = NetConfig.from_dict(arch)
+        mcfg = MobileUNetConfig.from_dict(arch)
+        net_params, macs = count_params(pred.net) or count_params(MobileUNet(mcfg)), mobile_macs(mcfg)
+    else:
+        from wsi_nuc.model.net import NetConfig
+
+        cfg = NetConfig.from_dict(arch)
+        net_params, macs = count_params(pred.net) or count_params(UNet(cfg)), macs_per_pixel(cfg)
     t256 = time_maps(pred, (8, 256, 256, 3)) / 8
     t1024 = time_maps(pred, (1, 1024, 1024, 3))
     res = evaluate(data, name, "val", "cpu", params=params_override)["aggregate"]
@@ -78,8 +85,8 @@ def bench(name: str, data: str, threads: int, params_override: dict | None = Non
     return {
         "model": label, "aji": res["aji"], "pq": res["pq"], "f1": res["f1"], "aji_pooled": res["aji_pooled"],
         **({"foreign_aji": other["aji"], "foreign_pq": other["pq"], "foreign_f1": other["f1"]} if other else {}),
-        "params": count_params(pred.net) or count_params(UNet(cfg)),
-        "gmac_per_mpx": macs_per_pixel(cfg) / 1e3,
+        "params": net_params,
+        "gmac_per_mpx": macs / 1e3,
         "ms_per_256_tile": t256 * 1e3, "mpx_per_s": 1024 * 1024 / t1024 / 1e6, "threads": threads,
     }
 

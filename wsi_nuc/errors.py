@@ -38,3 +38,17 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     for module in ("tifffile", "tiffslide", "imagecodecs", "PIL", "openslide", "zarr", "numcodecs"):
         warnings.filterwarnings("ignore", module=module)
+
+
+def known_fields(cls, d: dict | None, what: str) -> dict:
+    """``d`` (None: empty) when every key is a field of the dataclass ``cls``, else one InputError naming the key.
+
+    For the ``from_dict`` of configuration dataclasses: a typo (``fg_treshold``) must not be silently ignored.
+    """
+    d = dict(d or {})
+    fields = cls.__dataclass_fields__
+    unknown = [k for k in d if k not in fields]
+    if unknown:
+        raise InputError(f"{what}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(fields)})")
+    return d

@@ -23,8 +23,10 @@ class InstanceParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "InstanceParams":
-        d = d or {}
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """From a config dict (``postprocess`` in a model's config.json); an unknown key is an InputError."""
+        from .errors import known_fields
+
+        return cls(**known_fields(cls, d, "postprocess"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -92,7 +92,7 @@ def _check_inputs(path: Path, out: Path, settings: RunSettings, t_start: float) 
     from .model.io import check_model_dir, resolve_model_dir
     from .ownership import check_stem, slide_identity
     from .slide import open_slide
-    from .validate import tile_align, validate_settings
+    from .validate import check_postprocess, tile_align, validate_settings
     from .writers.atomic import safe_child
 
     settings, _ = validate_settings(settings)
@@ -100,6 +100,7 @@ def _check_inputs(path: Path, out: Path, settings: RunSettings, t_start: float) 
     with timer("open"):
         model_dir = resolve_model_dir(settings.model, settings.device)
         mcfg = check_model_dir(model_dir)
+        check_postprocess(mcfg, model_dir)
         settings, _ = validate_settings(settings, tile_align(mcfg))
         reader = open_slide(path, settings.mpp)
     try:

@@ -137,8 +137,10 @@ class RefineParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RefineParams":
-        d = d or {}
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """From a config dict (``refine`` in a model's config.json); an unknown key is an InputError."""
+        from .errors import known_fields
+
+        return cls(**known_fields(cls, d, "refine"))
 
     def to_dict(self) -> dict:
         return asdict(self)

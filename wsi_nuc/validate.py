@@ -107,3 +107,14 @@ def check_output_dir(out: Path) -> None:
         raise InputError(f"{out}: no space left on device ({free // 1024} KiB free); free some space or "
                          f"choose another --out")
 
+
+
+def check_postprocess(model_config: dict, model_dir) -> None:
+    """The model's ``postprocess`` settings, checked on the driver (a typo would otherwise fail every tile task
+    on the workers): one InputError naming the config file and the unknown key."""
+    from .instances import InstanceParams
+
+    try:
+        InstanceParams.from_dict(model_config.get("postprocess"))
+    except InputError as e:
+        raise InputError(f"{Path(model_dir) / 'config.json'}: {e}") from None

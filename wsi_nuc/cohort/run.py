@@ -127,7 +127,7 @@ def _check_usage(cohort, out, settings):
     """Everything that is bad usage (exit 2), before the lock and any slide: settings, cohort, output, model."""
     from ..model.io import check_model_dir, resolve_model_dir
     from ..pipeline import RunSettings
-    from ..validate import check_output_dir, validate_settings
+    from ..validate import check_output_dir, check_postprocess, validate_settings
 
     settings, _ = validate_settings(settings or RunSettings())
     if not isinstance(cohort, Cohort):
@@ -135,7 +135,7 @@ def _check_usage(cohort, out, settings):
     out = Path(os.path.abspath(out))
     check_output_dir(out)
     model_dir = resolve_model_dir(settings.model, settings.device)   # a bad --model is a usage error, before any slide
-    check_model_dir(model_dir)
+    check_postprocess(check_model_dir(model_dir), model_dir)
     return cohort, out, settings, model_dir
 
 

@@ -51,11 +51,17 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
+        """From a model's ``arch`` (an unknown key is an InputError; ``kind: unet`` names this family)."""
+        from ..errors import known_fields
+
         d = dict(d)
+        if d.get("kind") == "unet":
+            del d["kind"]
+        d = known_fields(cls, d, "arch")
         for k in ("heads", "types"):
             if k in d:
                 d[k] = tuple(d[k])
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        return cls(**d)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
