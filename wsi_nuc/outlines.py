@@ -1,5 +1,5 @@
-"""Many nucleus outlines at once: packed back to back, and cleaned (the vectorised fast path of
-``writers.geojson.clean_polygon``).
+"""Nucleus outlines: packed back to back, and cleaned one at a time (:func:`clean_polygon`) or many at once
+(:func:`clean_polygons`, its vectorised fast path). Kernels of the tile task: no writer is imported here.
 
 A tile owns hundreds of nuclei; cleaning their rings one shapely call at a time cost more than the
 watershed. :func:`clean_polygons` builds every ring in one array call, keeps those that are already valid
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
+from shapely.geometry import Polygon
+from shapely.geometry.polygon import orient
 
 
 def pack_polygons(polys: list) -> tuple[np.ndarray, np.ndarray]:
@@ -24,8 +26,6 @@ def pack_polygons(polys: list) -> tuple[np.ndarray, np.ndarray]:
 
 def clean_polygons(rings: list, decimals: int = 2) -> list:
     """``[clean_polygon(r) for r in rings]``, computed in bulk (None stays None)."""
-    from .writers.geojson import clean_polygon
-
     out: list = [None] * len(rings)
     todo = []
     arrays = []
@@ -60,3 +60,66 @@ def clean_polygons(rings: list, decimals: int = 2) -> list:
         if j not in done:
             out[i] = clean_polygon(rings[i], decimals)
     return out
+
+
+def _largest_polygon(geom) -> Polygon | None:
+    """The largest-area Polygon in ``geom`` (any geometry type), holes dropped; None if there is none."""
+    if geom is None or geom.is_empty:
+        return None
+    parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+    polys = []
+    for g in parts:
+        polys.extend(shapely.get_parts(g) if g.geom_type == "MultiPolygon" else [g])
+    if not polys:
+        return None
+    best = max(polys, key=lambda p: p.area)
+    if best.area <= 0:
+        return None
+    return Polygon(best.exterior)
+
+
+def clean_polygon(xy: np.ndarray, decimals: int = 2) -> np.ndarray | None:
+    """Make one valid, simple polygon ring from vertices ``xy`` (K, 2); None if nothing is left.
+
+    Fast path: if the ring rounded to ``decimals`` is already a valid polygon it is returned with
+    collinear vertices removed and counter-clockwise orientation. Otherwise: drop non-finite vertices;
+    ``shapely.make_valid`` (bow-ties, spikes, repeated
+    points); keep the largest polygon part and its exterior only (holes dropped); snap to a grid of
+    ``10**-decimals`` with ``shapely.set_precision`` (validity-preserving); orient counter-clockwise
+    (RFC 7946); round; re-validate the rounded ring. Returns a closed (M, 2) float64 ring (first vertex
+    repeated at the end), M >= 4.
+    """
+    a = np.asarray(xy, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"polygon vertices must be (K, 2), got {a.shape}")
+    a = a[np.isfinite(a).all(axis=1)]
+    if len(a) < 3:
+        return None
+    grid = 10.0 ** (-decimals)
+    # fast path (the usual case): the rounded ring is already valid; dropping collinear vertices and
+    # re-orienting keep it valid and do not create new coordinates
+    fast = Polygon(np.round(a, decimals))
+    if fast.is_valid and fast.area > 0 and not fast.interiors:
+        fast = fast.simplify(0)
+        if fast.geom_type == "Polygon" and not fast.is_empty:
+            ring = np.asarray(orient(fast, sign=1.0).exterior.coords, dtype=np.float64)
+            if len(ring) >= 4:
+                return ring
+    geom = Polygon(a)
+    for _ in range(3):
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+        poly = _largest_polygon(geom)
+        if poly is None:
+            return None
+        poly = poly.simplify(0)  # removes collinear / repeated vertices only (lossless)
+        snapped = _largest_polygon(shapely.set_precision(poly, grid))
+        if snapped is None:
+            return None
+        snapped = orient(snapped, sign=1.0)
+        ring = np.round(np.asarray(snapped.exterior.coords, dtype=np.float64), decimals)
+        check = Polygon(ring)
+        if len(ring) >= 4 and check.is_valid and check.area > 0:
+            return ring
+        geom = check  # rounding broke it: repair the rounded ring and try again
+    return None
