@@ -127,10 +127,11 @@ def test_run_limited_to_a_region(slides, tmp_path, client):
 
 def test_cohort_csv_roi_column(tmp_path, slides):
     from wsi_nuc import cohort as C
+    from wsi_nuc.cohort.resume import _slide_roi
 
     (tmp_path / "rois").mkdir()
     (tmp_path / "c.csv").write_text(f"path,roi\n{slides / 'CMU-1-Small-Region.svs'},rois/cmu.geojson\n"
                                     f"{slides / 'OS-1-detail.ome.tif'},\n")
     c = C.read_cohort(tmp_path / "c.csv")
     assert c.slides[0].extra["roi"] == str(tmp_path / "rois" / "cmu.geojson")
-    assert C._slide_roi(c.slides[1], SimpleNamespace(roi=None)) is None
+    assert _slide_roi(c.slides[1], SimpleNamespace(roi=None)) is None
