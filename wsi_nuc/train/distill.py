@@ -61,6 +61,7 @@ DISTILL_DEFAULTS = {
     "min_flop_ratio": 4.0,   # teacher MACs/px / student MACs/px
     "init_encoder_from_teacher": False,
     "init_student_from": None,   # a model (name or folder) of the student's architecture to start from
+    "type_teacher": None,        # a typed model whose type logits teach the student's type head
 }
 
 SIGMOID_HEADS = {"kd_fg": 0, "kd_boundary": 1, "kd_centre": 5}
@@ -188,10 +189,43 @@ def check_student(student: nn.Module, teacher: nn.Module, d: dict) -> dict:
             "flop_ratio": round(ratio, 3)}
 
 
-def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None):
+class TypeTeacher:
+    """A second, typed teacher for the type head only. It may expect other input colours and scaling than
+    the student (its own ``stain_norm`` and ``norm``): the batch is mapped back to RGB, recoloured from the
+    student's stain target to the type teacher's (one Reinhard map between the two fixed targets) and
+    normalised its way."""
+
+    def __init__(self, name: str, data_norm: dict, data_stain):
+        from ..stainnorm import LabStats
+
+        self.net, self.cfg = load_model(name, "cpu")
+        self.net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        if not self.cfg.get("types"):
+            raise InputError(f"distill.type_teacher {name}: the model has no type head")
+        self.norm_in, self.norm_out = data_norm, self.cfg.get("norm") or {"mean": 0.5, "std": 0.25}
+        self.stain_in, self.stain_out = data_stain, LabStats.from_dict(self.cfg.get("stain_norm"))
+
+    @torch.no_grad()
+    def type_logits(self, x: torch.Tensor) -> torch.Tensor:
+        from ..stainnorm import normalise
+
+        rgb = (x * self.norm_in["std"] + self.norm_in["mean"]).clamp(0, 1).mul(255).round()
+        rgb = rgb.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if self.stain_in is not None and self.stain_out is not None:
+            rgb = normalise(rgb, self.stain_in, self.stain_out)
+        y = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div(255.0)
+        y = (y - self.norm_out["mean"]) / self.norm_out["std"]
+        return self.net(y)[:, 6:]
+
+
+def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None, type_teacher=None):
     s_out, s_feats = student(x, return_features=True)
     with torch.no_grad():
         t_out, t_feats = teacher(x, return_features=True)
+        if type_teacher is not None:
+            t_out = torch.cat([t_out[:, :6], type_teacher.type_logits(x)], 1)
     parts = {}
     total = 0.0
     if d["supervised"]:
@@ -215,14 +249,14 @@ def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None):
 
 
 @torch.no_grad()
-def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None) -> dict:
+def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None, type_teacher=None) -> dict:
     """Per val source: the mean supervised loss (comparable with the teacher's) and total KD loss."""
     student.eval()
     out = {}
     for name, items in val_images(data, getattr(student, "stride", 32)):
         sup, tot = [], []
         for x, t in items:
-            total, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w)
+            total, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w, type_teacher)
             sup.append(parts["supervised"])
             tot.append(float(total))
         out[name] = {"val_loss": float(np.mean(sup)) if sup else float("nan"),
@@ -277,6 +311,7 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     opt = make_optimizer(params, tc)
     sup_w, type_w = tc.get("loss_weights", {}), tc.get("type_class_weights")
     data = load_data(cfg)
+    type_teacher = TypeTeacher(d["type_teacher"], data.norm, data.stain) if d["type_teacher"] else None
     log(data.describe() + f"; teacher {tcfg.get('name')} ({budget['teacher_macs_per_px']:,.0f} MACs/px) -> "
         f"student params={budget['params']:,} MACs/px={budget['student_macs_per_px']:,.0f} "
         f"({budget['flop_ratio']:.2f}x fewer)")
@@ -285,12 +320,13 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
         m = model_meta(cfg, data)
         m["params"] = budget["params"]
         m["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),
+                             "type_teacher": d["type_teacher"],
                              "teacher_name": tcfg.get("name"), **budget,
                              "weights": {k: v for k, v in d.items() if k not in ("max_params", "min_flop_ratio")}}
         return m
 
     job = Job(cfg, out, student, opt, data,
-              step_loss=lambda x, t: _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w),
-              validate=lambda: validate_distill(student, teacher, adapters, data, sup_w, d, type_w),
+              step_loss=lambda x, t: _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w, type_teacher),
+              validate=lambda: validate_distill(student, teacher, adapters, data, sup_w, d, type_w, type_teacher),
               meta=meta, extra={"adapters": adapters})
     return run_job(job, log)

@@ -74,13 +74,25 @@ class TrainData:
                           for s, v in zip(self.train, self.val))
 
 
+def stain_target(cfg: dict) -> LabStats | None:
+    """``data.stain_target``: a model (name or folder) whose ``stain_norm`` target to keep, e.g. when a
+    student must see its warm-start model's colours; None to pool the training images' statistics."""
+    name = cfg["data"].get("stain_target")
+    if not name:
+        return None
+    from ..model.io import read_model_config, resolve_model_dir
+
+    return LabStats.from_dict(read_model_config(resolve_model_dir(name, "cpu")).get("stain_norm"))
+
+
 def load_data(cfg: dict) -> TrainData:
     """Load ``data.roots`` (train and val splits); with ``data.stain_norm`` Reinhard-normalise every image
-    to the pooled CIELAB statistics of the training images (the model's ``stain_norm`` target)."""
+    to the pooled CIELAB statistics of the training images, or to ``data.stain_target`` (the model's
+    ``stain_norm`` target)."""
     train, val = load_sources(cfg["data"], "train"), load_sources(cfg["data"], "val")
     stain = None
     if cfg["data"].get("stain_norm"):
-        stain = lab_stats([s.image for s in all_samples(train)])
+        stain = stain_target(cfg) or lab_stats([s.image for s in all_samples(train)])
         for s in all_samples(train) + all_samples(val):
             s.image = normalise(s.image, lab_stats(s.image), stain)
     return TrainData(train, val, input_norm(cfg), stain)
