@@ -20,8 +20,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_one(slide: str, model: str, out: Path, extra: list[str]) -> dict:
+    """One `wsi-nuc run`; ``model`` may carry its own flags after ``::`` (``default::--no-types``)."""
+    spec = model
+    model, _, flags = model.partition("::")
     cmd = [sys.executable, str(HERE / "peak_rss.py"), "--", "wsi-nuc", "run", slide, "--out", str(out), "--quiet",
-           *extra]
+           *extra, *flags.split()]
     if model != "default":
         cmd += ["--model", model]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -31,7 +34,7 @@ def run_one(slide: str, model: str, out: Path, extra: list[str]) -> dict:
     summary = json.loads(next(out.glob("*/summary.json")).read_text())
     mpx = summary["tissue_area_mm2"] / (summary["working_mpp"] ** 2) if summary["tissue_area_mm2"] else 0.0
     wall = float(m.group(1))
-    return {"model": model, "resolved": summary["model"]["name"], "wall_s": wall,
+    return {"model": spec, "resolved": summary["model"]["name"], "wall_s": wall,
             "peak_rss_gib": float(m.group(2)), "largest_process_gib": float(m.group(3)),
             "nuclei": summary["nucleus_count"], "tissue_mm2": summary["tissue_area_mm2"],
             "tissue_mpx_per_s": mpx / wall, "stages_s": summary["seconds"]}
