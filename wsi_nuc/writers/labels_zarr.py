@@ -249,6 +249,26 @@ def ome_attrs(mpp_work: float, level0_mpp: float, f: float, name: str = "nuclei"
     return attrs
 
 
+def rasterise_blocks(arr, query, f: float, chunk: int) -> int:
+    """Fill the (H, W) array ``arr`` block by block (``chunk`` px) with the outlines ``query(y0, x0, y1, x1)``
+    yields for each block; returns the largest id written (0 when none). Blocks without outlines stay 0."""
+    h, w = arr.shape
+    max_id = 0
+    for y0 in range(0, h, chunk):
+        y1 = min(y0 + chunk, h)
+        for x0 in range(0, w, chunk):
+            x1 = min(x0 + chunk, w)
+            pairs = list(query(y0, x0, y1, x1))
+            if not pairs:
+                continue
+            buf = rasterise(pairs, y0, x0, y1, x1, f)
+            m = int(buf.max(initial=0))
+            if m:
+                max_id = max(max_id, m)
+                arr[y0:y1, x0:x1] = buf
+    return max_id
+
+
 def write_labels_zarr(path: Path | str, shape_work: tuple[int, int],
                       polygons: PolygonIndex | Callable[[int, int, int, int], Iterable[tuple[int, np.ndarray]]],
                       f: float, level0_mpp: float, chunk: int = 1024, name: str = "nuclei") -> None:
@@ -267,19 +287,7 @@ def write_labels_zarr(path: Path | str, shape_work: tuple[int, int],
         raise ValueError(f"chunk must be positive, got {chunk}")
     f = float(f)
     query = polygons.query if hasattr(polygons, "query") else polygons
-    max_id = 0
     with atomic_dir(path) as tmp:
         g, arr = _create_group_and_array(tmp, (h, w), chunk)
-        for y0 in range(0, h, chunk):
-            y1 = min(y0 + chunk, h)
-            for x0 in range(0, w, chunk):
-                x1 = min(x0 + chunk, w)
-                pairs = list(query(y0, x0, y1, x1))
-                if not pairs:
-                    continue
-                buf = rasterise(pairs, y0, x0, y1, x1, f)
-                m = int(buf.max(initial=0))
-                if m:
-                    max_id = max(max_id, m)
-                    arr[y0:y1, x0:x1] = buf
+        max_id = rasterise_blocks(arr, query, f, chunk)
         g.attrs.update(ome_attrs(f * level0_mpp, level0_mpp, f, name=name, extra={"max_label": max_id}))

@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .atomic import atomic_dir
-from .labels_zarr import NOTE, rasterise
+from .labels_zarr import NOTE, rasterise_blocks
 
 NGFF_VERSION = "0.4"
 # napari-ome-zarr turns every property into a napari feature row (about 80 µs a nucleus here: 2.1 s of a
@@ -248,15 +248,7 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
         labels_root.attrs.update({"labels": [name]})
         g = labels_root.create_group(name)
         lab0 = _create(g, "0", (h, w), (chunk, chunk), "uint32")
-        for y0, x0, y1, x1 in _blocks((h, w), chunk):
-            pairs = list(query(y0, x0, y1, x1))
-            if not pairs:
-                continue
-            buf = rasterise(pairs, y0, x0, y1, x1, f)
-            m = int(buf.max(initial=0))
-            if m:
-                max_id = max(max_id, m)
-                lab0[y0:y1, x0:x1] = buf
+        max_id = max(max_id, rasterise_blocks(lab0, query, f, chunk))
         _downsample_levels(g, shapes, chunk, _nearest, "uint32")
         extra = {"level0_mpp": mpp0, "mpp_work": f * mpp0, "f": f, "note": NOTE, "background": 0,
                  "ids": "label value = nucleus_id in nuclei.geojson / nuclei.csv",
