@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _dask_procs import local_dask
 
 from wsi_nuc import cohort as C
 from wsi_nuc.cli import main
@@ -98,50 +99,11 @@ def cohort_csv(slides, tmp_path_factory) -> Path:
     return d / "cohort.csv"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real `dask scheduler` and two single-threaded `dask worker` processes on 127.0.0.1."""
-    from distributed import Client
-
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    d = tmp_path_factory.mktemp("dask")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = []
-    logs = []
-    try:
-        def start(args, name):
-            log = open(d / f"{name}.log", "w")
-            logs.append(log)
-            procs.append(subprocess.Popen([str(BIN / "dask"), *args], stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, cwd=d))
-
-        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], "scheduler")
-        for i in range(2):
-            start(["worker", addr, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
-                   "--no-dashboard", "--memory-limit", "0", "--name", f"w{i}",
-                   "--local-directory", str(d / f"w{i}")], f"worker{i}")
-        with Client(addr, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=90)
+    with local_dask(tmp_path_factory.mktemp("dask"), 2) as addr:
         yield addr
-    finally:
-        for p in procs[::-1]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs[::-1]:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
 
 
 def _args(cohort, out, model, *extra):

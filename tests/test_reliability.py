@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _dask_procs import local_dask
 
 BIN = Path(sys.executable).parent
 WSI_NUC = str(BIN / "wsi-nuc")
@@ -107,46 +108,11 @@ def inputs(slides, tmp_path_factory) -> dict:
     return {"crop": d / "crop.png", "grey": d / "crop-grey.tif", "crop512": d / "crop512.png", "dir": d}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
     """A `dask scheduler` and one warm single-threaded `dask worker` (runs then take seconds)."""
-    from distributed import Client
-
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    d = tmp_path_factory.mktemp("dask")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs, logs = [], []
-    try:
-        for name, args in (("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                          "--no-dashboard"]),
-                           ("worker", ["worker", addr, "--nthreads", "1", "--nworkers", "1", "--host",
-                                       "127.0.0.1", "--no-dashboard", "--memory-limit", "0",
-                                       "--local-directory", str(d / "w")])):
-            logs.append(open(d / f"{name}.log", "w"))
-            procs.append(subprocess.Popen([str(BIN / "dask"), *args], stdout=logs[-1], stderr=subprocess.STDOUT,
-                                          env=env, cwd=d))
-        with Client(addr, timeout="60s") as client:
-            client.wait_for_workers(1, timeout=90)
+    with local_dask(tmp_path_factory.mktemp("dask"), 1) as addr:
         yield addr
-    finally:
-        for p in procs[::-1]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs[::-1]:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
 
 
 def run_args(slide, out, *extra, scheduler=None):
