@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .inputs import Cohort, CohortSlide
-from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
+from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, TYPE_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
 
 # Run settings that change the nuclei: a finished slide made with other values is redone, not skipped.
 RESULT_SETTINGS = ("tile", "halo", "tissue_detection", "margin", "geojson_gz", "simplify", "table",
@@ -86,7 +86,7 @@ def plan(cohort: Cohort, out: Path, settings, model_dir: Path, force: bool, log,
                                "finished_at": prev[s.stem].get("finished_at", "")}
         old = prev_morph.get(s.stem)
         if old and str(old.get("nucleus_count")) == str(summ.get("nucleus_count")):
-            tables.morph[s.stem] = {k: old.get(k) for k in SUMMARY_COLUMNS}
+            tables.morph[s.stem] = {k: old.get(k) for k in SUMMARY_COLUMNS + TYPE_COLUMNS}
         else:
             tables.morph[s.stem] = _morph_row(s, out, summ, log)
     return tables, todo
