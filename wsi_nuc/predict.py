@@ -15,6 +15,51 @@ from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 # Output channels of ``Predictor.maps`` (after the activations).
 MAP_CHANNELS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
 N_MAPS = len(MAP_CHANNELS)  # a type head's softmax (background + K types) follows these
+_HV_X, _HV_Y = MAP_CHANNELS.index("hv_x"), MAP_CHANNELS.index("hv_y")
+
+# Test-time augmentation: transforms of the square as (transpose, flip rows, flip columns); 4 = the flips,
+# 8 = the flips and rotations by 90° (the dihedral group).
+TTA_TRANSFORMS = {
+    1: [(False, False, False)],
+    4: [(False, fr, fc) for fr in (False, True) for fc in (False, True)],
+    8: [(t, fr, fc) for t in (False, True) for fr in (False, True) for fc in (False, True)],
+}
+
+
+def forward_tta(net, x: torch.Tensor, n: int = 1) -> torch.Tensor:
+    """Raw network outputs (B, C, H, W) averaged over ``n`` (1, 4 or 8) flips/rotations of ``x``.
+
+    Each transform is undone on the outputs: maps are flipped/transposed back, and the offset channels
+    follow the geometry (a column flip negates ``hv_x``, a row flip ``hv_y``, a transpose swaps them).
+    Averaging raw outputs (logits, offsets before tanh) keeps calibration and post-processing unchanged.
+
+    >>> import torch
+    >>> net = lambda t: torch.cat([t[:, :1]] * 6, 1)          # an "identity" net: 6 copies of channel 0
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> bool(torch.equal(forward_tta(net, x, 8)[:, 0], x[:, 0]))
+    True
+    """
+    if n not in TTA_TRANSFORMS:
+        raise ValueError(f"tta must be one of {sorted(TTA_TRANSFORMS)}, not {n}")
+    acc = None
+    for transpose, flip_rows, flip_cols in TTA_TRANSFORMS[n]:
+        y = x.transpose(2, 3) if transpose else x
+        dims = [d for d, f in ((2, flip_rows), (3, flip_cols)) if f]
+        y = torch.flip(y, dims) if dims else y
+        out = net(y).float()
+        if dims:
+            out = torch.flip(out, dims)
+        if flip_rows or flip_cols or transpose:
+            out = out.clone()
+        if flip_rows:
+            out[:, _HV_Y] = -out[:, _HV_Y]
+        if flip_cols:
+            out[:, _HV_X] = -out[:, _HV_X]
+        if transpose:
+            out = out.transpose(2, 3)
+            out[:, [_HV_X, _HV_Y]] = out[:, [_HV_Y, _HV_X]].clone()
+        acc = out if acc is None else acc + out
+    return acc / len(TTA_TRANSFORMS[n])
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -60,7 +105,7 @@ class Predictor:
         return int(getattr(self.net, "stride", 16))
 
     @torch.inference_mode()
-    def maps(self, images: np.ndarray, stain=None) -> np.ndarray:
+    def maps(self, images: np.ndarray, stain=None, tta: int = 1) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, C, H, W) float32 maps; pads to the stride by mirroring, crops back.
 
         C is 6 (:data:`MAP_CHANNELS`), or 6 + 1 + K for a model with K nucleus types: channels 6.. are then
@@ -68,7 +113,8 @@ class Predictor:
 
         A model with ``stain_norm`` in its config first Reinhard-normalises the images: from ``stain``
         (a :class:`~wsi_nuc.stainnorm.LabStats` of the slide or image they come from) when given, else
-        from each image's own statistics.
+        from each image's own statistics. ``tta`` (1, 4 or 8): average over flips/rotations
+        (:func:`forward_tta`), ``tta`` times the network's cost.
         """
         target = self.stain_target
         if target is not None:
@@ -86,9 +132,9 @@ class Predictor:
         x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(norm["mean"]).div_(norm["std"])
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                out = self.net(x)
+                out = forward_tta(self.net, x, tta)
         else:
-            out = self.net(x)
+            out = forward_tta(self.net, x, tta)
         out = out.float().contiguous()  # INT8 graphs return channels-last: slices of it are slow
         act = torch.empty_like(out)
         act[:, 0] = calibrated_fg(out[:, 0], self.lts, x)
