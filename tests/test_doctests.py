@@ -9,7 +9,7 @@ import pytest
 MODULES = ["wsi_nuc.types", "wsi_nuc.progress", "wsi_nuc.roi", "wsi_nuc.writers.measures",
            "wsi_nuc.writers.geojson", "wsi_nuc.writers.ome_zarr", "wsi_nuc.writers.table",
            "wsi_nuc.writers.qc", "wsi_nuc.writers.qc_data", "wsi_nuc.writers.slide_outputs",
-           "wsi_nuc.cohort.manifest"]
+           "wsi_nuc.cohort.manifest", "wsi_nuc.predict"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -147,6 +147,8 @@ class Predictor:
                                  f"has {out.shape[1]} output channels (need {N_MAPS + 1 + nt})")
             act[:, N_MAPS:N_MAPS + 1 + nt] = torch.softmax(out[:, N_MAPS:N_MAPS + 1 + nt], dim=1)
             act = act[:, :N_MAPS + 1 + nt]
+            if self.config.get("type_weights"):
+                act = reweight_types(act, self.config["type_weights"])
         else:
             act = act[:, :N_MAPS]
         act = act[:, :, :h, :w]
@@ -154,6 +156,32 @@ class Predictor:
         if rp.enabled:
             act = refine_maps(act, self.mpp, rp)
         return act.cpu().numpy()
+
+
+def reweight_types(maps, weights):
+    """Maps (B, 6 + 1 + K, H, W) with the type softmax re-weighted for other class priors: the probability
+    of type k is multiplied by ``weights[k]`` (K values; background keeps 1) and the 1 + K renormalised.
+
+    This is logit adjustment (adding ``log w_k`` to type k's logit; Menon et al. 2021, "Long-tail learning
+    via logit adjustment"): the head was trained on CoNSeP's class frequencies, and a weight above 1 gives
+    a rare type ("other") the pixels it loses to common ones at equal evidence. A model's ``config.json``
+    may carry ``type_weights``, fitted on val with ``benchmarks/tune_types.py``. Tensor or array.
+
+    >>> import numpy as np
+    >>> m = np.zeros((1, 9, 1, 1)); m[0, 6:] = [[[0.2]], [[0.5]], [[0.3]]]
+    >>> np.round(reweight_types(m, [1.0, 2.0])[0, 6:, 0, 0], 3).tolist()
+    [0.154, 0.385, 0.462]
+    """
+    w = [1.0, *map(float, weights)]
+    if isinstance(maps, torch.Tensor):
+        t = maps[:, N_MAPS:N_MAPS + len(w)] * torch.tensor(w, dtype=maps.dtype, device=maps.device).view(1, -1, 1, 1)
+    else:
+        t = maps[:, N_MAPS:N_MAPS + len(w)] * np.asarray(w, dtype=maps.dtype).reshape(1, -1, 1, 1)
+    if t.shape[1] != len(w):
+        raise ValueError(f"type_weights: {len(w) - 1} weights for {t.shape[1] - 1} types")
+    out = maps.clone() if isinstance(maps, torch.Tensor) else maps.copy()
+    out[:, N_MAPS:N_MAPS + len(w)] = t / t.sum(1, keepdims=True)
+    return out
 
 
 _CACHE: dict = {}
