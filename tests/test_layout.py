@@ -23,9 +23,9 @@ slide, mpp = sys.argv[1], 0.499
 model = resolve_model_dir(None, "cpu")
 cfg = read_model_config(model)
 f = 0.5 / mpp
-grid = make_grid(256, 256, 128, 32)
+grid = make_grid(256, 256, 128, 32, margin=8)
 geom = Geometry(slide, None, mpp, 0.5, f)
-ts = TaskSettings(str(model), "cpu", 1, None, 8, dict(cfg.get("postprocess") or {}), None, True)
+ts = TaskSettings(str(model), "cpu", 1, None, dict(cfg.get("postprocess") or {}), None, True)
 tn = process_tiles(geom, [next(iter(grid))], ts)
 print(json.dumps({"nuclei": int(tn[0].n), "modules": sorted(m for m in sys.modules if m.startswith("wsi_nuc"))}))
 """

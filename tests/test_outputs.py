@@ -31,7 +31,7 @@ def _tiles_from_labels(labels_work, image_work, f, mpp_work, mpp0, tile=256, hal
     from wsi_nuc.tiling import make_grid
 
     H, W = labels_work.shape
-    grid = make_grid(H, W, tile, halo)
+    grid = make_grid(H, W, tile, halo, margin=8)
     tiles = []
     for t in grid:
         r = t.read
@@ -41,7 +41,7 @@ def _tiles_from_labels(labels_work, image_work, f, mpp_work, mpp0, tile=256, hal
                      constant_values=255)
         conf = np.where(lab > 0, 0.9, 0.1).astype(np.float32)
         tiles.append(owned_nuclei(t, lab, img, conf, f, mpp_work, mpp0))
-    return grid, tiles, deduplicate(tiles, band=17)
+    return grid, tiles, deduplicate(tiles, band=grid.band)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,7 @@ def _with_types(tiles):
 
 def _write(tmp, slide_parts, tiles=None, **settings):
     from wsi_nuc.pipeline import RunSettings, SlidePlan, SlideRun, Timer, write_outputs
+    from wsi_nuc.stitch import stitch
     from wsi_nuc.tissue import full_mask
 
     reader, grid, base_tiles, keep, geom = slide_parts
@@ -94,7 +95,8 @@ def _write(tmp, slide_parts, tiles=None, **settings):
     tmp.mkdir(parents=True, exist_ok=True)
     run = SlideRun(Path(reader.info.path), tmp, tmp, {}, st, reader, Path("test-model"),
                    {"name": "test-model", "version": "9.9"}, Timer(), 0.0)
-    summary = write_outputs(tmp, run, SlidePlan(full_mask(reader.info), grid, geom), tiles, keep)
+    final = stitch(tiles, grid.band, st.min_area_um2)   # the pipeline's stitch step, on these tiles
+    summary = write_outputs(tmp, run, SlidePlan(full_mask(reader.info), grid, geom), final)
     return summary
 
 

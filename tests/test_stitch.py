@@ -36,7 +36,7 @@ def synthetic_labels(h, w, n, seed, rmax=9):
 
 def tile_and_stitch(lab, tile, halo, margin=8, f=1.0):
     h, w = lab.shape
-    grid = make_grid(h, w, tile, halo, align=16)
+    grid = make_grid(h, w, tile, halo, align=16, margin=margin)
     img = np.zeros((h, w, 3), np.uint8)
     results = []
     for t in grid:
@@ -44,8 +44,8 @@ def tile_and_stitch(lab, tile, halo, margin=8, f=1.0):
         pad = ((max(0, -r.y0), max(0, r.y1 - h)), (max(0, -r.x0), max(0, r.x1 - w)))
         crop = np.pad(lab[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad)
         icrop = np.pad(img[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad + ((0, 0),))
-        results.append(owned_nuclei(t, crop, icrop, None, f, 0.5, 0.5 / f, margin))
-    keep = deduplicate(results, band=2 * margin + 1)
+        results.append(owned_nuclei(t, crop, icrop, None, f, 0.5, 0.5 / f))
+    keep = deduplicate(results, band=grid.band)
     return results, keep
 
 

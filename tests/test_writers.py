@@ -276,10 +276,10 @@ def test_polygon_areas():
 
 
 def test_final_index_matches_brute_force():
-    from wsi_nuc.graph import iter_final
+    from wsi_nuc.stitch import number
     from wsi_nuc.writers.final_index import FinalIndex
 
-    class Tile:  # the parts of TileNuclei that FinalIndex and final_order use
+    class Tile:  # the parts of TileNuclei that FinalIndex and stitch.number use
         def __init__(self, polys):
             self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in polys], dtype=np.int64)])
             self.coords = np.concatenate(polys) if polys else np.zeros((0, 2))
@@ -294,8 +294,9 @@ def test_final_index_matches_brute_force():
     tiles = [Tile([_rand_polygon(rng, 3) * f + rng.uniform(0, 300, 2) for _ in range(n)])
              for n in rng.integers(0, 30, 6).tolist()]
     keep = [rng.random(len(t.offsets) - 1) < 0.8 for t in tiles]
-    final = {nid: tn.polygon(i) for nid, tn, i in iter_final(tiles, keep)}
-    index = FinalIndex(tiles, keep, f)
+    numbered = number(tiles, keep)
+    final = {nid: tn.polygon(i) for nid, tn, i in numbered.nuclei()}
+    index = FinalIndex(numbered, f)
     for y0, x0 in rng.integers(-20, 180, (40, 2)).tolist():
         y1, x1 = y0 + int(rng.integers(1, 60)), x0 + int(rng.integers(1, 60))
         want = [nid for nid, p in final.items()

@@ -7,11 +7,9 @@ interrupted slide resumes from its finished tiles.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass, asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -41,7 +39,6 @@ class TaskSettings:
     device: str
     threads: int | None
     batch: int | None             # None: 1 on CPU, 8 on CUDA
-    margin: int
     params: dict
     stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
     types: bool = True            # per-nucleus type and type_prob, when the model has a type head
@@ -79,19 +76,8 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
         maps = predictor.maps(images[s:s + bs], stain)
         for k, t in enumerate(tiles[s:s + bs]):
             out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
-                                   ts.margin, types=types))
+                                   types=types))
     return out
-
-
-def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
-    """Identity of a slide run: finished tiles are reused only when all of this matches."""
-    st = os.stat(geom.slide)
-    weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(ts.model).glob("*")
-                     if p.is_file()) if ts.model and Path(ts.model).is_dir() else []
-    ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model, weights,
-                  ts.margin, sorted(ts.params.items()), ts.stain, tile, halo)
-                 + (() if ts.types else ("no-types",)))  # runs with types keep their former keys
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
 def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "Spool | None" = None,
@@ -146,24 +132,3 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
             on_done(len(batch))
         submit_next()
     return [results[t.key] for t in tiles if t.key in results]
-
-
-def final_order(tiles: list[TileNuclei], keep: list[np.ndarray]) -> list[tuple[TileNuclei, np.ndarray, int]]:
-    """Per tile: (tile, surviving indices in centroid order, first global id). Ids run 1..N in tile order
-    then centroid (y, x) order, so they do not depend on which worker finished first."""
-    out = []
-    nid = 1
-    for tn, k in zip(tiles, keep):
-        idx = np.nonzero(k)[0]
-        if len(idx):
-            idx = idx[np.lexsort((tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]))]
-        out.append((tn, idx, nid))
-        nid += len(idx)
-    return out
-
-
-def iter_final(tiles: list[TileNuclei], keep: list[np.ndarray]) -> Iterable[tuple[int, TileNuclei, int]]:
-    """(global id, tile, index in tile) for every surviving nucleus, in id order."""
-    for tn, idx, first in final_order(tiles, keep):
-        for j, i in enumerate(idx):
-            yield first + j, tn, int(i)

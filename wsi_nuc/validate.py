@@ -1,7 +1,7 @@
 """Checks that run before any cluster starts: run settings and the output folder.
 
-:func:`validate_settings` is the one owner of the bounds of ``--tile``, ``--halo``, ``--batch`` and
-``--workers``; it returns the settings as they will be used (tile and halo rounded up to the 16-px
+:func:`validate_settings` is the one owner of the bounds of ``--tile``, ``--halo`` (more than the ownership
+margin, see :mod:`wsi_nuc.tiling`), ``--batch`` and ``--workers``; it returns the settings as they will be used (tile and halo rounded up to the 16-px
 pooling grid) and a note for every value it rounded. The model folder is checked by
 :func:`wsi_nuc.model.io.check_model_dir`, the slide by :func:`wsi_nuc.slide.open_slide`.
 """
@@ -48,6 +48,12 @@ def validate_settings(settings, align: int = ALIGN):
     notes = []
     tile = _check_range("--tile", settings.tile, *TILE_RANGE, "512")
     halo = _check_range("--halo", settings.halo, *HALO_RANGE, "64")
+    margin = settings.margin
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise InputError(f"margin {margin!r}: must be a whole number of working px, 0 or more (default 8)")
+    if _round_up(halo, align) <= margin:
+        raise InputError(f"--halo {halo}: must be more than the {margin}-px ownership margin (a nucleus "
+                         f"crossing a tile edge would be cut in both tiles and lost); default 64")
     for flag, v in (("--tile", tile), ("--halo", halo)):
         if _round_up(v, align) != v:
             notes.append(f"{flag} {v} rounded up to {_round_up(v, align)} (tiles are cut on the model's "

@@ -11,15 +11,13 @@ class FinalIndex:
     For every tile with survivors it keeps the outlines' bounding boxes in working pixels (level-0 / f),
     one (n, 4) array per tile, and the box around them all; a query picks the tiles, then the outlines,
     with boolean masks. An outline counts when its box touches [y0, y1] x [x0, x1] (edges included).
-    Ids and order are those of ``final_order``.
+    Ids and order are those of the final nuclei (:class:`wsi_nuc.stitch.FinalNuclei`).
     """
 
-    def __init__(self, tiles, keep, f):
-        from ..graph import final_order
-
+    def __init__(self, final, f):
         self.f = f
         self.tiles = []
-        for tn, idx, first in final_order(tiles, keep):
+        for tn, idx, first in final:
             if len(idx):
                 self.tiles.append((tn, idx, first, _outline_boxes(tn)[idx] / f))
         self.boxes = np.array([(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
