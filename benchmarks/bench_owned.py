@@ -104,15 +104,20 @@ def main(argv=None) -> int:
 
     new = "margin" in inspect.signature(Tile).parameters      # after issue 13: the tile carries its margin
     tiles = [Tile(r, c, Box(*core), Box(*read), *([8] if new else [])) for r, c, core, read in meta["tiles"]]
-    margin = () if new else (8,)
+    if new:
+        from wsi_nuc.tiling import Scale
+
+        args = (Scale(mpp0, work),)
+    else:
+        args = (f, work, mpp0, 8)
     parts = {"owned_nuclei": [], "ownership_before": [], "ownership": [], "outlines": [], "clean": [], "measure": [], "types": []}
     counts = []
     for t, im, m, lab in zip(tiles, images, maps, labels):
         tp = type_prob_map(m) if types else None
-        tn = segment.owned_nuclei(t, lab, im, m[0], f, work, mpp0, *margin, type_prob=tp, type_names=types)
+        tn = segment.owned_nuclei(t, lab, im, m[0], *args, type_prob=tp, type_names=types)
         counts.append(tn.n)
         parts["owned_nuclei"].append(_best(lambda: segment.owned_nuclei(
-            t, lab, im, m[0], f, work, mpp0, *margin, type_prob=tp, type_names=types), a.repeat))
+            t, lab, im, m[0], *args, type_prob=tp, type_names=types), a.repeat))
         parts["ownership_before"].append(_best(lambda: _ownership_before(t, lab, 8), a.repeat))
         ids = _ownership_before(t, lab, 8)[0]
         if new:

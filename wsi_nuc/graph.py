@@ -16,7 +16,7 @@ import numpy as np
 from .instances import InstanceParams
 from .segment import TileNuclei, tile_nuclei
 from .stainnorm import LabStats
-from .tiling import Tile
+from .tiling import Scale, Tile
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -24,13 +24,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Geometry:
-    """How working pixels map onto the slide: ``f`` level-0 pixels per working pixel."""
+    """The slide a task reads and how its working pixels map onto it (:class:`wsi_nuc.tiling.Scale`)."""
 
     slide: str
     slide_mpp: float | None       # the --mpp override, if any
-    level0_mpp: float
-    work_mpp: float
-    f: float
+    scale: Scale
+
+    @property
+    def level0_mpp(self) -> float:
+        return self.scale.level0_mpp
+
+    @property
+    def work_mpp(self) -> float:
+        return self.scale.work_mpp
+
+    @property
+    def f(self) -> float:
+        return self.scale.f
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     reader = _reader(geom.slide, geom.slide_mpp)
     predictor = get_predictor(ts.model, ts.device, ts.threads)
     params = InstanceParams.from_dict(ts.params)
-    f = geom.f
-    images = np.stack([read_region(reader, t.read.x0 * f, t.read.y0 * f, t.read.w * f, t.read.h * f,
-                                   t.read.w, t.read.h) for t in tiles])
+    images = np.stack([read_region(reader, *geom.scale.window(t.read), t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
     stain = LabStats.from_dict(ts.stain)
     types = predictor.types if ts.types else ()
@@ -75,8 +83,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     for s in range(0, len(tiles), bs):
         maps = predictor.maps(images[s:s + bs], stain)
         for k, t in enumerate(tiles[s:s + bs]):
-            out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
-                                   types=types))
+            out.append(tile_nuclei(t, images[s + k], maps[k], params, geom.scale, types=types))
     return out
 
 

@@ -10,7 +10,6 @@ write (:func:`_stitch_and_write`, the outputs themselves in :mod:`wsi_nuc.writer
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -153,7 +152,7 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
     """Region, tissue, the tile grid over the tissue (and region) at the model's scale, stain statistics."""
     from .graph import Geometry, TaskSettings
     from .stainnorm import check_colour, slide_stats
-    from .tiling import make_grid
+    from .tiling import Scale, make_grid
     from .tissue import detect_tissue, full_mask
     from .validate import tile_align
 
@@ -163,19 +162,18 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
         from .roi import load_roi
 
         roi = load_roi(st.roi, info)
-    work_mpp = float(mcfg.get("mpp") or info.mpp)
-    f = work_mpp / info.mpp
-    H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
+    scale = Scale(float(info.mpp), float(mcfg.get("mpp") or info.mpp))
+    H, W = scale.work_shape(info.height, info.width)
     with run.timer("tissue"):
         tissue = detect_tissue(run.reader) if st.tissue_detection else full_mask(info)
+    level0 = scale.to_level0
     grid = make_grid(H, W, st.tile, st.halo, align=tile_align(mcfg), margin=st.margin,
-                     keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0
-                     and (roi is None or roi.meets_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f)))
-    geom = Geometry(str(run.path.resolve()), st.mpp, float(info.mpp), work_mpp, f)
+                     keep=lambda c: tissue.fraction_in(level0(c)) > 0 and (roi is None or roi.meets(level0(c))))
+    geom = Geometry(str(run.path.resolve()), st.mpp, scale)
     stain = None
     if mcfg.get("stain_norm"):
         with run.timer("stain"):
-            stats = slide_stats(run.reader, tissue, f, H, W)
+            stats = slide_stats(run.reader, tissue, scale.f, H, W)
             check_colour(stats, run.path)
             stain = stats.to_dict() if stats is not None else None
     task = TaskSettings(str(run.model_dir), st.device, None, st.batch, dict(mcfg.get("postprocess") or {}),

@@ -10,7 +10,7 @@ import numpy as np
 
 from .instances import InstanceParams, labels_from_maps, polygons_level0
 from .outlines import pack_polygons
-from .tiling import Box, Tile
+from .tiling import Box, Scale, Tile
 from .type_map import N_INSTANCE_MAPS, nucleus_types, type_prob_map
 
 
@@ -47,8 +47,8 @@ def segment_maps(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     return labels_from_maps(maps, params)
 
 
-def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: InstanceParams, f: float,
-                mpp_work: float, level0_mpp: float, types: tuple[str, ...] = ()) -> TileNuclei:
+def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: InstanceParams, scale: Scale,
+                types: tuple[str, ...] = ()) -> TileNuclei:
     """Segment one tile's read window (marker-controlled watershed) and keep the nuclei it owns.
 
     ``types``: the model's type names; when given and ``maps`` carries type probabilities, each nucleus
@@ -56,12 +56,11 @@ def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: Instanc
     """
     labels = segment_maps(maps, params)
     tp = type_prob_map(maps) if types else None
-    return owned_nuclei(tile, labels, image, maps[0], f, mpp_work, level0_mpp, type_prob=tp, type_names=types)
+    return owned_nuclei(tile, labels, image, maps[0], scale, type_prob=tp, type_names=types)
 
 
 def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: np.ndarray | None,
-                 f: float, mpp_work: float, level0_mpp: float,
-                 type_prob: np.ndarray | None = None, type_names: tuple[str, ...] = ()) -> TileNuclei:
+                 scale: Scale, type_prob: np.ndarray | None = None, type_names: tuple[str, ...] = ()) -> TileNuclei:
     """The nuclei a tile owns, from the instance labels of its read window.
 
     1. which nuclei the tile owns: :meth:`wsi_nuc.tiling.Tile.owned` (the nuclei it would own but sees cut
@@ -75,12 +74,12 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
 
     own = tile.owned(labels)
     ids, gy, gx = own.ids, own.y, own.x
-    origin = (tile.read.x0 * f, tile.read.y0 * f)
-    polys = clean_polygons(polygons_level0(labels, ids, f, origin))
+    origin = scale.window(tile.read)[:2]          # level-0 (x, y) of the read window's corner
+    polys = clean_polygons(polygons_level0(labels, ids, scale.f, origin))
     ok = np.array([p is not None for p in polys], bool) if polys else np.zeros(0, bool)
     ids, gy, gx = ids[ok], gy[ok], gx[ok]
     polys = [p for p in polys if p is not None]
-    cols = measure_nuclei(labels, image, ids, mpp_work, level0_mpp, origin, confidence=confidence,
+    cols = measure_nuclei(labels, image, ids, scale.work_mpp, scale.level0_mpp, origin, confidence=confidence,
                           outlines=polys)
     if type_prob is not None and type_names:
         cols.update(type_columns(labels, type_prob, ids, type_names))

@@ -1,6 +1,7 @@
 """Tile geometry at the working resolution, and the rule that gives every nucleus one owner.
 
-Coordinates are working-resolution pixels (y down, x right), boxes half-open. Cores and halos are
+Coordinates are working-resolution pixels (y down, x right), boxes half-open, always ``Box(y0, x0, y1, x1)``
+(level-0 boxes too); :class:`Scale` is the one place level-0 and working pixels are converted. Cores and halos are
 multiples of the network stride, so every read window starts on the same pooling grid and a pixel's
 prediction does not depend on which tile computed it (up to the context the halo gives).
 
@@ -26,6 +27,7 @@ larger than the margin (:func:`make_grid` checks), or an owned centroid could li
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -62,6 +64,39 @@ class Box:
 
     def intersects(self, other: "Box") -> bool:
         return self.y0 < other.y1 and other.y0 < self.y1 and self.x0 < other.x1 and other.x0 < self.x1
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Level-0 <-> working pixels: ``f`` level-0 px per working px. A working pixel (r, c) covers level-0
+    x in [c f, (c + 1) f), y in [r f, (r + 1) f).
+
+    >>> s = Scale(level0_mpp=0.25, work_mpp=0.5)
+    >>> s.f, s.to_level0(Box(1, 2, 3, 5)), s.window(Box(1, 2, 3, 5)), s.work_shape(101, 50)
+    (2.0, Box(y0=2.0, x0=4.0, y1=6.0, x1=10.0), (4.0, 2.0, 6.0, 4.0), (51, 25))
+    """
+
+    level0_mpp: float       # µm per level-0 px
+    work_mpp: float         # µm per working px (the model's)
+
+    @property
+    def f(self) -> float:
+        return self.work_mpp / self.level0_mpp
+
+    def to_level0(self, box: Box) -> Box:
+        """The level-0 box a working box covers (float coordinates)."""
+        f = self.f
+        return Box(box.y0 * f, box.x0 * f, box.y1 * f, box.x1 * f)
+
+    def window(self, box: Box) -> tuple[float, float, float, float]:
+        """``(x, y, width, height)`` in level-0 px of a working box: what a slide reader reads for it."""
+        f = self.f
+        return box.x0 * f, box.y0 * f, box.w * f, box.h * f
+
+    def work_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of a level-0 image of ``height`` x ``width`` px at the working resolution."""
+        f = self.f
+        return max(1, math.ceil(height / f)), max(1, math.ceil(width / f))
 
 
 @dataclass(frozen=True)
