@@ -58,6 +58,7 @@ def validate_settings(settings, align: int = ALIGN):
         if _round_up(v, align) != v:
             notes.append(f"{flag} {v} rounded up to {_round_up(v, align)} (tiles are cut on the model's "
                          f"{align}-px grid)")
+    _check_choices(settings)
     if settings.batch is not None:
         b = settings.batch
         if isinstance(b, bool) or not isinstance(b, int) or not BATCH_RANGE[0] <= b <= BATCH_RANGE[1]:
@@ -67,6 +68,20 @@ def validate_settings(settings, align: int = ALIGN):
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= WORKERS_MAX:
             raise InputError(f"--workers {w}: must be from 1 to {WORKERS_MAX}")
     return replace(settings, tile=_round_up(tile, align), halo=_round_up(halo, align)), notes
+
+
+def _check_choices(settings) -> None:
+    """The settings with a fixed set of values or a sign (the CLI's choices, for callers of the Python API)."""
+    for flag, value, allowed in (("--device", settings.device, ("auto", "cpu", "cuda")),
+                                 ("--table", settings.table, ("csv", "parquet", "both"))):
+        if value not in allowed:
+            raise InputError(f"{flag} {value!r}: must be one of {', '.join(allowed)}")
+    for flag, value in (("--simplify", settings.simplify), ("--min-area-um2", settings.min_area_um2)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InputError(f"{flag} {value!r}: must be a number, 0 or more")
+    tpt = settings.tiles_per_task
+    if isinstance(tpt, bool) or not isinstance(tpt, int) or tpt < 1:
+        raise InputError(f"tiles_per_task {tpt!r}: must be a whole number, 1 or more")
 
 
 def no_space(folder, e: BaseException | None = None) -> InputError:
