@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from .errors import InputError
+from .ownership import slide_stem  # noqa: F401 - re-exported (cohort tests)
 from .run_context import RunSettings, SlidePlan, SlideRun, Timer
 from .validate import check_output_dir  # noqa: F401 - re-exported (cohort, tests)
 from .writers.run_outputs import write_outputs
@@ -24,14 +25,6 @@ from .writers.run_outputs import write_outputs
 OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "nuclei.ome.zarr", "summary.json", "qc.png")  # defaults
 __all__ = ["OUTPUT_FILES", "RunSettings", "SlidePlan", "SlideRun", "Timer", "is_complete", "plan_tiles",
            "run_slide", "slide_stem", "write_outputs"]
-
-
-def slide_stem(path: str | Path) -> str:
-    name = Path(path).name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
 
 
 def is_complete(folder: Path) -> bool:

@@ -10,7 +10,7 @@ from ..errors import InputError
 from .inputs import Cohort, CohortSlide
 from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
 
-from ..run_context import RESULT_SETTINGS, changed_settings  # noqa: F401 - RESULT_SETTINGS re-exported
+from ..run_context import changed_settings
 
 
 def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings, model_dir: Path,

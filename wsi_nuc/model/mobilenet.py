@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .net import HEADS
+from .heads import HEADS
 
 # (expansion t, channels c, repeats n, first stride s): MobileNetV2 Table 2.
 MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),

@@ -39,7 +39,7 @@ def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei)
 
 
 def _stem(run: SlideRun) -> str:
-    from ..pipeline import slide_stem
+    from ..ownership import slide_stem
 
     return slide_stem(run.info.path)
 
