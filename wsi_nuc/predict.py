@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .model.inputs import to_input
 from .model.io import load_model, read_model_config, resolve_model_dir
 from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 
@@ -127,9 +128,7 @@ class Predictor:
         ph, pw = -h % s, -w % s
         if ph or pw:
             images = np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="symmetric")
-        norm = self.config.get("norm", {"mean": 0.5, "std": 0.25})
-        x = torch.from_numpy(np.array(images, copy=True)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(norm["mean"]).div_(norm["std"])
+        x = to_input(images, self.config.get("norm"), self.device)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
                 out = forward_tta(self.net, x, tta)

@@ -24,7 +24,8 @@ from .inputs import SLIDE_EXTENSIONS, Cohort, CohortSlide, read_cohort
 from .manifest import (DONE, FAILED, MANIFEST, MANIFEST_COLUMNS, MEASURES, PENDING, SKIPPED, STATS, SUMMARY,
                        SUMMARY_COLUMNS, TYPE_COLUMNS, CohortResult, Tables, read_rows, slide_morphometry)
 from .progress import Progress
-from .resume import RESULT_SETTINGS, finished_summary
+from ..run_context import RESULT_SETTINGS
+from .resume import finished_summary
 from .run import LOCK, cohort_lock, default_parallel_slides, run_cohort
 
 __all__ = ["DONE", "FAILED", "LOCK", "MANIFEST", "MANIFEST_COLUMNS", "MEASURES", "PENDING", "RESULT_SETTINGS",

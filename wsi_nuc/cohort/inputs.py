@@ -38,7 +38,7 @@ def _is_slide_file(p: Path) -> bool:
 def read_cohort(spec: str | os.PathLike) -> Cohort:
     """A CSV, a folder, a glob or one slide file -> a :class:`Cohort`; InputError on bad usage."""
     from ..ownership import check_stem
-    from ..pipeline import slide_stem
+    from ..ownership import slide_stem
 
     spec_s = os.fspath(spec)
     p = Path(os.path.expanduser(spec_s))

@@ -3,7 +3,6 @@ the tables a run starts from."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -11,10 +10,7 @@ from ..errors import InputError
 from .inputs import Cohort, CohortSlide
 from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, TYPE_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
 
-# Run settings that change the nuclei: a finished slide made with other values is redone, not skipped.
-RESULT_SETTINGS = ("tile", "halo", "tissue_detection", "margin", "geojson_gz", "simplify", "table",
-                   "zarr_image", "min_area_um2")
-
+from ..run_context import changed_settings
 
 
 def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings, model_dir: Path,
@@ -54,15 +50,16 @@ def _slide_roi(slide: CohortSlide, settings) -> str | None:
     return ((getattr(slide, "extra", None) or {}).get("roi") or "").strip() or getattr(settings, "roi", None)
 
 
+def slide_settings(slide: CohortSlide, settings):
+    """The settings one slide of the cohort runs with: its own mpp (CSV column) and region, quiet."""
+    from dataclasses import replace
+
+    return replace(settings, mpp=slide.mpp if slide.mpp is not None else settings.mpp,
+                   roi=_slide_roi(slide, settings), quiet=True)
+
+
 def _changed_settings(summary: dict, settings, slide: CohortSlide, model_dir: Path) -> list[str]:
-    old = summary.get("settings") or {}
-    changed = [k for k in RESULT_SETTINGS if k in old and old[k] != getattr(settings, k)]
-    mpp = slide.mpp if slide.mpp is not None else settings.mpp
-    if "mpp" in old and not (old["mpp"] == mpp or (old["mpp"] is not None and mpp is not None
-                                                  and math.isclose(old["mpp"], mpp, rel_tol=1e-9))):
-        changed.append("mpp")
-    if (old.get("roi") or None) != _slide_roi(slide, settings):
-        changed.append("roi")
+    changed = changed_settings(summary.get("settings") or {}, slide_settings(slide, settings))
     old_model = (summary.get("model") or {}).get("path")
     if old_model and os.path.abspath(old_model) != os.path.abspath(model_dir):
         changed.append("model")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .folders import read_model_config, resolve_model_dir
 from .net import build_net
 
 BACKEND = "x86"
@@ -83,8 +84,6 @@ def convert(prepared: nn.Module, cfg, stride: int) -> Int8UNet:
 def load_int8(model_dir, device: str | torch.device = "cpu") -> Int8UNet:
     """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
     from safetensors.torch import load_file
-
-    from .io import read_model_config, resolve_model_dir
 
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")

@@ -185,7 +185,7 @@ def open_slide(path, mpp: float | None = None, check: bool = True) -> SlideReade
         level_downsamples=tuple(r._level_ds),
         metadata_mpp=r.metadata_mpp,
     )
-    r._open_args = (spath, mpp, check)
+    r._reopen = (open_slide, (spath, mpp, check))
     if check:
         try:
             check_mpp(r.info)

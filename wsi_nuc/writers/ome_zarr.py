@@ -16,7 +16,7 @@ Why zarr format 2 and NGFF 0.4: napari-ome-zarr, QuPath's OME-Zarr reader, vizar
 read it; 0.5 (zarr v3) is not yet read by all of them. The arrays are written with ``zarr`` directly,
 chunk by chunk (ome-zarr-py's writers take whole in-memory or dask arrays; these labels come from
 polygons, one chunk at a time): level 0 is rasterised chunk by chunk from the final outlines (see
-:mod:`.labels_zarr`; empty chunks are never written), each further level is read back from the level
+:mod:`.rasterise`; empty chunks are never written), each further level is read back from the level
 above one block at a time, so memory stays at a few chunks whatever the slide size.
 
 Coordinates: every level of both pyramids is scaled in micrometres and translated so that world
@@ -46,7 +46,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .atomic import atomic_dir
-from .labels_zarr import NOTE, rasterise_blocks
+from .rasterise import rasterise_blocks
+
+NOTE = ("labels are at the working resolution; multiply by f to get level-0 pixels "
+        "(working pixel (r, c) covers level-0 x in [c*f, (c+1)*f), y in [r*f, (r+1)*f))")
 
 NGFF_VERSION = "0.4"
 # napari-ome-zarr turns every property into a napari feature row (about 80 µs a nucleus here: 2.1 s of a
@@ -194,8 +197,9 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
     Parameters
     ----------
     shape_work : (rows, cols) of the label image at the working resolution.
-    polygons : object with ``query(y0, x0, y1, x1)`` or a callable of the same signature yielding
-        ``(nucleus_id, polygon_level0 (K, 2))`` for at least the outlines touching that working box.
+    polygons : object with ``query(box)`` (``writers.final_index.FinalIndex``) or a callable of the same
+        signature yielding ``(nucleus_id, polygon_level0 (K, 2))`` for at least the outlines touching that
+        working-pixel box (a :class:`wsi_nuc.tiling.Box`).
     f, level0_mpp : level-0 pixels per working pixel; µm per level-0 pixel.
     thumbnail : ``(rgb (h, w, 3) uint8, level-0 px per thumbnail px)``: the parent image (one level).
     image_reader : a slide reader: the parent image is then the slide itself at the label levels'
@@ -208,7 +212,7 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "n.ome.zarr")
     >>> sq = np.array([[2, 2], [10, 2], [10, 10], [2, 10]], float)
-    >>> write_ome_zarr(p, (8, 8), lambda *box: [(1, sq)], 2.0, 0.25, chunk=4, min_side=4)["levels"]
+    >>> write_ome_zarr(p, (8, 8), lambda box: [(1, sq)], 2.0, 0.25, chunk=4, min_side=4)["levels"]
     2
     """
     path = Path(path)
