@@ -245,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--halo", type=int, default=64, help="context around each tile, working px (0-512, default 64)")
     r.add_argument("--mpp", type=float, help="microns per level-0 pixel, when the slide has none or a wrong one")
     r.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
-    r.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
-    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    r.add_argument("--workers", type=_positive_int,
+                   help="LocalCluster worker processes, or tile threads in process (default: 2)")
+    r.add_argument("--scheduler", help="where the tiles run: auto (default: in this process up to 64 tiles, "
+                                       "else a LocalCluster), in-process, local (a LocalCluster), or the "
+                                       "address of an existing Dask scheduler (tcp://host:8786)")
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -272,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "overrides it per slide)")
     b.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
     b.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
-    b.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    b.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786; default or "
+                                       "local: a LocalCluster)")
     b.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
