@@ -208,8 +208,12 @@ def _slide_options() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, help="microns per level-0 pixel, when a slide has none or a wrong one "
                                              "(batch: a CSV 'mpp' column overrides it per slide)")
     p.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
-    p.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
-    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    p.add_argument("--workers", type=_positive_int,
+                   help="LocalCluster worker processes, or tile threads in process (default: 2)")
+    p.add_argument("--scheduler", help="where the tiles run: auto (default; run: in this process up to 64 "
+                                       "tiles, else a LocalCluster), in-process (run only), local (a "
+                                       "LocalCluster), or the address of an existing Dask scheduler "
+                                       "(tcp://host:8786)")
     p.add_argument("--batch", type=_positive_int, default=d.batch,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress display")

@@ -1,4 +1,10 @@
-"""Dask clients: an existing scheduler, or a LocalCluster of single-threaded worker processes."""
+"""Dask clients: an existing scheduler, or a LocalCluster of single-threaded worker processes.
+
+Whether a slide runs on Dask at all is :func:`wsi_nuc.graph.in_process`'s call (a handful of tiles run in
+the calling process, without this module: importing ``distributed`` alone takes about a second).
+``--scheduler``: ``local`` (or unset, or ``auto``) here means a LocalCluster; anything else but
+``in-process`` is the address of an existing scheduler.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +13,7 @@ from contextlib import contextmanager
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import InputError, quiet_libraries
+from .graph import AUTO, IN_PROCESS, LOCAL
 
 
 def default_workers() -> int:
@@ -65,7 +72,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker",
                  "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if scheduler:
+    if scheduler == IN_PROCESS:
+        raise InputError("--scheduler in-process: this command runs on a Dask cluster (use local, auto or an "
+                         "address)")
+    if scheduler and scheduler not in (LOCAL, AUTO):
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:

@@ -1,13 +1,18 @@
-"""One slide on a Dask cluster: tile tasks (read -> predict -> instances -> owned nuclei), streamed back.
+"""One slide's tiles: tile tasks (read -> predict -> instances -> owned nuclei), streamed back.
 
-The Dask layer only wires plain functions: :func:`process_tiles` is the task, run on a worker that keeps
-one slide reader and one model per process; :func:`run_tiles` submits tasks with a bounded number in
-flight (tiles are streamed, never gathered all at once) and spools each finished tile to disk, so an
-interrupted slide resumes from its finished tiles.
+:func:`process_tiles` is the task, a plain function: it keeps one slide reader per thread and one model per
+process. Two runners call it and spool each finished tile to disk, so an interrupted slide resumes from its
+finished tiles:
+
+- :func:`run_tiles`: on a Dask cluster, with a bounded number of tasks in flight (tiles are streamed, never
+  gathered all at once);
+- :func:`run_tiles_here`: in this process, for a handful of tiles (see :func:`wsi_nuc.cluster.in_process`):
+  no worker processes to start and no model to load per worker, the model loaded once (:func:`load_here`).
 """
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -20,6 +25,32 @@ from .tiling import Scale, Tile
 
 if TYPE_CHECKING:
     from .spool import Spool
+
+
+IN_PROCESS = "in-process"
+LOCAL = "local"
+AUTO = "auto"
+# `wsi-nuc run` segments up to this many tiles in this process (see in_process() for the measurements).
+IN_PROCESS_MAX_TILES = 64
+
+
+def in_process(scheduler: str | None, n_tiles: int, client=None) -> bool:
+    """Whether a slide with ``n_tiles`` tiles still to do runs in this process rather than on Dask.
+
+    ``scheduler`` (``--scheduler``): ``auto`` or None: in this process up to :data:`IN_PROCESS_MAX_TILES`
+    tiles, else on a LocalCluster; ``in-process`` or ``local`` force either; an address (or a ``client``
+    given): on that cluster.
+
+    >>> in_process(None, 21), in_process(None, 500), in_process("in-process", 500), in_process("local", 1)
+    (True, False, True, False)
+    """
+    if client is not None:
+        return False
+    if scheduler == IN_PROCESS:
+        return True
+    if scheduler in (None, "", AUTO):
+        return n_tiles <= IN_PROCESS_MAX_TILES
+    return False
 
 
 @dataclass(frozen=True)
@@ -54,17 +85,18 @@ class TaskSettings:
     types: bool = True            # per-nucleus type and type_prob, when the model has a type head
 
 
-_READERS: dict = {}
+_LOCAL = threading.local()        # one slide reader per thread: readers are not all thread-safe
 
 
 def _reader(path: str, mpp: float | None):
     from .slide import open_slide
 
     key = (path, mpp, os.getpid())
-    if key not in _READERS:
-        _READERS.clear()
-        _READERS[key] = open_slide(path, mpp)
-    return _READERS[key]
+    if getattr(_LOCAL, "key", None) != key:
+        _LOCAL.key, _LOCAL.reader = None, None
+        _LOCAL.reader = open_slide(path, mpp)
+        _LOCAL.key = key
+    return _LOCAL.reader
 
 
 def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[TileNuclei]:
@@ -98,16 +130,7 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
     """
     from distributed import as_completed
 
-    from . import spool as spool_io
-    from .lock import checkpoint
-
-    results = {}
-    if spool is not None:
-        done = spool.done
-        results = {t.key: done[t.key] for t in tiles if t.key in done}
-        if results and on_done:
-            on_done(len(results))
-    todo = [t for t in tiles if t.key not in results]
+    results, todo = _resume(tiles, spool, on_done)
     chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
     if max_in_flight is None:
         nthreads = sum(client.nthreads().values()) or 1
@@ -130,12 +153,130 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
     for fut in ac:
         batch = fut.result()
         fut.release()
-        for tn in batch:
-            results[tn.key] = tn
-            if spool is not None:
-                spool_io.save(spool, tn)
-        checkpoint("tile-spooled")
-        if on_done:
-            on_done(len(batch))
+        _finished(batch, results, spool, on_done)
         submit_next()
     return [results[t.key] for t in tiles if t.key in results]
+
+
+
+
+def _resume(tiles: list[Tile], spool: "Spool | None", on_done) -> tuple[dict, list[Tile]]:
+    """({tile key: TileNuclei} of the tiles the spool has already, the tiles still to do)."""
+    results = {}
+    if spool is not None:
+        done = spool.done
+        results = {t.key: done[t.key] for t in tiles if t.key in done}
+        if results and on_done:
+            on_done(len(results))
+    return results, [t for t in tiles if t.key not in results]
+
+
+def _finished(batch: list[TileNuclei], results: dict, spool: "Spool | None", on_done) -> None:
+    """Record a finished task's tiles: in ``results``, in the spool, and in the progress."""
+    from . import spool as spool_io
+    from .lock import checkpoint
+
+    for tn in batch:
+        results[tn.key] = tn
+        if spool is not None:
+            spool_io.save(spool, tn)
+    checkpoint("tile-spooled")
+    if on_done:
+        on_done(len(batch))
+
+
+def todo_count(tiles: list[Tile], spool: "Spool | None") -> int:
+    """How many of ``tiles`` the spool does not have yet."""
+    done = spool.done if spool is not None else {}
+    return sum(t.key not in done for t in tiles)
+
+
+def here_threads(workers: int | None = None) -> tuple[int, int]:
+    """(tile threads, torch threads per tile thread) in this process: ``workers`` tile threads (default: as
+    many as a LocalCluster has worker processes, 2 at most), the cores shared among them."""
+    cores = os.cpu_count() or 1
+    n = max(1, workers or min(cores, 2))
+    return n, max(1, cores // n)
+
+
+_FROZEN = threading.Event()
+
+
+def load_here(model: str | None, device: str):
+    """Load the model in this process for :func:`run_tiles_here` (once; later calls reuse it).
+
+    The first load is followed by ``gc.freeze()``: torch, its FX graph and the modules it pulled in are a few
+    million objects that the cyclic garbage collector would otherwise walk at every full collection and
+    once more at exit (about 3 s of a 2-core machine's exit, measured)."""
+    import gc
+
+    from .predict import get_predictor
+
+    predictor = get_predictor(model, device)
+    if not _FROZEN.is_set():
+        _FROZEN.set()
+        gc.freeze()
+    return predictor
+
+
+class Preload:
+    """The model loading in a background thread while the driver finds tissue and stain statistics;
+    :meth:`wait` returns the predictor (or raises what loading raised)."""
+
+    def __init__(self, model: str | None, device: str):
+        self._result, self._error = None, None
+        self._thread = threading.Thread(target=self._load, args=(model, device), name="wsi-nuc-model", daemon=True)
+        self._thread.start()
+
+    def _load(self, model, device) -> None:
+        try:
+            self._result = load_here(model, device)
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that waits
+            self._error = e
+
+    def wait(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def max_tiles(height: int, width: int, tile: int) -> int:
+    """Tiles of a ``height`` x ``width`` (working px) slide if every tile had tissue: an upper bound."""
+    return -(-max(1, height) // tile) * -(-max(1, width) // tile)
+
+
+def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "Spool | None" = None,
+                   on_done: Callable[[int], None] | None = None, threads: int | None = None) -> list[TileNuclei]:
+    """:func:`run_tiles` in this process: ``threads`` tile threads (see :func:`here_threads`), each running
+    :func:`process_tiles` on one tile (a batch on CUDA) at a time, torch's threads shared among them (set for
+    the run, restored after); results in tile order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    predictor = load_here(ts.model, ts.device)
+    results, todo = _resume(tiles, spool, on_done)
+    per = ts.batch or (8 if predictor.device.type == "cuda" else 1)
+    chunks = [todo[i:i + per] for i in range(0, len(todo), per)]
+    n, torch_threads = here_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        if n <= 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                _finished(process_tiles(geom, chunk, ts), results, spool, on_done)
+        else:
+            with ThreadPoolExecutor(n, thread_name_prefix="wsi-nuc-tile") as pool:
+                futures = [pool.submit(process_tiles, geom, chunk, ts) for chunk in chunks]
+                try:
+                    for fut in futures:
+                        _finished(fut.result(), results, spool, on_done)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    finally:
+        torch.set_num_threads(before)
+    return [results[t.key] for t in tiles if t.key in results]
+

@@ -50,12 +50,26 @@ def markers_from_maps(maps: np.ndarray, mask: np.ndarray, p: InstanceParams) -> 
 
 def remove_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     """Zero the labels with fewer than ``min_px`` pixels (in place; returns ``labels``)."""
-    if min_px > 1 and labels.max() > 0:
-        small = np.bincount(labels.ravel()) < min_px
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
+    if min_px > 1:
+        flat, nz = _labelled(labels)
+        if len(nz):
+            lab = flat[nz]
+            small = np.bincount(lab) < min_px
+            small[0] = False
+            if small.any():
+                flat[nz[small[lab]]] = 0
     return labels
+
+
+def _labelled(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``labels`` flattened, a view that writes through, the flat indices of its non-zero pixels).
+
+    Nuclei cover a fraction of a tile: per-label sums over these pixels only (in array order, as over the
+    whole array) give the same numbers for less work."""
+    if not labels.flags.c_contiguous:
+        raise ValueError("labels must be C-contiguous")
+    flat = labels.reshape(-1)
+    return flat, np.flatnonzero(flat)
 
 
 def hv_edges(hv_x: np.ndarray, hv_y: np.ndarray) -> np.ndarray:
@@ -103,15 +117,16 @@ def remove_unsure(labels: np.ndarray, prob: np.ndarray, min_mean: float) -> np.n
     Weak, low-confidence blobs are mostly false positives (stroma, debris): on MoNuSeg val, dropping
     instances below 0.6 raised PQ by 0.026 and F1 by 0.033 without lowering a-AJI.
     """
-    n = int(labels.max())
-    if n == 0:
+    flat, nz = _labelled(labels)
+    if not len(nz):
         return labels
-    flat = labels.ravel()
-    mean = np.bincount(flat, prob.ravel(), n + 1) / np.maximum(np.bincount(flat, minlength=n + 1), 1)
+    lab = flat[nz]
+    n = int(lab.max())
+    mean = np.bincount(lab, np.asarray(prob).reshape(-1)[nz], n + 1) / np.maximum(np.bincount(lab, minlength=n + 1), 1)
     unsure = mean < min_mean
     unsure[0] = False
     if unsure.any():
-        labels[unsure[labels]] = 0
+        flat[nz[unsure[lab]]] = 0
     return labels
 
 
@@ -122,11 +137,22 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N, 2) pixel-centre centroids (y, x) of ``ids`` in array coordinates."""
+    """(N, 2) pixel-centre centroids (y, x) of ``ids`` (positive labels) in array coordinates; NaN for an
+    id absent from ``labels``. The same numbers as ``ndi.center_of_mass`` (sums of whole pixel indices are
+    exact in float64), from the labelled pixels only."""
+    ids = np.asarray(ids)
     if len(ids) == 0:
         return np.zeros((0, 2))
-    c = ndi.center_of_mass(np.ones_like(labels, dtype=np.float32), labels, ids)
-    return np.asarray(c, float).reshape(-1, 2)
+    labels = np.ascontiguousarray(labels)
+    flat, nz = _labelled(labels)
+    lab = flat[nz]
+    n = max(int(ids.max()), int(lab.max(initial=0))) + 1
+    w = labels.shape[1]
+    cnt = np.bincount(lab, minlength=n).astype(np.float64)[ids]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.bincount(lab, (nz // w).astype(np.float64), n)[ids] / cnt
+        x = np.bincount(lab, (nz % w).astype(np.float64), n)[ids] / cnt
+    return np.stack([y, x], axis=1)
 
 
 def mean_per_label(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -22,15 +22,18 @@ Conventions (all documented in the CSV/GeoJSON output):
   deconvolution) over the nucleus pixels; ``confidence`` the mean of the confidence map over the nucleus
   (NaN when no map is given).
 
-Moments and means are computed for all nuclei at once with ``np.bincount``; only the perimeter and the
-convex hull are computed per nucleus, on the nucleus' bounding-box crop (``ndi.find_objects``).
+Everything is computed for all nuclei of a tile at once: moments and means with ``np.bincount`` over the
+labelled pixels (:class:`NucleusPixels`); perimeter, circularity and solidity from the outlines with
+vectorised shapely (the pipeline's path), or without outlines from the pixels (:func:`_perimeters`,
+:func:`_hull_pixel_counts`: the numbers skimage gives nucleus by nucleus, for the whole tile in a few
+array passes).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.measure import perimeter as _sk_perimeter
-from skimage.morphology import convex_hull_image
 
 from .stain import haematoxylin_od
 
@@ -96,113 +99,261 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, ids, mpp_work: float, le
     Returns every column of :data:`COLUMNS` except ``nucleus_id``, each a float64 array of ``len(ids)``.
     """
     ids = np.asarray(ids, dtype=np.int64).ravel()
-    n = len(ids)
-    out = empty_columns(n)
-    if n == 0:
+    out = empty_columns(len(ids))
+    if len(ids) == 0:
         return out
+    labels, rgb = _checked(labels, rgb, confidence)
+    px = NucleusPixels.of(labels, ids)
+    out.update(_position(px, float(mpp_work) / float(level0_mpp), origin_xy, level0_mpp))
+    out.update(_size(px, mpp_work))
+    out.update(_ellipse(px, mpp_work))
+    out.update(_colour(px, rgb))
+    if confidence is not None:
+        out["confidence"] = px.mean(np.asarray(confidence, dtype=np.float64))
+    if outlines is not None:
+        return _outline_shape(out, outlines, px.present, level0_mpp)
+    out.update(_pixel_shape(px, mpp_work))
+    return out
+
+
+def _checked(labels, rgb, confidence) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` (2-D) and ``rgb`` (H, W, >= 3) as arrays; ValueError when the shapes do not match."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     rgb = np.asarray(rgb)
     if rgb.shape[:2] != labels.shape or rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"rgb shape {rgb.shape} does not match labels {labels.shape} (need (H, W, 3))")
-    f = float(mpp_work) / float(level0_mpp)
-    ox, oy = float(origin_xy[0]), float(origin_xy[1])
+    if confidence is not None and np.shape(confidence) != labels.shape:
+        raise ValueError(f"confidence shape {np.shape(confidence)} does not match labels {labels.shape}")
+    return labels, rgb
 
-    comp, idx, nbins = _compact(labels, ids)
-    flat = comp.ravel()
-    h, w = labels.shape
 
-    # ---- moments, all nuclei at once, over the labelled pixels only ------------------------------
-    nz = np.flatnonzero(flat)
-    fl = flat[nz]
-    rows = (nz // w).astype(np.float64)
-    cols = (nz % w).astype(np.float64)
-    cnt = np.bincount(fl, minlength=nbins).astype(np.float64)
-    sr = np.bincount(fl, rows, nbins)
-    sc = np.bincount(fl, cols, nbins)
-    srr = np.bincount(fl, rows * rows, nbins)
-    scc = np.bincount(fl, cols * cols, nbins)
-    src = np.bincount(fl, rows * cols, nbins)
-    del rows, cols
+@dataclass
+class NucleusPixels:
+    """The labelled pixels of a tile, for per-nucleus sums over all nuclei at once (``np.bincount``).
 
-    c = cnt[idx]
-    present = (idx > 0) & (c > 0)
-    cs = np.where(present, c, 1.0)
-    mr = sr[idx] / cs
-    mc = sc[idx] / cs
-    var_r = np.maximum(srr[idx] / cs - mr * mr, 0.0)
-    var_c = np.maximum(scc[idx] / cs - mc * mc, 0.0)
-    cov = src[idx] / cs - mr * mc
+    ``comp``: the labels compacted to small ints (:func:`_compact`); ``idx``: each requested id's compact
+    label (0 = absent); ``flat``: flat indices of the labelled pixels, ``lab`` their compact labels;
+    ``count``: each requested id's pixel count; ``present``: the id has pixels.
+    """
 
-    x_px = ox + (mc + 0.5) * f
-    y_px = oy + (mr + 0.5) * f
-    out["centroid_x_px"] = np.where(present, x_px, np.nan)
-    out["centroid_y_px"] = np.where(present, y_px, np.nan)
+    comp: np.ndarray
+    idx: np.ndarray
+    nbins: int
+    flat: np.ndarray
+    lab: np.ndarray
+    count: np.ndarray
+    present: np.ndarray
+
+    @classmethod
+    def of(cls, labels: np.ndarray, ids: np.ndarray) -> "NucleusPixels":
+        comp, idx, nbins = _compact(labels, ids)
+        flat = np.flatnonzero(comp.ravel())
+        lab = comp.ravel()[flat]
+        count = np.bincount(lab, minlength=nbins).astype(np.float64)[idx]
+        return cls(comp, idx, nbins, flat, lab, count, (idx > 0) & (count > 0))
+
+    @property
+    def safe_count(self) -> np.ndarray:
+        """The counts with 1 for absent ids (divisor)."""
+        return np.where(self.present, self.count, 1.0)
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per requested id: the sum of ``values`` (one per labelled pixel, in ``flat`` order)."""
+        return np.bincount(self.lab, values, self.nbins)[self.idx]
+
+    def mean(self, image: np.ndarray) -> np.ndarray:
+        """Per requested id: the mean of ``image`` (same grid as the labels) over its pixels; NaN if absent."""
+        return np.where(self.present, self.sums(image.ravel()[self.flat]) / self.safe_count, np.nan)
+
+    @cached_property
+    def moments(self) -> tuple[np.ndarray, ...]:
+        """(mean row, mean column, row variance, column variance, covariance) of each requested id."""
+        w = self.comp.shape[1]
+        rows, cols = (self.flat // w).astype(np.float64), (self.flat % w).astype(np.float64)
+        cs = self.safe_count
+        mr = self.sums(rows) / cs
+        mc = self.sums(cols) / cs
+        var_r = np.maximum(self.sums(rows * rows) / cs - mr * mr, 0.0)
+        var_c = np.maximum(self.sums(cols * cols) / cs - mc * mc, 0.0)
+        cov = self.sums(rows * cols) / cs - mr * mc
+        return mr, mc, var_r, var_c, cov
+
+
+def _position(px: NucleusPixels, f: float, origin_xy, level0_mpp: float) -> dict[str, np.ndarray]:
+    """Centroids in level-0 pixels and µm (mean pixel centre)."""
+    mr, mc = px.moments[:2]
+    x_px = float(origin_xy[0]) + (mc + 0.5) * f
+    y_px = float(origin_xy[1]) + (mr + 0.5) * f
+    out = {"centroid_x_px": np.where(px.present, x_px, np.nan), "centroid_y_px": np.where(px.present, y_px, np.nan)}
     out["centroid_x_um"] = out["centroid_x_px"] * level0_mpp
     out["centroid_y_um"] = out["centroid_y_px"] * level0_mpp
+    return out
 
-    area_px = np.where(present, c, 0.0)
-    out["area_um2"] = area_px * mpp_work ** 2
-    out["equivalent_diameter_um"] = np.where(present, np.sqrt(4.0 * area_px / np.pi) * mpp_work, np.nan)
 
+def _size(px: NucleusPixels, mpp_work: float) -> dict[str, np.ndarray]:
+    """Area (pixel count) and equivalent diameter."""
+    area_px = np.where(px.present, px.count, 0.0)
+    return {"area_um2": area_px * mpp_work ** 2,
+            "equivalent_diameter_um": np.where(px.present, np.sqrt(4.0 * area_px / np.pi) * mpp_work, np.nan)}
+
+
+def _ellipse(px: NucleusPixels, mpp_work: float) -> dict[str, np.ndarray]:
+    """Axes, eccentricity and orientation of the ellipse with the same second moments (``regionprops``)."""
+    var_r, var_c, cov = px.moments[2:]
     # regionprops inertia tensor [[var_c, -cov], [-cov, var_r]] (skimage's definition)
     a, b, d = var_c, -cov, var_r
     half_tr = 0.5 * (a + d)
     disc = np.sqrt(np.maximum(0.25 * (a - d) ** 2 + b * b, 0.0))
     l1 = np.maximum(half_tr + disc, 0.0)
     l2 = np.maximum(half_tr - disc, 0.0)
-    out["major_axis_um"] = np.where(present, 4.0 * np.sqrt(l1) * mpp_work, np.nan)
-    out["minor_axis_um"] = np.where(present, 4.0 * np.sqrt(l2) * mpp_work, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / np.where(l1 > 0, l1, 1.0), 0.0, 1.0)), 0.0)
-    out["eccentricity"] = np.where(present, ecc, np.nan)
     # skimage: if a == c: -pi/4 if b < 0 else pi/4, else 0.5 * atan2(-2 b, c - a)
     theta = np.where(a - d == 0, np.where(b < 0, -np.pi / 4, np.pi / 4), 0.5 * np.arctan2(-2.0 * b, d - a))
-    out["orientation_deg"] = np.where(present, np.degrees(theta), np.nan)
+    ok = px.present
+    return {"major_axis_um": np.where(ok, 4.0 * np.sqrt(l1) * mpp_work, np.nan),
+            "minor_axis_um": np.where(ok, 4.0 * np.sqrt(l2) * mpp_work, np.nan),
+            "eccentricity": np.where(ok, ecc, np.nan),
+            "orientation_deg": np.where(ok, np.degrees(theta), np.nan)}
 
-    # ---- intensity means ------------------------------------------------------------------------
+
+def _colour(px: NucleusPixels, rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean R, G, B and mean haematoxylin optical density over each nucleus."""
     rgb3 = rgb[..., :3]
-    pix = rgb3.reshape(-1, 3)[nz]
-    for k, name in enumerate(("mean_r", "mean_g", "mean_b")):
-        s = np.bincount(fl, pix[:, k].astype(np.float64), nbins)
-        out[name] = np.where(present, s[idx] / cs, np.nan)
+    pix = rgb3.reshape(-1, 3)[px.flat]
+    cs = px.safe_count
+    out = {name: np.where(px.present, px.sums(pix[:, k].astype(np.float64)) / cs, np.nan)
+           for k, name in enumerate(("mean_r", "mean_g", "mean_b"))}
+    hod = _haematoxylin(pix, rgb3)
+    out["mean_h_od"] = np.where(px.present, px.sums(hod.astype(np.float64)) / cs, np.nan)
+    return out
+
+
+def _haematoxylin(pix: np.ndarray, rgb3: np.ndarray) -> np.ndarray:
+    """Haematoxylin optical density of pixels ``pix`` (N, 3) of the image ``rgb3`` (its dtype and range
+    decide the scale: uint8 or values above 1 are 0..255)."""
     scale = 255.0 if rgb3.dtype == np.uint8 or float(rgb3.max(initial=0)) > 1.0 else 1.0
-    hod = haematoxylin_od(pix.astype(np.float32) / scale)
-    s = np.bincount(fl, hod.astype(np.float64), nbins)
-    out["mean_h_od"] = np.where(present, s[idx] / cs, np.nan)
-    if confidence is not None:
-        conf = np.asarray(confidence, dtype=np.float64)
-        if conf.shape != labels.shape:
-            raise ValueError(f"confidence shape {conf.shape} does not match labels {labels.shape}")
-        s = np.bincount(fl, conf.ravel()[nz], nbins)
-        out["confidence"] = np.where(present, s[idx] / cs, np.nan)
+    return haematoxylin_od(pix.astype(np.float32) / scale)
 
-    if outlines is not None:
-        return _outline_shape(out, outlines, present, level0_mpp)
 
-    # ---- per-nucleus: perimeter and convex hull on the bounding-box crop ------------------------
-    slices = ndi.find_objects(comp, max_label=nbins - 1)
-    perim = np.full(n, np.nan)
-    solid = np.full(n, np.nan)
-    for i in np.flatnonzero(present):
-        k = idx[i]
-        sl = slices[k - 1]
-        m = comp[sl] == k
-        # pad by one so that boundary pixels of the crop count as boundary
-        mp = np.pad(m, 1)
-        perim[i] = _sk_perimeter(mp, neighborhood=4)
-        if m.all():
-            solid[i] = 1.0
-        else:
-            hull = convex_hull_image(mp, offset_coordinates=True)
-            solid[i] = area_px[i] / max(int(hull.sum()), 1)
-    out["perimeter_um"] = perim * mpp_work
+def _pixel_shape(px: NucleusPixels, mpp_work: float) -> dict[str, np.ndarray]:
+    """Perimeter, circularity and solidity from the pixel masks (the path without outlines), all nuclei at
+    once, with the numbers of ``skimage.measure.perimeter(mask, neighborhood=4)`` and of
+    ``convex_hull_image(mask, offset_coordinates=True)`` on each nucleus' own mask."""
+    area_px = np.where(px.present, px.count, 0.0)
+    perim = np.where(px.present, _perimeters(px), np.nan)
+    hull = _hull_pixel_counts(px)
     with np.errstate(divide="ignore", invalid="ignore"):
         circ = 4.0 * np.pi * area_px / np.where(perim > 0, perim, np.nan) ** 2
-    out["circularity"] = np.where(present, np.clip(np.nan_to_num(circ, nan=1.0), 0.0, 1.0), np.nan)
-    out["solidity"] = solid
+        solid = np.where(px.present, area_px / np.maximum(hull, 1), np.nan)
+    return {"perimeter_um": perim * mpp_work,
+            "circularity": np.where(px.present, np.clip(np.nan_to_num(circ, nan=1.0), 0.0, 1.0), np.nan),
+            "solidity": solid}
+
+
+# skimage.measure.perimeter: a boundary pixel's code is 1 + the 3x3 weights below of the boundary pixels
+# around it; each code stands for a length.
+_PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+_NEIGHBOUR_CODES = ((-1, -1, 10), (-1, 0, 2), (-1, 1, 10), (0, -1, 2), (0, 1, 2), (1, -1, 10), (1, 0, 2), (1, 1, 10))
+
+
+def _perimeters(px: NucleusPixels) -> np.ndarray:
+    """4-connected perimeter (pixels) of each requested id, as ``skimage.measure.perimeter`` on its mask:
+    boundary pixels (a 4-neighbour is not the same nucleus) coded by the boundary pixels of the same nucleus
+    around them; the histogram of codes per nucleus dotted with the code lengths (NaN where absent)."""
+    lab = np.pad(px.comp, 1)
+    h, w = px.comp.shape
+    inner = lab[1:-1, 1:-1]
+
+    def same(dy: int, dx: int) -> np.ndarray:
+        return lab[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == inner
+
+    border = (inner > 0) & ~(same(-1, 0) & same(1, 0) & same(0, -1) & same(0, 1))
+    bpad = np.pad(border, 1)
+    code = border.astype(np.int64)
+    for dy, dx, weight in _NEIGHBOUR_CODES:
+        code += weight * (bpad[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] & same(dy, dx))
+    hist = np.bincount(inner[border].astype(np.int64) * 50 + code[border], minlength=px.nbins * 50)
+    hist = hist.reshape(px.nbins, 50)
+    # one dot product per nucleus, as skimage computes it (the same sum, bit for bit)
+    return np.array([hist[k] @ _PERIMETER_WEIGHTS if k > 0 else np.nan for k in px.idx], np.float64)
+
+
+def _hull_pixel_counts(px: NucleusPixels) -> np.ndarray:
+    """Per requested id: the pixels whose centres lie in or on the convex hull of the midpoints of its pixel
+    squares' edges (``convex_hull_image(mask, offset_coordinates=True)``, borders included); 0 if absent.
+
+    The hulls come from shapely, all at once, in doubled coordinates (every vertex an integer); the pixels
+    in a hull are counted row by row from its edges' half-planes in integer arithmetic, so points on an
+    edge are decided exactly."""
+    import shapely
+
+    out = np.zeros(len(px.idx), np.int64)
+    if not px.present.any():
+        return out
+    h, w = px.comp.shape
+    # a hull is the hull of each row's first and last pixel: those, by nucleus then row (flat is row-major)
+    key = px.lab.astype(np.int64) * h + px.flat // w
+    order = np.argsort(key, kind="stable")
+    key, flat = key[order], px.flat[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    last = np.r_[key[1:] != key[:-1], True]
+    ends = flat[first | last]
+    used, dense = np.unique(key[first | last] // h, return_inverse=True)   # the labels present, one hull each
+    r2, c2 = 2 * (ends // w), 2 * (ends % w)
+    dr = np.array([-1, 1, 0, 0])
+    dc = np.array([0, 0, -1, 1])
+    pts = np.stack([(c2[:, None] + dc).ravel(), (r2[:, None] + dr).ravel()], axis=1).astype(np.float64)
+    # a line through the points (in any order) has their hull; lines are built without a point object each
+    hulls = shapely.convex_hull(shapely.linestrings(pts, indices=np.repeat(dense, 4)))
+    hulls = shapely.orient_polygons(hulls, exterior_cw=False)
+    xy, which = shapely.get_coordinates(shapely.get_exterior_ring(hulls), return_index=True)
+    counts = _grid_points_in_convex(xy.astype(np.int64), which, len(used))
+    per_label = np.zeros(px.nbins, np.int64)
+    per_label[used] = counts
+    out[px.present] = per_label[px.idx[px.present]]
     return out
+
+
+def _grid_points_in_convex(xy: np.ndarray, which: np.ndarray, n: int) -> np.ndarray:
+    """Integer points (x, y) = (col, row) in or on each of ``n`` convex counter-clockwise rings given in
+    doubled integer coordinates (``xy`` closed rings back to back, ``which`` the ring of each vertex)."""
+    last = np.r_[which[1:] != which[:-1], True]
+    keep = ~last                                   # edge i runs from vertex i to i + 1 within a ring
+    x0, y0, ring = xy[:-1, 0][keep[:-1]], xy[:-1, 1][keep[:-1]], which[:-1][keep[:-1]]
+    dx = xy[1:, 0][keep[:-1]] - x0
+    dy = xy[1:, 1][keep[:-1]] - y0
+    ymin = np.full(n, np.iinfo(np.int64).max)
+    ymax = np.full(n, np.iinfo(np.int64).min)
+    np.minimum.at(ymin, which, xy[:, 1])
+    np.maximum.at(ymax, which, xy[:, 1])
+    rlo, rhi = -((-ymin) // 2), ymax // 2          # rows whose doubled y lies within the ring
+    nrows = np.maximum(rhi - rlo + 1, 0)
+    row_ring = np.repeat(np.arange(n), nrows)
+    row = np.repeat(rlo, nrows) + np.arange(nrows.sum()) - np.repeat(np.cumsum(nrows) - nrows, nrows)
+    # every (row, edge of its ring) pair; inside-or-on: dy * (2 col - x0) <= dx * (2 row - y0)
+    n_edges = np.bincount(ring, minlength=n)
+    first_edge = np.cumsum(n_edges) - n_edges
+    k = np.repeat(np.arange(len(row)), n_edges[row_ring])
+    e = np.repeat(first_edge[row_ring], n_edges[row_ring]) + (np.arange(len(k)) - np.repeat(
+        np.cumsum(n_edges[row_ring]) - n_edges[row_ring], n_edges[row_ring]))
+    num = dx[e] * (2 * row[k] - y0[e]) + dy[e] * x0[e]
+    d2 = 2 * dy[e]
+    big = np.iinfo(np.int64).max // 4
+    hi = np.full(len(row), big)
+    lo = np.full(len(row), -big)
+    up, down, flat = d2 > 0, d2 < 0, d2 == 0
+    np.minimum.at(hi, k[up], num[up] // d2[up])
+    np.maximum.at(lo, k[down], -((-num[down]) // d2[down]))
+    blocked = np.zeros(len(row), bool)
+    blocked[k[flat & (dx[e] * (2 * row[k] - y0[e]) < 0)]] = True
+    per_row = np.where(blocked, 0, np.maximum(hi - lo + 1, 0))
+    return np.bincount(row_ring, per_row, minlength=n).astype(np.int64)
 
 
 def _outline_shape(out: dict, outlines: list, present: np.ndarray, level0_mpp: float) -> dict:

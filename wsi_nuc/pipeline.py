@@ -178,17 +178,26 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     """Plan, segment (resuming from the tile spool), stitch and write; the spool is finished on success and
     left with only what a resume needs on failure."""
     from . import spool as spool_io
+    from .graph import Preload, in_process, load_here, todo_count
 
+    st = run.settings
+    scheduler = "local" if st.dashboard else st.scheduler
+    preload = Preload(str(run.model_dir), st.device) if in_process(scheduler, _max_tiles(run), client) else None
     plan = plan_tiles(run)
     key = spool_io.spool_key(plan.geom, plan.task, run.settings)
     spool = spool_io.load(spool_io.folder_for(run.out, run.final.name, key), key)
     try:
+        todo = todo_count(list(plan.grid), spool)
+        here = in_process(scheduler, todo, client)
+        if here and todo:
+            with run.timer("model"):              # a handful of tiles: this process, the model loaded once
+                preload.wait() if preload is not None else load_here(plan.task.model, plan.task.device)
         if hasattr(progress, "start_tiles"):      # our own SlideProgress (a cohort passes a plain callable)
-            progress.start_tiles(len(plan.grid))
+            progress.start_tiles(len(plan.grid), starting=None if here else "starting workers, loading the model")
             progress = progress.update
         stack, closer = ExitStack(), None
         try:
-            tiles = _segment(run, plan, client, stack, spool, progress)
+            tiles = _segment(run, plan, client, stack, spool, progress, here)
             # a cluster of our own shuts down (about 1 s) while the driver stitches and writes
             closer = threading.Thread(target=_close_quietly, args=(stack,), name="wsi-nuc-cluster-close",
                                       daemon=True)
@@ -207,12 +216,27 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     return summary
 
 
-def _segment(run: SlideRun, plan: SlidePlan, client, stack: ExitStack, spool, progress) -> list:
-    """Every tile of the grid through the Dask graph (on ``client``, or a cluster of our own entered on ``stack``)."""
+def _max_tiles(run: SlideRun) -> int:
+    """Tiles of the slide if all of it were tissue: when even that is few, the model starts loading at once."""
+    from .graph import max_tiles
+
+    f = float(run.mcfg.get("mpp") or run.info.mpp) / run.info.mpp
+    return max_tiles(math.ceil(run.info.height / f), math.ceil(run.info.width / f), run.settings.tile)
+
+
+def _segment(run: SlideRun, plan: SlidePlan, client, stack: ExitStack, spool, progress, here: bool = False) -> list:
+    """Every tile of the grid in this process (``here``) or through the Dask graph (on ``client``, or a cluster
+    of our own entered on ``stack``)."""
+    st = run.settings
+    if here:
+        from .graph import run_tiles_here
+
+        with run.timer("segment"):
+            return run_tiles_here(plan.geom, list(plan.grid), plan.task, spool=spool, on_done=progress,
+                                  threads=st.workers)
     from .cluster import dask_client
     from .graph import run_tiles
 
-    st = run.settings
     ctx = nullcontext(client) if client is not None else dask_client(st.scheduler, st.workers)
     with run.timer("segment"):
         cl = stack.enter_context(ctx)

@@ -33,6 +33,7 @@ STAGES = {
     "open": "opening",
     "tissue": "finding tissue",
     "stain": "stain statistics",
+    "model": "loading the model",
     "segment": "segmenting",
     "stitch": "stitching",
     "write_geojson": "writing nuclei.geojson",
@@ -101,18 +102,20 @@ class SlideProgress:
             else:
                 self._line(label)
 
-    def start_tiles(self, total: int) -> None:
-        """The tile count is known: a bar on a terminal, a first line otherwise."""
+    def start_tiles(self, total: int, starting: str | None = "starting workers, loading the model") -> None:
+        """The tile count is known: a bar on a terminal, a first line otherwise; ``starting``: what happens
+        before the first tile can finish (None: nothing slow, e.g. the model is loaded already)."""
         self.total = int(total)
         self._stage = "segmenting"
+        note = f" ({starting})" if starting else ""
         if self.tty:
             from tqdm import tqdm
 
             self.stream.write("\r\033[K")
             self.bar = tqdm(total=self.total, unit="tile", file=self.stream, leave=True,
-                            desc=f"{self.name}: segmenting (starting workers, loading the model)")
+                            desc=f"{self.name}: segmenting{note}")
         else:
-            self._line(f"segmenting 0/{self.total} tiles (starting workers, loading the model)")
+            self._line(f"segmenting 0/{self.total} tiles{note}")
         self._last_t = self.clock()
         if self.clock is time.perf_counter:
             self._beat = threading.Thread(target=self._heartbeat, name="wsi-nuc-progress", daemon=True)

@@ -112,18 +112,51 @@ def normalise(rgb: np.ndarray, source: LabStats, target: LabStats) -> np.ndarray
     -> sRGB, computed with tables: L*a*b* is affine in the cube-root terms f(X/Xn), f(Y/Yn), f(Z/Zn), so
     the Reinhard step is one 3x3 affine map there, and the transfer curves are 2^16-entry tables. It
     agrees with the direct formulas (:func:`normalise_exact`) to within 1 grey level.
+
+    An image is done in strips of :data:`_STRIP_PX` pixels (whole rows of its last two axes), in place, so
+    the float32 temporaries stay in the CPU cache; every pixel gets the same operations in the same order
+    as on the whole image at once, so the result does not depend on the strip size.
     """
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8:
         return normalise_exact(rgb, source, target)
     a, c = _f_affine(source, target)
-    xyz = _LINEAR_U8[rgb] @ _M_XYZ_WHITE.T
-    f = _F_TABLE[np.minimum(xyz * (_N - 1) + 0.5, _N - 1).astype(np.int32)]
-    f = f @ a.T + c
-    xyz = np.where(f > _DELTA, f * f * f, 3 * _DELTA ** 2 * (f - 4.0 / 29.0))
-    lin = xyz @ (_M_RGB_FROM_XYZ * _WHITE).T
-    idx = (np.clip(lin, 0.0, 1.0) * (_N - 1) + 0.5).astype(np.int32)
-    return _SRGB_U8[idx]
+    out = np.empty_like(rgb)
+    if rgb.ndim < 3 or rgb.size == 0:
+        _normalise_block(rgb, a.T, c, out)
+        return out
+    rows = rgb.reshape(-1, *rgb.shape[-2:])       # (rows, W, 3): matmul works row by row either way
+    dst = out.reshape(rows.shape)
+    step = max(1, _STRIP_PX // max(1, rows.shape[1]))
+    for r in range(0, len(rows), step):
+        _normalise_block(rows[r:r + step], a.T, c, dst[r:r + step])
+    return out
+
+
+_STRIP_PX = 1 << 13
+_M_RGB_WHITE = (_M_RGB_FROM_XYZ * _WHITE).astype(np.float32)
+_K_LOW = np.float32(3 * _DELTA ** 2)
+
+
+def _normalise_block(rgb: np.ndarray, a_t: np.ndarray, c: np.ndarray, out: np.ndarray) -> None:
+    """:func:`normalise` of one block into ``out``: sRGB -> cube-root space (tables), the Reinhard affine
+    map there, back to sRGB (tables). The arithmetic of the original whole-image formulas, op for op."""
+    xyz = np.take(_LINEAR_U8, rgb) @ _M_XYZ_WHITE.T
+    xyz *= _N - 1
+    xyz += 0.5
+    np.minimum(xyz, _N - 1, out=xyz)
+    f = np.take(_F_TABLE, xyz.astype(np.int32)) @ a_t
+    f += c
+    low = f <= _DELTA                              # f(t) is linear below delta (near black): rare in tissue
+    xyz = f * f
+    xyz *= f
+    if low.any():
+        xyz[low] = _K_LOW * (f[low] - np.float32(4.0 / 29.0))
+    lin = xyz @ _M_RGB_WHITE.T
+    np.clip(lin, 0.0, 1.0, out=lin)
+    lin *= _N - 1
+    lin += 0.5
+    np.take(_SRGB_U8, lin.astype(np.int32), out=out)
 
 
 def normalise_exact(rgb: np.ndarray, source: LabStats, target: LabStats) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
+from ..graph import AUTO, IN_PROCESS, LOCAL
 from .inputs import Cohort, CohortSlide, read_cohort
 from .manifest import DONE, FAILED, SKIPPED, CohortResult, Tables, _morph_row, _now, _pending_row, _reason, \
     _row_from_summary
@@ -130,6 +131,9 @@ def _check_usage(cohort, out, settings):
     from ..validate import check_output_dir, check_postprocess, validate_settings
 
     settings, _ = validate_settings(settings or RunSettings())
+    if settings.scheduler == IN_PROCESS:
+        raise InputError("--scheduler in-process: batch runs its slides on a Dask cluster (use local, auto or "
+                         "the address of a scheduler)")
     if not isinstance(cohort, Cohort):
         cohort = read_cohort(cohort)
     out = Path(os.path.abspath(out))
@@ -145,7 +149,7 @@ def _cluster(client, settings, progress: Progress, check_cuda: bool):
     from ..cluster import dask_client
 
     quiet = settings.quiet
-    local = client is None and not settings.scheduler
+    local = client is None and settings.scheduler in (None, "", LOCAL, AUTO)
     dashboard = not quiet and importlib.util.find_spec("bokeh") is not None  # no bokeh, no dashboard
     ctx = nullcontext(client) if client is not None else dask_client(settings.scheduler, settings.workers,
                                                                        dashboard=dashboard)
