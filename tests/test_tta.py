@@ -53,3 +53,19 @@ def test_tta_on_the_default_model_agrees_with_plain_inference(slides):
     iou = (fg0 & fg8).sum() / max((fg0 | fg8).sum(), 1)
     assert iou > 0.85 and fg0.sum() > 1000
     assert not np.allclose(plain, avg)                          # the transforms did run
+
+
+def test_run_with_tta_reaches_the_tiles_and_changes_the_same_run(tmp_path):
+    """--tta is a setting of the tiles: it reaches the worker's maps() and a run with another --tta is not
+    resumed from the tiles of the first; bad values are refused like the other choices."""
+    from wsi_nuc.errors import InputError
+    from wsi_nuc.run_context import RunSettings, result_settings
+    from wsi_nuc.validate import validate_settings
+
+    assert result_settings(RunSettings(tta=8), "tiles") != result_settings(RunSettings(), "tiles")
+    with pytest.raises(InputError, match="--tta"):
+        validate_settings(RunSettings(tta=3))
+    from wsi_nuc.cli import build_parser
+
+    a = build_parser().parse_args(["run", "x.svs", "--tta", "4"])
+    assert a.tta == 4

@@ -59,7 +59,8 @@ def _settings(a):
                      tissue_detection=not a.no_tissue_detection, workers=a.workers, scheduler=a.scheduler,
                      batch=a.batch, quiet=a.quiet, types=not a.no_types, wait=a.wait, overwrite=a.overwrite,
                      geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
-                     min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None))
+                     min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None),
+                     tta=a.tta)
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
@@ -107,7 +108,7 @@ def _eval(a) -> int:
                   f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}  f_d {sc['f_d']:.4f}{scale}", flush=True)
 
     res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log,
-                   auto_scale=a.scale == "auto")
+                   auto_scale=a.scale == "auto", tta=a.tta)
     agg = res["aggregate"]
     if a.json:
         print(json.dumps({**agg, "split": res["split"], "model": res["model"]}))
@@ -221,6 +222,10 @@ def _slide_options() -> argparse.ArgumentParser:
                                                        "wait for it (default: stop at once with exit 2)")
     p.add_argument("--overwrite", action="store_true", help="replace wsi-nuc results of another slide with the "
                                                             "same name (never files wsi-nuc did not write)")
+    p.add_argument("--tta", type=int, choices=(1, 4, 8), default=d.tta,
+                   help="test-time augmentation: average the maps over 4 flips or 8 flips/rotations; that many "
+                        "times the network's cost, for the best outlines (accurate mode: --model he-teacher "
+                        "--tta 8)")
     p.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
     p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
@@ -274,6 +279,9 @@ def _add_eval_info_models(sub) -> None:
                    help="images whose dataset.json gives no mpp: estimate their scale from the nuclei "
                         "found at their own pixels (auto, default), or segment them as working pixels "
                         "(native)")
+    e.add_argument("--tta", type=int, choices=(1, 4, 8), default=1,
+                   help="test-time augmentation: average the maps over 4 flips or 8 flips/rotations "
+                        "(that many times the network's cost; default 1, none)")
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="what the reader sees in a slide")

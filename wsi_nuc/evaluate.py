@@ -25,7 +25,7 @@ def save_classes(path: Path, classes: np.ndarray) -> None:
 
 def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | None = None,
              device: str = "auto", save_dir: str | Path | None = None, params: dict | None = None,
-             log=None, auto_scale: bool = True) -> dict:
+             log=None, auto_scale: bool = True, tta: int = 1) -> dict:
     """Per-image and aggregate metrics of ``model`` on ``dataset_dir``.
 
     ``split`` defaults to ``val`` when dataset.json has a split, else ``all``. ``params`` overrides the
@@ -57,6 +57,18 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
 
     check_model_dir(resolve_model_dir(model, device))
     predictor = get_predictor(model, device)
+    before, predictor.tta = predictor.tta, int(tta)      # the cached predictor: restored on the way out
+    try:
+        return _evaluate(root, meta, split, stems, predictor, params, save_dir, log, auto_scale)
+    finally:
+        predictor.tta = before
+
+
+def _evaluate(root, meta, split, stems, predictor, params, save_dir, log, auto_scale) -> dict:
+    from .metrics import aggregate, score_image
+    from .metrics_types import add_counts, detection_f1, type_counts, type_scores
+    from .type_map import paint_types, to_dataset_ids, true_nucleus_types
+
     p = InstanceParams.from_dict({**(predictor.config.get("postprocess") or {}), **(params or {})})
     classes = class_names(meta)
     typed = bool(predictor.types)

@@ -83,6 +83,7 @@ class TaskSettings:
     params: dict
     stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
     types: bool = True            # per-nucleus type and type_prob, when the model has a type head
+    tta: int = 1                  # test-time augmentation (1, 4 or 8 flips/rotations; wsi_nuc.predict.forward_tta)
 
 
 _LOCAL = threading.local()        # one slide reader per thread: readers are not all thread-safe
@@ -113,7 +114,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     types = predictor.types if ts.types else ()
     out = []
     for s in range(0, len(tiles), bs):
-        maps = predictor.maps(images[s:s + bs], stain)
+        maps = predictor.maps(images[s:s + bs], stain, tta=ts.tta)
         for k, t in enumerate(tiles[s:s + bs]):
             out.append(tile_nuclei(t, images[s + k], maps[k], params, geom.scale, types=types))
     return out

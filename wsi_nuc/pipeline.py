@@ -170,7 +170,7 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
             check_colour(stats, run.path)
             stain = stats.to_dict() if stats is not None else None
     task = TaskSettings(str(run.model_dir), st.device, None, st.batch, dict(mcfg.get("postprocess") or {}),
-                        stain, st.types)
+                        stain, st.types, st.tta)
     return SlidePlan(tissue, grid, geom, roi, stain, task)
 
 
@@ -218,6 +218,8 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
 
 def _max_tiles(run: SlideRun) -> int:
     """Tiles of the slide if all of it were tissue: when even that is few, the model starts loading at once."""
+    import math
+
     from .graph import max_tiles
 
     f = float(run.mcfg.get("mpp") or run.info.mpp) / run.info.mpp

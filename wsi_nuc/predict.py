@@ -81,6 +81,7 @@ class Predictor:
     config: dict
     device: torch.device
     lts: torch.nn.Module | None = None      # local temperature scaling head (calibrated fg), if fitted
+    tta: int = 1                            # test-time augmentation of maps() when not given (1, 4 or 8)
 
     @property
     def mpp(self) -> float | None:
@@ -106,7 +107,7 @@ class Predictor:
         return int(getattr(self.net, "stride", 16))
 
     @torch.inference_mode()
-    def maps(self, images: np.ndarray, stain=None, tta: int = 1) -> np.ndarray:
+    def maps(self, images: np.ndarray, stain=None, tta: int | None = None) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, C, H, W) float32 maps; pads to the stride by mirroring, crops back.
 
         C is 6 (:data:`MAP_CHANNELS`), or 6 + 1 + K for a model with K nucleus types: channels 6.. are then
@@ -114,8 +115,8 @@ class Predictor:
 
         A model with ``stain_norm`` in its config first Reinhard-normalises the images: from ``stain``
         (a :class:`~wsi_nuc.stainnorm.LabStats` of the slide or image they come from) when given, else
-        from each image's own statistics. ``tta`` (1, 4 or 8): average over flips/rotations
-        (:func:`forward_tta`), ``tta`` times the network's cost.
+        from each image's own statistics. ``tta`` (1, 4 or 8; default the predictor's ``tta``): average
+        over flips/rotations (:func:`forward_tta`), ``tta`` times the network's cost.
         """
         target = self.stain_target
         if target is not None:
@@ -131,9 +132,9 @@ class Predictor:
         x = to_input(images, self.config.get("norm"), self.device)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                out = forward_tta(self.net, x, tta)
+                out = forward_tta(self.net, x, tta or self.tta)
         else:
-            out = forward_tta(self.net, x, tta)
+            out = forward_tta(self.net, x, tta or self.tta)
         out = out.float().contiguous()  # INT8 graphs return channels-last: slices of it are slow
         act = torch.empty_like(out)
         act[:, 0] = calibrated_fg(out[:, 0], self.lts, x)

@@ -34,6 +34,7 @@ class RunSettings:
     types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
     wait: bool = False              # output locked by another run: wait for it (else InputError at once)
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
+    tta: int = 1                    # test-time augmentation: maps averaged over 1, 4 or 8 flips/rotations
 
 
 # "The same run": every RunSettings field that changes a result, with the first stage whose results it
@@ -41,7 +42,7 @@ class RunSettings:
 # the files on top (a cohort's resume redoes a slide made otherwise, :mod:`wsi_nuc.cohort.resume`). Both
 # also compare the resolved model folder. The other fields (model as named, device, workers, scheduler,
 # batch, tiles_per_task, quiet, dashboard, wait, overwrite) change how a run goes, not what it makes.
-RESULT_SETTINGS = {"tile": "tiles", "halo": "tiles", "margin": "tiles", "mpp": "tiles", "types": "tiles",
+RESULT_SETTINGS = {"tile": "tiles", "halo": "tiles", "margin": "tiles", "mpp": "tiles", "types": "tiles", "tta": "tiles",
                    "tissue_detection": "outputs", "roi": "outputs", "min_area_um2": "outputs",
                    "geojson_gz": "outputs", "simplify": "outputs", "table": "outputs", "zarr_image": "outputs"}
 

@@ -73,9 +73,10 @@ def validate_settings(settings, align: int = ALIGN):
 def _check_choices(settings) -> None:
     """The settings with a fixed set of values or a sign (the CLI's choices, for callers of the Python API)."""
     for flag, value, allowed in (("--device", settings.device, ("auto", "cpu", "cuda")),
-                                 ("--table", settings.table, ("csv", "parquet", "both"))):
+                                 ("--table", settings.table, ("csv", "parquet", "both")),
+                                 ("--tta", settings.tta, (1, 4, 8))):
         if value not in allowed:
-            raise InputError(f"{flag} {value!r}: must be one of {', '.join(allowed)}")
+            raise InputError(f"{flag} {value!r}: must be one of {', '.join(map(str, allowed))}")
     for flag, value in (("--simplify", settings.simplify), ("--min-area-um2", settings.min_area_um2)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise InputError(f"{flag} {value!r}: must be a number, 0 or more")
