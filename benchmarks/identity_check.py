@@ -5,7 +5,8 @@
 
 Runs `wsi-nuc run SLIDE --out DIR --quiet` (this checkout's code, this interpreter) on each slide and
 compares with the reference run: GeoJSON features (geometry and properties, ids included, in order), the
-CSV byte for byte, every zarr array (values, shape, dtype) and group/array attributes, and summary.json
+CSV byte for byte, every zarr array (values, shape, dtype) and group/array attributes, qc.png's pixels, and
+summary.json
 without what is expected to differ between two runs (timings, software versions, paths).
 """
 from __future__ import annotations
@@ -87,6 +88,10 @@ def compare(ref: Path, new: Path) -> list[str]:
         if hasattr(a, "shape"):
             if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a[...], b[...]):
                 diffs.append(f"nuclei.ome.zarr/{name}: array differs")
+    from PIL import Image
+
+    if not np.array_equal(np.asarray(Image.open(ref / "qc.png")), np.asarray(Image.open(new / "qc.png"))):
+        diffs.append("qc.png: pixels differ")
     sr = _strip(json.loads((ref / "summary.json").read_text()))
     sn = _strip(json.loads((new / "summary.json").read_text()))
     sn = {k: v for k, v in sn.items() if k in sr or k not in ADDED}
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
             added = {k: v for k, v in json.loads((folder / "summary.json").read_text()).items()
                      if k in ADDED and k not in json.loads((ref / "summary.json").read_text())}
             print(f"identical {slide.name}: {n} nuclei; GeoJSON features, CSV bytes, zarr arrays and "
-                  f"attributes, summary.json (less timings/versions/paths)"
+                  f"attributes, qc.png pixels, summary.json (less timings/versions/paths)"
                   + (f"; summary.json adds {added}" if added else ""))
     return 1 if failed else 0
 

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["wsi_nuc.tiling", "wsi_nuc.stitch", "wsi_nuc.run_context", "wsi_nuc.writers.rasterise",
-           "wsi_nuc.model.inputs", "wsi_nuc.ownership",
+           "wsi_nuc.model.inputs", "wsi_nuc.ownership", "wsi_nuc.instances", "wsi_nuc.api",
            "wsi_nuc.types", "wsi_nuc.progress", "wsi_nuc.roi", "wsi_nuc.writers.measures",
            "wsi_nuc.writers.geojson", "wsi_nuc.writers.ome_zarr", "wsi_nuc.writers.table",
            "wsi_nuc.writers.qc", "wsi_nuc.writers.qc_data", "wsi_nuc.writers.slide_outputs",

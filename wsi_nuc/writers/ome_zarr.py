@@ -222,37 +222,16 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
     query = polygons.query if hasattr(polygons, "query") else polygons
     shapes = level_shapes((h, w), min_side)
     label_ds = [f * 2 ** k for k in range(len(shapes))]
-    max_id = 0
     with atomic_dir(path) as tmp:
         root = _open_group(tmp)
-        # ---- parent image
-        if image_reader is not None:
-            from ..slide import read_region
-
-            arr = _create(root, "0", (3, h, w), (3, chunk, chunk), "uint8")
-            for y0, x0, y1, x1 in _blocks((h, w), chunk):
-                rgb = read_region(image_reader, x0 * f, y0 * f, (x1 - x0) * f, (y1 - y0) * f, x1 - x0, y1 - y0)
-                arr[:, y0:y1, x0:x1] = np.moveaxis(rgb, -1, 0)
-            _downsample_levels(root, shapes, chunk, _mean2, "uint8", channel=True)
-            image_ds = label_ds
-            image_shapes = shapes
-        else:
-            if thumbnail is None:
-                thumb, ts = np.full((max(1, h // 64), max(1, w // 64), 3), 255, np.uint8), 64.0 * f
-            else:
-                thumb, ts = np.asarray(thumbnail[0])[..., :3].astype(np.uint8), float(thumbnail[1])
-            arr = _create(root, "0", (3,) + thumb.shape[:2], (3, chunk, chunk), "uint8")
-            arr[:] = np.moveaxis(thumb, -1, 0)
-            image_ds = [ts]
-            image_shapes = [thumb.shape[:2]]
+        image_ds, image_shapes = _write_image(root, (h, w), f, shapes, label_ds, thumbnail, image_reader, chunk)
         root.attrs.update({"multiscales": _multiscales(slide_name, image_ds, mpp0, channel=True),
                            "omero": _omero(slide_name)})
-        # ---- labels
         labels_root = root.create_group("labels")
         labels_root.attrs.update({"labels": [name]})
         g = labels_root.create_group(name)
         lab0 = _create(g, "0", (h, w), (chunk, chunk), "uint32")
-        max_id = max(max_id, rasterise_blocks(lab0, query, f, chunk))
+        max_id = rasterise_blocks(lab0, query, f, chunk)
         _downsample_levels(g, shapes, chunk, _nearest, "uint32")
         extra = {"level0_mpp": mpp0, "mpp_work": f * mpp0, "f": f, "note": NOTE, "background": 0,
                  "ids": "label value = nucleus_id in nuclei.geojson / nuclei.csv",
@@ -262,6 +241,28 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
             "label_shapes": [list(s) for s in shapes], "label_scale_um": [d * mpp0 for d in label_ds],
             "image": "slide" if image_reader is not None else "thumbnail",
             "image_shapes": [list(s) for s in image_shapes], "chunk": chunk, "max_label": max_id}
+
+
+def _write_image(root, shape: tuple[int, int], f: float, shapes, label_ds, thumbnail, image_reader, chunk: int):
+    """The parent image: the slide at the label levels' resolutions (``image_reader``), else the thumbnail
+    (or a white stand-in). Returns its downsamples (level-0 px per pixel) and level shapes."""
+    h, w = shape
+    if image_reader is not None:
+        from ..slide import read_region
+
+        arr = _create(root, "0", (3, h, w), (3, chunk, chunk), "uint8")
+        for y0, x0, y1, x1 in _blocks((h, w), chunk):
+            rgb = read_region(image_reader, x0 * f, y0 * f, (x1 - x0) * f, (y1 - y0) * f, x1 - x0, y1 - y0)
+            arr[:, y0:y1, x0:x1] = np.moveaxis(rgb, -1, 0)
+        _downsample_levels(root, shapes, chunk, _mean2, "uint8", channel=True)
+        return label_ds, shapes
+    if thumbnail is None:
+        thumb, ts = np.full((max(1, h // 64), max(1, w // 64), 3), 255, np.uint8), 64.0 * f
+    else:
+        thumb, ts = np.asarray(thumbnail[0])[..., :3].astype(np.uint8), float(thumbnail[1])
+    arr = _create(root, "0", (3,) + thumb.shape[:2], (3, chunk, chunk), "uint8")
+    arr[:] = np.moveaxis(thumb, -1, 0)
+    return [ts], [thumb.shape[:2]]
 
 
 def read_labels(path: Path | str, level: int = 0, name: str = "nuclei") -> np.ndarray:
