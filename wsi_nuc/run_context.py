@@ -51,7 +51,7 @@ def result_settings(settings: "RunSettings", stage: str = "outputs") -> dict:
     """{field: value} of the settings that make two runs the same run up to ``stage`` ("tiles" or "outputs").
 
     >>> result_settings(RunSettings(), "tiles")
-    {'tile': 512, 'halo': 64, 'margin': 8, 'mpp': None, 'types': True}
+    {'tile': 512, 'halo': 64, 'margin': 8, 'mpp': None, 'types': True, 'tta': 1}
     """
     if stage not in ("tiles", "outputs"):
         raise ValueError(f"stage must be 'tiles' or 'outputs', got {stage!r}")
