@@ -113,8 +113,6 @@ def labels_from_maps(maps: np.ndarray, params: InstanceParams | None = None) -> 
     >>> len(np.unique(labels[labels > 0])), bool((labels[10, 9] != labels[10, 19]))
     (2, True)
     """
-    from skimage.segmentation import watershed
-
     p = params or InstanceParams()
     fg, bd, dist = maps[0], maps[1], maps[2]
     mask = fg > p.fg_threshold
@@ -122,14 +120,41 @@ def labels_from_maps(maps: np.ndarray, params: InstanceParams | None = None) -> 
         return np.zeros(mask.shape, np.int32)
     markers = markers_from_maps(maps, mask, p)
     relief = bd if p.energy == "boundary" else -dist
-    labels = watershed(relief, markers, mask=mask) if markers.max() else np.zeros(mask.shape, np.int32)
-    orphan, n_orphan = ndi.label(mask & (labels == 0))
-    if n_orphan:
+    labels = _watershed(relief, markers, mask) if markers.max() else np.zeros(mask.shape, np.int32)
+    free = mask & (labels == 0)
+    if free.any():
+        orphan, n_orphan = ndi.label(free)
         labels = np.where(orphan > 0, orphan + labels.max(), labels)
-    labels = remove_small(labels.astype(np.int32), p.min_area_px)
+    labels = remove_small(labels.astype(np.int32, copy=False), p.min_area_px)
     if p.min_confidence > 0:
         labels = remove_unsure(labels, fg, p.min_confidence)
     return labels
+
+
+def _watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(relief, markers, mask=mask)`` (4-connected, no compactness, no
+    watershed line) for int32 ``markers`` that are 0 outside ``mask``: the same flooding (skimage's own
+    kernel), its inputs laid out (padded float64 relief, int8 mask, int32 output) in one pass each instead of
+    skimage's checks, casts, pads and copies. Falls back to skimage's function where its internals differ."""
+    try:
+        from skimage.morphology._util import _offsets_to_raveled_neighbors
+        from skimage.segmentation import _watershed_cy
+    except ImportError:
+        from skimage.segmentation import watershed
+
+        return watershed(relief, markers, mask=mask)
+    h, w = relief.shape
+    image = np.zeros((h + 2, w + 2), np.float64)
+    image[1:-1, 1:-1] = relief
+    inside = np.zeros((h + 2, w + 2), np.int8)
+    inside[1:-1, 1:-1] = mask
+    out = np.zeros((h + 2, w + 2), np.int32)
+    out[1:-1, 1:-1] = markers
+    neighbours = _offsets_to_raveled_neighbors(image.shape, ndi.generate_binary_structure(2, 1), center=(1, 1))
+    strides = np.array(image.strides, dtype=np.intp) // image.itemsize
+    _watershed_cy.watershed_raveled(image.ravel(), np.flatnonzero(out), neighbours, inside.ravel(), strides, 0,
+                                    out.ravel(), False)
+    return out[1:-1, 1:-1].copy()
 
 
 def remove_unsure(labels: np.ndarray, prob: np.ndarray, min_mean: float) -> np.ndarray:
