@@ -98,12 +98,19 @@ def folded_fp32(model_dir: Path, cfg: dict) -> nn.Module:
         prepared.load_state_dict(load_file(str(Path(model_dir) / "model.safetensors")), strict=False)
         folded = strip_observers(prepared).eval()
     else:
-        from torch.fx.experimental.optimization import fuse
-
         state = load_file(str(Path(model_dir) / "model.safetensors"))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        folded = fuse(net.eval()) if cfg["arch"].get("kind", "unet") == "unet" else net.eval()
+        folded = _fold_unet(net.eval()) if cfg["arch"].get("kind", "unet") == "unet" else net.eval()
     return folded
+
+
+def _fold_unet(net: nn.Module) -> nn.Module:
+    """Conv + BatchNorm + ReLU of every U-Net block fused into one convolution (eval mode)."""
+    from torch.ao.quantization import fuse_modules
+
+    for block in [*net.enc, *net.dec]:
+        fuse_modules(block, [["0", "1", "2"], ["3", "4", "5"]], inplace=True)
+    return net
 
 
 class TorchFp32(nn.Module):
