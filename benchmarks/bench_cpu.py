@@ -164,10 +164,15 @@ def _net_input(pred, img):
     return x.div_(255.0).sub_(norm["mean"]).div_(norm["std"])
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: all its threads, spinning included)."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _ms(pair) -> tuple[float, float]:
+    return round(1000 * pair[0], 2), round(1000 * pair[1], 2)
 
 
 # ------------------------------------------------------------------------------------------- parts
@@ -177,7 +182,7 @@ def bench_network(models, engines, threads_list, rounds, img, tmp, dataset) -> d
     preds = {t: candidates(models, engines, t, tmp, dataset) for t in threads_list}
     stain = {t: {k: _stain(p, img) for k, p in ps.items()} for t, ps in preds.items()}
     xs = {t: {k: _net_input(p, img) for k, p in ps.items()} for t, ps in preds.items()}
-    samples = {(t, k, w): [] for t, ps in preds.items() for k in ps for w in ("maps", "net")}
+    samples = {(t, k, w): [] for t, ps in preds.items() for k in ps for w in ("maps", "net", "maps cpu", "net cpu")}
     for t, ps in preds.items():                      # warm-up (allocations, kernel selection)
         torch.set_num_threads(t)
         for k, p in ps.items():
@@ -188,10 +193,12 @@ def bench_network(models, engines, threads_list, rounds, img, tmp, dataset) -> d
             torch.set_num_threads(t)
             for k, p in ps.items():
                 with torch.inference_mode():
-                    samples[(t, k, "maps")].append(_timed(lambda: p.maps(img[None], stain[t][k])))
-                    samples[(t, k, "net")].append(_timed(lambda: p.net(xs[t][k])))
+                    for w, fn in (("maps", lambda: p.maps(img[None], stain[t][k])), ("net", lambda: p.net(xs[t][k]))):
+                        wall, cpu = _ms(_timed(fn))
+                        samples[(t, k, w)].append(wall)
+                        samples[(t, k, w + " cpu")].append(cpu)
         print(f"  network round {r + 1}/{rounds} load {load()}", file=sys.stderr, flush=True)
-    return {f"{k} @{t}t {w}": [round(1000 * v, 2) for v in s] for (t, k, w), s in samples.items()}
+    return {f"{k} @{t}t {w}": s for (t, k, w), s in samples.items()}
 
 
 def tile_work(pred, img, stain, params):
@@ -221,10 +228,10 @@ def _layout_worker(conn, models, engines, tmp, dataset, img):
         k, n = msg
         p = preds[k]
         params = InstanceParams.from_dict(p.config.get("postprocess"))
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         for _ in range(n):
             tile_work(p, img, stain[k], params)
-        conn.send((t0, time.time()))
+        conn.send((t0, time.time(), time.process_time() - c0))
 
 
 def bench_layouts(models, engines, rounds, img, tmp, dataset, n_tiles: int = 3) -> dict:
@@ -243,20 +250,22 @@ def bench_layouts(models, engines, rounds, img, tmp, dataset, n_tiles: int = 3) 
         procs.append(pr)
     for a in pipes:
         assert a.recv() == "ready"
-    out = {f"{k} {lay}": [] for k in preds for lay in ("1x2", "2x1")}
+    out = {f"{k} {lay}": [] for k in preds for lay in ("1x2", "2x1", "1x2 cpu", "2x1 cpu")}
     try:
         for r in range(rounds):
             for k, p in preds.items():
                 torch.set_num_threads(2)
                 params = InstanceParams.from_dict(p.config.get("postprocess"))
                 tile_work(p, img, stain[k], params)
-                wall = _timed(lambda: [tile_work(p, img, stain[k], params) for _ in range(n_tiles)])
+                wall, cpu = _timed(lambda: [tile_work(p, img, stain[k], params) for _ in range(n_tiles)])
                 out[f"{k} 1x2"].append(round(1000 * wall / n_tiles, 2))
+                out[f"{k} 1x2 cpu"].append(round(1000 * cpu / n_tiles, 2))
                 for a in pipes:
                     a.send((k, n_tiles))
                 spans = [a.recv() for a in pipes]
-                wall = max(e for _, e in spans) - min(s for s, _ in spans)
+                wall = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
                 out[f"{k} 2x1"].append(round(1000 * wall / (2 * n_tiles), 2))
+                out[f"{k} 2x1 cpu"].append(round(1000 * sum(c for _, _, c in spans) / (2 * n_tiles), 2))
             print(f"  layouts round {r + 1}/{rounds} load {load()}", file=sys.stderr, flush=True)
     finally:
         for a in pipes:
@@ -314,7 +323,7 @@ def bench_post(pred, img, rounds) -> dict:
             fn()
         for _ in range(rounds):
             for k, fn in stages.items():
-                out[k].append(round(1000 * _timed(fn), 2))
+                out[k].append(_ms(_timed(fn))[1])      # CPU ms: one thread, robust to a busy machine
     out["  clean_polygons"] = [round(a - b, 2) for a, b in zip(out["  clean_polygons"],
                                                                 out["  outlines (polygons_level0)"])]
     reader.close()
@@ -329,13 +338,14 @@ def bench_tiles(model, engines, cores, rounds, tmp, dataset, threads: int) -> di
     for k, p in preds.items():
         for s, im in imgs.items():
             p.maps(im[None], stain[(k, s)])
-    out = {f"{k} core {s - 2 * HALO}": [] for k in preds for s in imgs}
+    out = {f"{k} core {s - 2 * HALO}{w}": [] for k in preds for s in imgs for w in ("", " cpu")}
     for r in range(rounds):
         for k, p in preds.items():
             for s, im in imgs.items():
                 core = s - 2 * HALO
-                ms = 1000 * _timed(lambda: p.maps(im[None], stain[(k, s)]))
-                out[f"{k} core {core}"].append(round(ms / (core * core / 1e6), 1))
+                wall, cpu = _ms(_timed(lambda: p.maps(im[None], stain[(k, s)])))
+                out[f"{k} core {core}"].append(round(wall / (core * core / 1e6), 1))
+                out[f"{k} core {core} cpu"].append(round(cpu / (core * core / 1e6), 1))
         print(f"  tiles round {r + 1}/{rounds} load {load()}", file=sys.stderr, flush=True)
     return out
 
@@ -346,40 +356,50 @@ def med(v) -> float:
     return round(statistics.median(v), 1) if v else float("nan")
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:5.2f}x" if a == a and b == b and b else "    -"
+
+
 def print_report(res: dict) -> None:
-    m = res["machine"]
+    """Wall ms (what a user waits on a quiet machine) and CPU ms (this process's CPU time, all threads:
+    on a busy machine the steadier figure, for one thread the same as wall on a quiet one)."""
+    m, net = res["machine"], res.get("network")
     print(f"\nCPU: {m['cpu']} ({m['cores']} cores), torch capability {m['capability']}, flags {' '.join(m['flags'])}")
     print(f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, env {m['env'] or '-'}; "
-          f"load (1/5/15 min) at start {res['load_start']}, end {res['load_end']}")
-    if "network" in res:
-        print("\nNetwork, one 640² window (maps(): recolour + network + calibration + activations; 'net' alone), "
-              "median ms:")
-        rows = sorted({k.rsplit(" ", 1)[0] for k in res["network"]})
-        ref = {}
+          f"load (1/5/15 min) at start {res['load_start']}, end {res['load_end']}; {res['rounds']} rounds, medians")
+    if net:
+        print("\nNetwork, one 640² window: maps() as run calls it (recolour + network + calibration + activations) "
+              "and the network call alone; ms wall / CPU; 'vs default' = default model torch-int8 maps CPU / this")
+        rows = sorted({k.split(" @")[0] + " @" + k.split(" @")[1].split()[0] for k in net})
+        ref = {r.split(" @")[1]: med(net[f"{r} maps cpu"]) for r in rows
+               if r.split(" @")[0] == f"{res['default_model']} torch-int8"}
+        print(f"  {'model engine @threads':44s} {'maps wall':>9s} {'maps cpu':>9s} {'net wall':>9s} {'net cpu':>9s} "
+              f"{'vs default':>10s}")
         for r in rows:
-            tag = r.rsplit(" @", 1)[1]
-            if r.split(" @")[0] == f"{res['default_model']} torch-int8":
-                ref[tag] = med(res["network"][f"{r} maps"])
-        print(f"  {'model engine @threads':48s} {'maps':>8s} {'net':>8s} {'Mpx/s':>6s} {'vs default':>10s}")
-        for r in rows:
-            a, n = med(res["network"][f"{r} maps"]), med(res["network"][f"{r} net"])
-            rel = ref.get(r.rsplit(" @", 1)[1])
-            print(f"  {r:48s} {a:8.1f} {n:8.1f} {0.4096 / (a / 1000):6.2f} {(rel / a if rel else float('nan')):9.2f}x")
+            v = [med(net[f"{r} {w}"]) for w in ("maps", "maps cpu", "net", "net cpu")]
+            print(f"  {r:44s} " + " ".join(f"{x:9.1f}" for x in v)
+                  + f" {_ratio(ref.get(r.split(' @')[1], float('nan')), v[1]):>10s}")
     if "layouts" in res:
-        print("\nWhole tiles (maps + watershed + outlines + measurements), 640² window, median ms per tile "
-              "(wall / tiles done):")
-        for k in sorted({k.rsplit(" ", 1)[0] for k in res["layouts"]}):
-            a, b = med(res["layouts"][f"{k} 1x2"]), med(res["layouts"][f"{k} 2x1"])
-            print(f"  {k:40s} 1 worker x 2 threads {a:7.1f}   2 workers x 1 thread {b:7.1f}   ({a / b:.2f}x)")
+        lay = res["layouts"]
+        print("\nWhole tiles (maps + watershed + outlines + measurements), 640² window, ms per tile: wall (tiles "
+              "done / wall time) and CPU (summed over processes and threads, per tile)")
+        for k in sorted({k.split(" 1x2")[0].split(" 2x1")[0] for k in lay}):
+            a, b = med(lay[f"{k} 1x2"]), med(lay[f"{k} 2x1"])
+            ac, bc = med(lay[f"{k} 1x2 cpu"]), med(lay[f"{k} 2x1 cpu"])
+            print(f"  {k:36s} 1 worker x 2 threads {a:7.1f} wall {ac:7.1f} cpu | 2 workers x 1 thread "
+                  f"{b:7.1f} wall {bc:7.1f} cpu | 2x1 faster by {_ratio(a, b)} wall, {_ratio(ac, bc)} cpu")
     if "post" in res:
-        print(f"\nPer-tile stages, one thread, 640² window ({res['post']['nuclei_in_window']} nuclei), median ms:")
+        print(f"\nPer-tile stages, one thread, 640² window ({res['post']['nuclei_in_window']} nuclei), median CPU ms:")
         for k, v in res["post"]["ms"].items():
             print(f"  {k:34s} {med(v):8.1f}")
     if "tiles" in res:
-        print(f"\nTile size (halo {HALO}), ms per Mpx of core, maps() at {res['tiles_threads']} threads, median:")
+        print(f"\nTile size (halo {HALO}): ms per Mpx of tile core, maps() at {res['tiles_threads']} thread(s), "
+              "median wall / CPU:")
         for k in sorted({k.split(" core")[0] for k in res["tiles"]}):
-            cells = {c: med(v) for c, v in res["tiles"].items() if c.startswith(k + " core")}
-            print(f"  {k:40s} " + "   ".join(f"{c.split('core ')[1]}: {v:7.1f}" for c, v in cells.items()))
+            cores = sorted({int(c.split("core ")[1].split()[0]) for c in res["tiles"] if c.startswith(k + " core")})
+            cells = [f"{c}: {med(res['tiles'][f'{k} core {c}']):7.1f} / {med(res['tiles'][f'{k} core {c} cpu']):7.1f}"
+                     for c in cores]
+            print(f"  {k:36s} " + "   ".join(cells))
 
 
 def main(argv=None) -> int:

@@ -80,12 +80,17 @@ def _settings(a):
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
                      tissue_detection=not a.no_tissue_detection, workers=a.workers,
                      scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
-                     wait=a.wait, overwrite=a.overwrite, **_output_settings(a))
+                     wait=a.wait, overwrite=a.overwrite, engine=a.engine, **_output_settings(a))
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
 
-    st, notes = validate_settings(st, tile_align(read_model_config(resolve_model_dir(st.model, st.device))))
+    from .model.engine_choice import resolve_engine
+
+    model_dir = resolve_model_dir(st.model, st.device)
+    mcfg = read_model_config(model_dir)
+    resolve_engine(st.engine, model_dir, mcfg, st.device)     # an engine that cannot run here: one line, exit 2
+    st, notes = validate_settings(st, tile_align(mcfg))
     for n in notes:
         if not a.quiet:
             print(f"wsi-nuc: note: {one_line(n)}", file=sys.stderr)
@@ -249,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
+    r.add_argument("--engine", choices=("auto", "torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32"), default="auto",
+                   help="what runs the network (default auto: the fastest here for the model; see README)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _output_flags(r)
     r.add_argument("--no-types", action="store_true",
@@ -278,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
+    b.add_argument("--engine", choices=("auto", "torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32"), default="auto",
+                   help="what runs the network (default auto: the fastest here for the model; see README)")
     b.add_argument("--quiet", action="store_true", help="no progress line")
     _output_flags(b)
     b.add_argument("--no-types", action="store_true",

@@ -45,6 +45,7 @@ class TaskSettings:
     params: dict
     stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
     types: bool = True            # per-nucleus type and type_prob, when the model has a type head
+    engine: str | None = None     # resolved engine (wsi_nuc.model.engines); None: the model as stored
 
 
 _READERS: dict = {}
@@ -66,7 +67,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     from .slide import read_region
 
     reader = _reader(geom.slide, geom.slide_mpp)
-    predictor = get_predictor(ts.model, ts.device, ts.threads)
+    predictor = get_predictor(ts.model, ts.device, ts.threads, ts.engine)
     params = InstanceParams.from_dict(ts.params)
     f = geom.f
     images = np.stack([read_region(reader, t.read.x0 * f, t.read.y0 * f, t.read.w * f, t.read.h * f,
@@ -90,7 +91,8 @@ def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
                      if p.is_file()) if ts.model and Path(ts.model).is_dir() else []
     ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model, weights,
                   ts.margin, sorted(ts.params.items()), ts.stain, tile, halo)
-                 + (() if ts.types else ("no-types",)))  # runs with types keep their former keys
+                 + (() if ts.types else ("no-types",))  # runs with types keep their former keys
+                 + (() if ts.engine in (None, "torch-int8") else (f"engine={ts.engine}",)))
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 

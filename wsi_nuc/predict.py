@@ -130,7 +130,7 @@ def get_predictor(model: str | None = None, device: str = "auto", threads: int |
     if threads:
         torch.set_num_threads(int(threads))
     if engine is None:
-        from .model.engines import default_engine
+        from .model.engine_choice import default_engine
 
         engine = default_engine(cfg, dev.type)
     elif engine == "auto":

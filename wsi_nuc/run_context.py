@@ -34,6 +34,7 @@ class RunSettings:
     types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
     wait: bool = False              # output locked by another run: wait for it (else InputError at once)
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
+    engine: str = "auto"            # what runs the network: auto | torch-int8 | torch-fp32 | onnx-int8 | onnx-fp32
 
 
 @dataclass

@@ -18,7 +18,6 @@ come from safetensors, ONNX files are protobuf graphs read by ONNX Runtime.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,46 +26,7 @@ from torch import nn
 
 from ..errors import InputError
 
-ENGINES = ("torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32")
-CHOICES = ("auto", *ENGINES)
-ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
-
-
-def onnxruntime_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def available_engines(model_dir: Path, cfg: dict, device: str = "cpu") -> list[str]:
-    """Engines that can run this model folder here (without loading anything)."""
-    if device == "cuda":
-        return ["torch-fp32"] if cfg.get("quantized") != "int8" else []
-    out = ["torch-int8"] if cfg.get("quantized") == "int8" else []
-    out.append("torch-fp32")
-    if onnxruntime_available():
-        out += [e for e, f in ONNX_FILES.items() if (Path(model_dir) / f).is_file()]
-    return out
-
-
-def check_engine(engine: str, model_dir: Path, cfg: dict, device: str = "cpu") -> None:
-    """InputError (one line) when ``engine`` cannot run this model folder here."""
-    if engine == "auto":
-        return
-    if engine not in ENGINES:
-        raise InputError(f"--engine {engine}: unknown engine (choose from {', '.join(CHOICES)})")
-    avail = available_engines(model_dir, cfg, device)
-    if engine in avail:
-        return
-    if engine.startswith("onnx") and not onnxruntime_available():
-        why = "onnxruntime is not installed (pip install 'wsi-nuc[onnx]')"
-    elif engine in ONNX_FILES:
-        why = f"the model folder {model_dir} has no {ONNX_FILES[engine]} (python -m wsi_nuc.train.onnx_export)"
-    elif device == "cuda":
-        why = "on CUDA only torch-fp32 runs (with fp16 autocast), and only for an fp32 model"
-    else:
-        why = f"{cfg.get('name', Path(model_dir).name)} is not an INT8 model"
-    raise InputError(f"--engine {engine}: {why}; engines for this model here: {', '.join(avail) or 'none'}")
+from .engine_choice import CHOICES, ENGINES, ONNX_FILES, available_engines, check_engine, default_engine  # noqa: F401
 
 
 def strip_observers(prepared: nn.Module) -> nn.Module:
@@ -171,12 +131,3 @@ def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device):
             return load_model(model_dir, device)[0]
         return TorchFp32(folded_fp32(model_dir, cfg), cfg.get("arch"), stride).eval()
     return OnnxNet(Path(model_dir) / ONNX_FILES[engine], stride)
-
-
-def default_engine(cfg: dict, device: str = "cpu") -> str:
-    """What runs a model when nothing is chosen: its own kind (INT8 folder: torch-int8)."""
-    return "torch-int8" if cfg.get("quantized") == "int8" and device != "cuda" else "torch-fp32"
-
-
-def threads_here() -> int:
-    return int(os.environ.get("WSI_NUC_TORCH_THREADS") or torch.get_num_threads())
