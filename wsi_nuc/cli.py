@@ -72,6 +72,9 @@ def _add_output_options(p) -> None:
                         "'wsi-nuc[dashboard]')")
 
 
+_ENGINES = ("auto", "torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
+
+
 def _settings(a):
     """RunSettings from the flags, checked (one owner: ``validate_settings``); roundings are noted."""
     from .pipeline import RunSettings
@@ -254,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
-    r.add_argument("--engine", choices=("auto", "torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32"), default="auto",
+    r.add_argument("--engine", choices=_ENGINES, default="auto",
                    help="what runs the network (default auto: the fastest here for the model; see README)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _output_flags(r)
@@ -285,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
-    b.add_argument("--engine", choices=("auto", "torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32"), default="auto",
+    b.add_argument("--engine", choices=_ENGINES, default="auto",
                    help="what runs the network (default auto: the fastest here for the model; see README)")
     b.add_argument("--quiet", action="store_true", help="no progress line")
     _output_flags(b)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import InputError
 
-ENGINES = ("torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32")
+ENGINES = ("torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
+QENGINES = {"torch-int8": "x86", "torch-int8-onednn": "onednn", "torch-int8-fbgemm": "fbgemm"}
 CHOICES = ("auto", *ENGINES)
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
@@ -35,7 +36,7 @@ def available_engines(model_dir: Path, cfg: dict, device: str = "cpu") -> list[s
     """Engines that can run this model folder here (without loading anything)."""
     if device == "cuda":
         return ["torch-fp32"] if cfg.get("quantized") != "int8" else []
-    out = ["torch-int8"] if cfg.get("quantized") == "int8" and is_x86() else []
+    out = list(QENGINES) if cfg.get("quantized") == "int8" and is_x86() else []
     out.append("torch-fp32")
     if onnxruntime_available():
         out += [e for e, f in ONNX_FILES.items() if (Path(model_dir) / f).is_file()]
