@@ -50,6 +50,9 @@ def _calibrate(a) -> int:
     return 0
 
 
+_ENGINES = ("auto", "torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
+
+
 def _settings(a):
     """RunSettings from the flags, checked (one owner: ``validate_settings``); roundings are noted."""
     from .pipeline import RunSettings
@@ -60,12 +63,17 @@ def _settings(a):
                      batch=a.batch, quiet=a.quiet, types=not a.no_types, wait=a.wait, overwrite=a.overwrite,
                      geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
                      min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None),
-                     tta=a.tta)
+                     tta=a.tta, engine=a.engine)
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
 
-    st, notes = validate_settings(st, tile_align(read_model_config(resolve_model_dir(st.model, st.device))))
+    from .model.engine_choice import resolve_engine
+
+    model_dir = resolve_model_dir(st.model, st.device)
+    mcfg = read_model_config(model_dir)
+    resolve_engine(st.engine, model_dir, mcfg, st.device)     # an engine that cannot run here: one line, exit 2
+    st, notes = validate_settings(st, tile_align(mcfg))
     for n in notes:
         if not a.quiet:
             print(f"wsi-nuc: note: {one_line(n)}", file=sys.stderr)
@@ -222,6 +230,8 @@ def _slide_options() -> argparse.ArgumentParser:
                                                        "wait for it (default: stop at once with exit 2)")
     p.add_argument("--overwrite", action="store_true", help="replace wsi-nuc results of another slide with the "
                                                             "same name (never files wsi-nuc did not write)")
+    p.add_argument("--engine", choices=_ENGINES, default=d.engine,
+                   help="what runs the network (default auto: the fastest here for the model; see README)")
     p.add_argument("--tta", type=int, choices=(1, 4, 8), default=d.tta,
                    help="test-time augmentation: average the maps over 4 flips or 8 flips/rotations; that many "
                         "times the network's cost, for the best outlines (accurate mode: --model he-teacher "

@@ -84,6 +84,7 @@ class TaskSettings:
     stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
     types: bool = True            # per-nucleus type and type_prob, when the model has a type head
     tta: int = 1                  # test-time augmentation (1, 4 or 8 flips/rotations; wsi_nuc.predict.forward_tta)
+    engine: str | None = None     # resolved engine (wsi_nuc.model.engines); None: the model as stored
 
 
 _LOCAL = threading.local()        # one slide reader per thread: readers are not all thread-safe
@@ -106,7 +107,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     from .slide import read_region
 
     reader = _reader(geom.slide, geom.slide_mpp)
-    predictor = get_predictor(ts.model, ts.device, ts.threads)
+    predictor = get_predictor(ts.model, ts.device, ts.threads, ts.engine)
     params = InstanceParams.from_dict(ts.params)
     images = np.stack([read_region(reader, *geom.scale.window(t.read), t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)

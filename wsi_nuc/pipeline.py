@@ -169,8 +169,10 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
             stats = slide_stats(run.reader, tissue, scale.f, H, W)
             check_colour(stats, run.path)
             stain = stats.to_dict() if stats is not None else None
+    from .model.engine_choice import resolve_engine
+
     task = TaskSettings(str(run.model_dir), st.device, None, st.batch, dict(mcfg.get("postprocess") or {}),
-                        stain, st.types, st.tta)
+                        stain, st.types, st.tta, resolve_engine(st.engine, run.model_dir, mcfg, st.device))
     return SlidePlan(tissue, grid, geom, roi, stain, task)
 
 
@@ -252,6 +254,7 @@ def _segment(run: SlideRun, plan: SlidePlan, client, stack: ExitStack, spool, pr
 def _stitch_and_write(run: SlideRun, plan: SlidePlan, tiles) -> dict:
     """One survivor per nucleus, then every output into a temporary folder renamed into place at the end."""
     from .lock import checkpoint
+    from .model.engine_choice import engine_record
     from .ownership import check_slot, marker
     from .stitch import stitch
     from .writers.atomic import atomic_dir
@@ -262,6 +265,7 @@ def _stitch_and_write(run: SlideRun, plan: SlidePlan, tiles) -> dict:
     with atomic_dir(run.final, before_replace=lambda p: check_slot(p, run.identity, st.overwrite)) as tmp:
         summary = write_outputs(tmp, run, plan, final)
         summary["seconds"]["total"] = round(time.perf_counter() - run.t_start, 3)
+        summary["engine"] = engine_record(plan.task.engine, st.engine)
         if plan.stain is not None:
             summary["stain_normalisation"] = {"slide": plan.stain, "target": run.mcfg["stain_norm"]}
         summary["wsi_nuc_output"] = marker(run.identity)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .model.inputs import to_input
-from .model.io import load_model, read_model_config, resolve_model_dir
+from .model.io import read_model_config, resolve_model_dir
 from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 
 # Output channels of ``Predictor.maps`` (after the activations).
@@ -81,6 +81,7 @@ class Predictor:
     config: dict
     device: torch.device
     lts: torch.nn.Module | None = None      # local temperature scaling head (calibrated fg), if fitted
+    engine: str = "torch"                   # what runs the network (wsi_nuc.model.engines)
     tta: int = 1                            # test-time augmentation of maps() when not given (1, 4 or 8)
 
     @property
@@ -187,17 +188,36 @@ def reweight_types(maps, weights):
 _CACHE: dict = {}
 
 
-def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None) -> Predictor:
-    """The process's predictor for (model, device): loaded once per worker process, then reused."""
+def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None,
+                  engine: str | None = None) -> Predictor:
+    """The process's predictor for (model, device, engine): loaded once per worker process, then reused.
+
+    ``engine``: None runs the model as it is stored (an INT8 folder by torch-int8, an fp32 one by
+    torch-fp32); ``auto`` picks the fastest for this machine (:mod:`wsi_nuc.model.engine_choice`); or a
+    name of :data:`wsi_nuc.model.engines.ENGINES`.
+    """
     model = str(resolve_model_dir(model, device))
-    if device == "auto" and read_model_config(Path(model)).get("quantized") == "int8":
+    cfg = read_model_config(Path(model))
+    if device == "auto" and cfg.get("quantized") == "int8":
         device = "cpu"  # INT8 kernels are CPU kernels
     dev = resolve_device(device)
-    key = (str(model), str(dev), os.getpid())
+    if threads:
+        torch.set_num_threads(int(threads))
+    if engine is None:
+        from .model.engine_choice import default_engine
+
+        engine = default_engine(cfg, dev.type)
+    elif engine == "auto":
+        from .model.engine_choice import choose_engine
+
+        engine = choose_engine(Path(model), cfg, dev.type)
+    key = (str(model), str(dev), engine, os.getpid())
     if key not in _CACHE:
-        if threads:
-            torch.set_num_threads(int(threads))
-        net, cfg = load_model(model, dev)
+        from .model.engines import build_engine
+
+        net = build_engine(engine, Path(model), cfg, dev)
+        cfg = dict(cfg, path=str(model))
+        cfg.setdefault("name", Path(model).name)
         lts = load_lts(cfg["path"], cfg)
-        _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None)
+        _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None, engine)
     return _CACHE[key]

@@ -35,6 +35,7 @@ class RunSettings:
     wait: bool = False              # output locked by another run: wait for it (else InputError at once)
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
     tta: int = 1                    # test-time augmentation: maps averaged over 1, 4 or 8 flips/rotations
+    engine: str = "auto"            # what runs the network: auto | torch-int8 | torch-fp32 | onnx-int8 | onnx-fp32
 
 
 # "The same run": every RunSettings field that changes a result, with the first stage whose results it

@@ -64,7 +64,8 @@ def spool_key(geom, task, settings) -> str:
     weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model.glob("*")
                      if p.is_file()) if model is not None and model.is_dir() else []
     ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), task.model, weights,
-                  sorted(task.params.items()), task.stain, sorted(result_settings(settings, "tiles").items())))
+                  sorted(task.params.items()), task.stain, sorted(result_settings(settings, "tiles").items()))
+                 + (() if getattr(task, "engine", None) in (None, "torch-int8") else (f"engine={task.engine}",)))
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
