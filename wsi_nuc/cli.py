@@ -232,10 +232,8 @@ def _slide_options() -> argparse.ArgumentParser:
                                                             "same name (never files wsi-nuc did not write)")
     p.add_argument("--engine", choices=_ENGINES, default=d.engine,
                    help="what runs the network (default auto: the fastest here for the model; see README)")
-    p.add_argument("--tta", type=int, choices=(1, 4, 8), default=d.tta,
-                   help="test-time augmentation: average the maps over 4 flips or 8 flips/rotations; that many "
-                        "times the network's cost, for the best outlines (accurate mode: --model he-teacher "
-                        "--tta 8)")
+    p.add_argument("--tta", type=int, choices=(1, 4, 8), default=d.tta, help="test-time augmentation: maps "
+                   "averaged over 4 flips or 8 flips/rotations, that many times the network's cost")
     p.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
     p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
@@ -289,9 +287,7 @@ def _add_eval_info_models(sub) -> None:
                    help="images whose dataset.json gives no mpp: estimate their scale from the nuclei "
                         "found at their own pixels (auto, default), or segment them as working pixels "
                         "(native)")
-    e.add_argument("--tta", type=int, choices=(1, 4, 8), default=1,
-                   help="test-time augmentation: average the maps over 4 flips or 8 flips/rotations "
-                        "(that many times the network's cost; default 1, none)")
+    e.add_argument("--tta", type=int, choices=(1, 4, 8), default=1, help="test-time augmentation (as run)")
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="what the reader sees in a slide")
