@@ -24,7 +24,9 @@ Per training step, on the same augmented batch the supervised loop draws:
 Every term has a weight under ``distill:`` in the config; weight 0 switches it off (and skips its
 computation). ``kd_type`` distils the nucleus-type logits (softmax KL at temperature T, times T**2) when
 both networks have a type head. ``init_encoder_from_teacher: true`` starts a student whose encoder has the
-teacher's shape from the teacher's (fine-tuned) encoder. The run folder, checkpoints (keys
+teacher's shape from the teacher's (fine-tuned) encoder. ``trainable: type_branch`` trains only a type branch
+(:class:`wsi_nuc.model.net.TypeBranch`) on a frozen, warm-started trunk, so the instance outputs stay those of
+``init_student_from``; the instance teacher is then not run when no instance KD term is on. The run folder, checkpoints (keys
 model/optim/step/cpu_s + adapters), resume, logs and export are :func:`wsi_nuc.train.driver.run_job`'s.
 """
 from __future__ import annotations
@@ -63,6 +65,7 @@ DISTILL_DEFAULTS = {
     "init_encoder_from_teacher": False,
     "init_student_from": None,   # a model (name or folder) of the student's architecture to start from
     "type_teacher": None,        # a typed model whose type logits teach the student's type head
+    "trainable": "all",          # "type_branch": train only the student's type branch on a frozen trunk
 }
 
 SIGMOID_HEADS = {"kd_fg": 0, "kd_boundary": 1, "kd_centre": 5}
@@ -219,12 +222,18 @@ class TypeTeacher:
         return self.net(to_input(rgb, self.norm_out))[:, 6:]
 
 
+INSTANCE_KD = ("kd_fg", "kd_boundary", "kd_centre", "kd_dist", "kd_hv", "feat")
+
+
 def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None, type_teacher=None):
     s_out, s_feats = student(x, return_features=True)
     with torch.no_grad():
-        t_out, t_feats = teacher(x, return_features=True)
-        if type_teacher is not None:
-            t_out = torch.cat([t_out[:, :6], type_teacher.type_logits(x)], 1)
+        if type_teacher is not None and not any(d[k] for k in INSTANCE_KD):
+            t_out, t_feats = torch.cat([s_out[:, :6].detach(), type_teacher.type_logits(x)], 1), None
+        else:
+            t_out, t_feats = teacher(x, return_features=True)
+            if type_teacher is not None:
+                t_out = torch.cat([t_out[:, :6], type_teacher.type_logits(x)], 1)
     parts = {}
     total = 0.0
     if d["supervised"]:
@@ -282,6 +291,23 @@ def warm_start(student: nn.Module, source: str) -> list[str]:
     return fresh
 
 
+def inherited_meta(cfg: dict, d: dict) -> dict:
+    """What a warm-started student keeps of its source's config.json: the post-processing settings (unless
+    the config sets its own) and, on a frozen trunk, the scale rule (``nucleus_area_um2``), which belongs
+    to the instance heads' training data, not to the type branch's."""
+    if not d["init_student_from"]:
+        return {}
+    from ..model.folders import read_model_config, resolve_model_dir
+
+    src = read_model_config(resolve_model_dir(d["init_student_from"]))
+    keep = {}
+    if not cfg.get("postprocess") and src.get("postprocess"):
+        keep["postprocess"] = src["postprocess"]
+    if d["trainable"] == "type_branch" and src.get("nucleus_area_um2"):
+        keep["nucleus_area_um2"] = src["nucleus_area_um2"]
+    return keep
+
+
 def build_student(cfg: dict, teacher: nn.Module, d: dict) -> nn.Module:
     student = build_net(dict(cfg["model"]))
     if d["init_student_from"]:
@@ -306,7 +332,10 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     student = build_student(cfg, teacher, d)
     budget = check_student(student, teacher, d)
     adapters = FeatureAdapters(student, teacher, d["feature_levels"]) if d["feat"] else None
-    params = list(student.parameters()) + (list(adapters.parameters()) if adapters is not None else [])
+    if d["trainable"] not in ("all", "type_branch"):
+        raise InputError(f"distill.trainable: {d['trainable']!r} (known: all, type_branch)")
+    own = student.freeze_trunk() if d["trainable"] == "type_branch" else list(student.parameters())
+    params = own + (list(adapters.parameters()) if adapters is not None else [])
     opt = make_optimizer(params, tc)
     sup_w, type_w = tc.get("loss_weights", {}), tc.get("type_class_weights")
     data = load_data(cfg)
@@ -317,6 +346,7 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
 
     def meta() -> dict:
         m = model_meta(cfg, data)
+        m.update(inherited_meta(cfg, d))
         m["params"] = budget["params"]
         m["distillation"] = {"teacher": str(tcfg.get("path", cfg.get("teacher"))),
                              "type_teacher": d["type_teacher"],

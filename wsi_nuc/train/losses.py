@@ -55,19 +55,23 @@ def head_losses(out: torch.Tensor, t: dict, w: dict, type_weights=None) -> tuple
     """Weighted sum of all head losses; ``out`` is (B, 6 [+ types + 1], H, W) in the order of
     ``net.HEADS`` then the type logits; ``t["types"]`` (when present) is the per-pixel type target."""
     fg, bd, dist, hv, ctr = out[:, 0], out[:, 1], out[:, 2], out[:, 3:5], out[:, 5]
-    parts = {
-        "fg_bce": weighted_bce(fg, t["fg"], t["weight"]),
-        "fg_dice": soft_dice(fg, t["fg"]),
-        "bd_bce": weighted_bce(bd, t["boundary"], t["weight"]),
-        "bd_dice": soft_dice(bd, t["boundary"]),
-        "centre": centre_focal(ctr, t["centre"]),
+    on = lambda *keys: any(w.get(k, 1.0) for k in keys)  # noqa: E731 - a weight of 0 skips the term
+    terms = {
+        "fg_bce": lambda: weighted_bce(fg, t["fg"], t["weight"]),
+        "fg_dice": lambda: soft_dice(fg, t["fg"]),
+        "bd_bce": lambda: weighted_bce(bd, t["boundary"], t["weight"]),
+        "bd_dice": lambda: soft_dice(bd, t["boundary"]),
+        "centre": lambda: centre_focal(ctr, t["centre"]),
     }
-    parts["dist_mse"], parts["dist_grad"] = mse_grad(torch.sigmoid(dist).unsqueeze(1),
-                                                     t["dist"].unsqueeze(1), t["fg"])
-    parts["hv_mse"], parts["hv_grad"] = mse_grad(torch.tanh(hv), t["hv"], t["fg"])
+    parts = {k: f() for k, f in terms.items() if on(k)}
+    if on("dist_mse", "dist_grad"):
+        parts["dist_mse"], parts["dist_grad"] = mse_grad(torch.sigmoid(dist).unsqueeze(1),
+                                                         t["dist"].unsqueeze(1), t["fg"])
+    if on("hv_mse", "hv_grad"):
+        parts["hv_mse"], parts["hv_grad"] = mse_grad(torch.tanh(hv), t["hv"], t["fg"])
     if out.shape[1] > 6 and "types" in t:
         parts.update(type_losses(out[:, 6:], t["types"], type_weights))
-    total = sum(w.get(k, 1.0) * v for k, v in parts.items())
+    total = sum((w.get(k, 1.0) * v for k, v in parts.items() if w.get(k, 1.0)), out.new_zeros(()))
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
