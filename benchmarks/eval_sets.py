@@ -31,14 +31,14 @@ def val_sets(tmp: Path) -> dict[str, tuple[Path, str | None]]:
             "dsb_he_val": (dsb, None)}
 
 
-def score(model: str, sets: dict, params: dict | None, threads: int) -> dict:
+def score(model: str, sets: dict, params: dict | None, threads: int, tta: int = 1) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    row = {"model": model}
+    row = {"model": model, **({"tta": tta} if tta > 1 else {})}
     for name, (root, split) in sets.items():
         t0 = time.perf_counter()
-        agg = evaluate(root, model, split, "cpu", params=params)["aggregate"]
+        agg = evaluate(root, model, split, "cpu", params=params, tta=tta)["aggregate"]
         row[name] = {k: round(float(agg[k]), 4) for k in KEYS if k in agg}
         for k in agg:
             if k.startswith(("f_d", "f_c_")):
@@ -55,11 +55,13 @@ def main() -> None:
     ap.add_argument("--postprocess", help="JSON file of post-processing settings for every model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out")
+    ap.add_argument("--tta", type=int, nargs="+", default=[1], choices=(1, 4, 8),
+                    help="score each model at each of these test-time augmentations")
     a = ap.parse_args()
     params = json.loads(Path(a.postprocess).read_text()) if a.postprocess else None
     with tempfile.TemporaryDirectory() as tmp:
         sets = val_sets(Path(tmp))
-        rows = [score(m, sets, params, a.threads) for m in a.models]
+        rows = [score(m, sets, params, a.threads, t) for m in a.models for t in a.tta]
     import torch
 
     res = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": a.threads,

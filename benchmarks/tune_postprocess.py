@@ -28,10 +28,10 @@ def cache_maps(pred) -> None:
     plain = pred.maps
     memo: dict = {}
 
-    def maps(images, stain=None):
-        key = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest() + str(images.shape)
+    def maps(images, stain=None, tta=1):
+        key = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest() + str(images.shape) + str(tta)
         if key not in memo:
-            memo[key] = plain(images, stain)
+            memo[key] = plain(images, stain, tta=tta)
         return memo[key]
 
     pred.maps = maps

@@ -11,6 +11,7 @@ import pytest
 from wsi_nuc.cli import main
 from wsi_nuc.errors import InputError
 from wsi_nuc.instances import InstanceParams
+from wsi_nuc.model.mobilenet import MobileUNetConfig
 from wsi_nuc.model.net import NetConfig, build_net
 from wsi_nuc.refine import RefineParams
 
@@ -19,7 +20,8 @@ MODELS = sorted((Path(__file__).resolve().parents[1] / "wsi_nuc" / "models").glo
 
 @pytest.mark.parametrize("cls, what, typo", [(InstanceParams, "postprocess", "fg_treshold"),
                                              (RefineParams, "refine", "enabeld"),
-                                             (NetConfig, "arch", "bsae")])
+                                             (NetConfig, "arch", "bsae"),
+                                             (MobileUNetConfig, "arch", "decodr")])
 def test_unknown_key_is_an_error_naming_it(cls, what, typo):
     with pytest.raises(InputError, match=rf"{what}: unknown key '{typo}' \(known: "):
         cls.from_dict({typo: 1})

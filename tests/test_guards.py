@@ -232,13 +232,18 @@ def test_reserved_stems():
 def test_validate_settings():
     from wsi_nuc.validate import validate_settings
 
-    st, notes = validate_settings(RunSettings(tile=100, halo=0))
-    assert (st.tile, st.halo) == (112, 0) and notes == [
-        "--tile 100 rounded up to 112 (tiles are cut on the model's 16-px grid)"]
+    st, notes = validate_settings(RunSettings(tile=100, halo=1))
+    assert (st.tile, st.halo) == (112, 16) and notes == [
+        "--tile 100 rounded up to 112 (tiles are cut on the model's 16-px grid)",
+        "--halo 1 rounded up to 16 (tiles are cut on the model's 16-px grid)"]
     assert validate_settings(RunSettings()) == (RunSettings(), [])
     for kw, msg in (({"tile": 7}, "--tile 7"), ({"tile": 100000}, "--tile 100000"), ({"halo": -1}, "--halo -1"),
                     ({"halo": 10000}, "--halo 10000"), ({"batch": 0}, "--batch 0"), ({"workers": 0}, "--workers 0"),
-                    ({"tile": 2.5}, "--tile 2.5")):
+                    ({"tile": 2.5}, "--tile 2.5"), ({"halo": 0}, "--halo 0: must be more than the 8-px ownership"),
+                    ({"halo": 16, "margin": 16}, "--halo 16: must be more than the 16-px"), ({"margin": -1}, "margin -1"),
+                    ({"table": "xls"}, "--table 'xls': must be one of csv"), ({"device": "tpu"}, "--device 'tpu'"),
+                    ({"simplify": -1.0}, "--simplify -1.0"), ({"min_area_um2": float("nan")}, "--min-area-um2 nan"),
+                    ({"tiles_per_task": 0}, "tiles_per_task 0")):
         with pytest.raises(InputError, match=msg):
             validate_settings(RunSettings(**kw))
 

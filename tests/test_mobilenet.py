@@ -65,7 +65,9 @@ def test_mobileunet_shapes_and_translation():
     inner = (slice(None), slice(None), slice(64, 128), slice(64, 128))
     shifted = (slice(None), slice(None), slice(96, 160), slice(96, 160))
     assert torch.allclose(y[inner], y2[shifted], atol=1e-4)
-    with pytest.raises(ValueError):
+    from wsi_nuc.errors import InputError
+
+    with pytest.raises(InputError, match="arch: unknown key 'decodr'"):
         MobileUNetConfig.from_dict({"kind": "mobileunet", "decodr": [1]})
 
 

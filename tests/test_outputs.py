@@ -28,10 +28,10 @@ def _tiles_from_labels(labels_work, image_work, f, mpp_work, mpp0, tile=256, hal
     measurements), from instance labels instead of a model."""
     from wsi_nuc.segment import owned_nuclei
     from wsi_nuc.stitch import deduplicate
-    from wsi_nuc.tiling import make_grid
+    from wsi_nuc.tiling import Scale, make_grid
 
     H, W = labels_work.shape
-    grid = make_grid(H, W, tile, halo)
+    grid = make_grid(H, W, tile, halo, margin=8)
     tiles = []
     for t in grid:
         r = t.read
@@ -40,8 +40,8 @@ def _tiles_from_labels(labels_work, image_work, f, mpp_work, mpp0, tile=256, hal
         img = np.pad(image_work[max(r.y0, 0):min(r.y1, H), max(r.x0, 0):min(r.x1, W)], pad + ((0, 0),),
                      constant_values=255)
         conf = np.where(lab > 0, 0.9, 0.1).astype(np.float32)
-        tiles.append(owned_nuclei(t, lab, img, conf, f, mpp_work, mpp0))
-    return grid, tiles, deduplicate(tiles, band=17)
+        tiles.append(owned_nuclei(t, lab, img, conf, Scale(mpp0, mpp_work)))
+    return grid, tiles, deduplicate(tiles, band=grid.band)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def slide_parts(shared):
     from wsi_nuc.dataset import resize_image, resize_labels
     from wsi_nuc.graph import Geometry
     from wsi_nuc.slide import open_slide
+    from wsi_nuc.tiling import Scale
 
     data = shared / "data" / "monuseg2018-train"
     img_p, lab_p = data / "images" / f"{STEM}.png", data / "labels" / f"{STEM}.tif"
@@ -64,7 +65,7 @@ def slide_parts(shared):
     shape_w = (rgb.shape[0] // 2, rgb.shape[1] // 2)
     lab_w, img_w = resize_labels(labels, shape_w), resize_image(rgb, shape_w)
     grid, tiles, keep = _tiles_from_labels(lab_w, img_w, f, 0.5, 0.25)
-    geom = Geometry(str(img_p), 0.25, 0.25, 0.5, f)
+    geom = Geometry(str(img_p), 0.25, Scale(0.25, 0.5))
     yield reader, grid, tiles, keep, geom
     reader.close()
 
@@ -86,6 +87,7 @@ def _with_types(tiles):
 
 def _write(tmp, slide_parts, tiles=None, **settings):
     from wsi_nuc.pipeline import RunSettings, SlidePlan, SlideRun, Timer, write_outputs
+    from wsi_nuc.stitch import stitch
     from wsi_nuc.tissue import full_mask
 
     reader, grid, base_tiles, keep, geom = slide_parts
@@ -94,7 +96,8 @@ def _write(tmp, slide_parts, tiles=None, **settings):
     tmp.mkdir(parents=True, exist_ok=True)
     run = SlideRun(Path(reader.info.path), tmp, tmp, {}, st, reader, Path("test-model"),
                    {"name": "test-model", "version": "9.9"}, Timer(), 0.0)
-    summary = write_outputs(tmp, run, SlidePlan(full_mask(reader.info), grid, geom), tiles, keep)
+    final = stitch(tiles, grid.band, st.min_area_um2)   # the pipeline's stitch step, on these tiles
+    summary = write_outputs(tmp, run, SlidePlan(full_mask(reader.info), grid, geom), final)
     return summary
 
 

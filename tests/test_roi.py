@@ -12,6 +12,7 @@ from PIL import Image
 from wsi_nuc.cli import main
 from wsi_nuc.errors import InputError
 from wsi_nuc.roi import load_roi
+from wsi_nuc.tiling import Box
 
 W, H = 2220, 2967            # CMU-1-Small-Region level 0
 INFO = SimpleNamespace(width=W, height=H)
@@ -46,8 +47,8 @@ def test_polygons_holes_and_multipolygons(tmp_path):
     x = np.array([400, 850, 1700, 100, 1500])
     y = np.array([1300, 1650, 300, 100, 2200])
     assert roi.contains(x, y).tolist() == [True, False, True, False, True]   # hole out, boundary in
-    assert roi.meets_box(1550, 100, 1650, 250) and not roi.meets_box(0, 0, 200, 200)
-    assert not roi.meets_box(750, 1550, 950, 1750)                          # inside the hole
+    assert roi.meets(Box(100, 1550, 250, 1650)) and not roi.meets(Box(0, 0, 200, 200))
+    assert not roi.meets(Box(1550, 750, 1750, 950))                          # inside the hole
     assert roi.area_mm2(0.499) == pytest.approx(roi.area_px * 0.499 ** 2 / 1e6)
 
 

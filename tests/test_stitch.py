@@ -5,7 +5,7 @@ from skimage.draw import polygon as draw_polygon, ellipse
 
 from wsi_nuc.segment import owned_nuclei
 from wsi_nuc.stitch import deduplicate
-from wsi_nuc.tiling import make_grid
+from wsi_nuc.tiling import Scale, make_grid
 
 
 def synthetic_labels(h, w, n, seed, rmax=9):
@@ -36,7 +36,7 @@ def synthetic_labels(h, w, n, seed, rmax=9):
 
 def tile_and_stitch(lab, tile, halo, margin=8, f=1.0):
     h, w = lab.shape
-    grid = make_grid(h, w, tile, halo, align=16)
+    grid = make_grid(h, w, tile, halo, align=16, margin=margin)
     img = np.zeros((h, w, 3), np.uint8)
     results = []
     for t in grid:
@@ -44,8 +44,8 @@ def tile_and_stitch(lab, tile, halo, margin=8, f=1.0):
         pad = ((max(0, -r.y0), max(0, r.y1 - h)), (max(0, -r.x0), max(0, r.x1 - w)))
         crop = np.pad(lab[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad)
         icrop = np.pad(img[max(r.y0, 0):min(r.y1, h), max(r.x0, 0):min(r.x1, w)], pad + ((0, 0),))
-        results.append(owned_nuclei(t, crop, icrop, None, f, 0.5, 0.5 / f, margin))
-    keep = deduplicate(results, band=2 * margin + 1)
+        results.append(owned_nuclei(t, crop, icrop, None, Scale(0.5 / f, 0.5)))
+    keep = deduplicate(results, band=grid.band)
     return results, keep
 
 
@@ -126,3 +126,42 @@ def test_low_confidence_instances_are_dropped():
     assert len(np.unique(keep_all)) == 3
     filtered = labels_from_maps(maps, InstanceParams(marker_threshold=0.3, min_confidence=0.6))
     assert filtered[10, 10] > 0 and filtered[30, 30] == 0
+
+
+def test_tile_owned_matches_center_of_mass():
+    """Tile.owned (bincount over labelled pixels) gives the ids and, bit for bit, the centroids that
+    np.unique + ndimage.center_of_mass gave; nuclei touching the read edge are never owned."""
+    from scipy import ndimage as ndi
+
+    from wsi_nuc.tiling import Box, Tile
+
+    for seed in range(4):
+        lab = synthetic_labels(96, 96, 60, seed=seed)
+        t = Tile(0, 0, Box(16, 16, 80, 80), Box(-16, -16, 80, 80), margin=8)   # read offset by -16
+        got = t.owned(lab)
+        ids = np.unique(lab)[1:]
+        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        ids = np.setdiff1d(ids, edge)
+        cy, cx = np.asarray(ndi.center_of_mass(np.ones_like(lab, np.float32), lab, ids)).reshape(-1, 2).T
+        own = t.owns(cy - 16, cx - 16)
+        assert np.array_equal(got.ids, ids[own])
+        assert np.array_equal(got.y, cy[own] - 16) and np.array_equal(got.x, cx[own] - 16)
+
+
+def test_nuclei_larger_than_the_halo_are_counted():
+    """A nucleus that its owning tile sees cut by the read window is not dropped silently: it is counted."""
+    lab = np.zeros((128, 128), np.int32)
+    lab[10:118, 60:68] = 1                           # 108 px long: more than tile + 2 halo of one tile
+    lab[20:26, 20:26] = 2
+    results, keep = tile_and_stitch(lab, 32, halo=16)
+    assert sum(tn.cut for tn in results) >= 1
+    from wsi_nuc.stitch import number
+
+    final = number(results, keep)
+    assert final.cut == sum(tn.cut for tn in results) and final.count == 1   # the small one survives
+
+
+def test_halo_must_exceed_the_margin():
+    with pytest.raises(ValueError, match="larger than the ownership margin"):
+        make_grid(64, 64, 32, 0, margin=8)
+    assert make_grid(64, 64, 32, 1, margin=8).halo == 16      # rounded up to the grid first

@@ -6,6 +6,7 @@ import pytest
 
 from wsi_nuc.errors import InputError
 from wsi_nuc.slide import open_slide
+from wsi_nuc.tiling import Box
 from wsi_nuc.tissue import TissueMask, detect_tissue, full_mask
 
 
@@ -21,8 +22,8 @@ def test_cmu_tissue_fraction(slides):
     slide_mm2 = info.width * info.height * (info.mpp / 1000) ** 2
     assert 0.25 * slide_mm2 < tm.area_mm2(info.mpp) < 0.65 * slide_mm2
     # glass at the top-left, tissue in the lower middle
-    assert tm.fraction_in_box(0, 0, 400, 400) < 0.05
-    assert tm.fraction_in_box(1100, 2300, 1500, 2700) > 0.9
+    assert tm.fraction_in(Box(0, 0, 400, 400)) < 0.05
+    assert tm.fraction_in(Box(2300, 1100, 2700, 1500)) > 0.9
 
 
 def test_white_image_has_no_tissue(make_image):
@@ -30,7 +31,7 @@ def test_white_image_has_no_tissue(make_image):
     with open_slide(png, mpp=0.5) as r:
         tm = detect_tissue(r)
     assert not tm.mask.any() and tm.area_mm2(0.5) == 0.0
-    assert tm.fraction_in_box(0, 0, 400, 300) == 0.0
+    assert tm.fraction_in(Box(0, 0, 300, 400)) == 0.0
 
 
 def test_synthetic_blob_and_borders(make_image):
@@ -43,10 +44,10 @@ def test_synthetic_blob_and_borders(make_image):
     img[100:160, 550:750] = (40, 160, 60)  # green pen
     with open_slide(make_image("blob.png", img), mpp=1.0) as r:
         tm = detect_tissue(r, target_mpp=4.0, min_area_um2=1000)
-    assert tm.fraction_in_box(250, 250, 350, 350) == 1.0
-    assert tm.fraction_in_box(0, 0, 30, 600) == 0.0  # border
-    assert tm.fraction_in_box(560, 110, 740, 150) == 0.0  # pen
-    assert tm.fraction_in_box(650, 400, 800, 600) == 0.0  # glass
+    assert tm.fraction_in(Box(250, 250, 350, 350)) == 1.0
+    assert tm.fraction_in(Box(0, 0, 600, 30)) == 0.0  # border
+    assert tm.fraction_in(Box(110, 560, 150, 740)) == 0.0  # pen
+    assert tm.fraction_in(Box(400, 650, 600, 800)) == 0.0  # glass
     blob_mm2 = blob.sum() * 1e-6
     assert tm.area_mm2(1.0) == pytest.approx(blob_mm2, rel=0.1)
 
@@ -68,13 +69,14 @@ def test_fraction_in_box():
     mask = np.zeros((10, 10), bool)
     mask[:, :5] = True  # left half is tissue
     tm = TissueMask(mask, scale=4.0)  # mask covers level-0 [0, 40) x [0, 40)
-    assert tm.fraction_in_box(0, 0, 20, 40) == 1.0
-    assert tm.fraction_in_box(20, 0, 40, 40) == 0.0
-    assert tm.fraction_in_box(10, 10, 30, 30) == pytest.approx(0.5)
-    assert tm.fraction_in_box(18, 0, 22, 4) == pytest.approx(0.5)  # partial mask pixels weighted
-    assert tm.fraction_in_box(-20, 0, 20, 40) == pytest.approx(0.5)  # outside counts as no tissue
-    assert tm.fraction_in_box(100, 100, 200, 200) == 0.0
-    assert tm.fraction_in_box(5, 5, 5, 9) == 0.0  # empty box
+    assert tm.fraction_in(Box(0, 0, 40, 20)) == 1.0
+    assert tm.fraction_in(Box(0, 20, 40, 40)) == 0.0
+    assert tm.fraction_in(Box(10, 10, 30, 30)) == pytest.approx(0.5)
+    assert tm.fraction_in(Box(0, 18, 4, 22)) == pytest.approx(0.5)  # partial mask pixels weighted
+    assert tm.fraction_in_box(18, 0, 22, 4) == tm.fraction_in(Box(0, 18, 4, 22))  # the x-first form (stainnorm)
+    assert tm.fraction_in(Box(0, -20, 40, 20)) == pytest.approx(0.5)  # outside counts as no tissue
+    assert tm.fraction_in(Box(100, 100, 200, 200)) == 0.0
+    assert tm.fraction_in(Box(5, 5, 9, 5)) == 0.0  # empty box
     assert tm.area_mm2(0.5) == pytest.approx(50 * (4 * 0.5 / 1000) ** 2)
 
 
@@ -83,4 +85,4 @@ def test_full_mask(slides):
         fm = full_mask(r.info)
     assert fm.mask.all()
     assert fm.mask.shape[1] * fm.scale >= 2220 and fm.mask.shape[0] * fm.scale >= 2967
-    assert fm.fraction_in_box(0, 0, 2220, 2967) == 1.0
+    assert fm.fraction_in(Box(0, 0, 2967, 2220)) == 1.0

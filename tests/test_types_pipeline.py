@@ -170,9 +170,9 @@ def test_run_records_carry_type_unless_no_types(tiny_model, consep, tmp_path, cl
     seen = {}
     original = pipeline.write_outputs
 
-    def capture(tmp, run, plan, tiles, keep):
-        seen["tiles"] = tiles
-        return original(tmp, run, plan, tiles, keep)
+    def capture(tmp, run, plan, final):
+        seen["tiles"] = [tn for tn, _, _ in final]
+        return original(tmp, run, plan, final)
 
     monkeypatch.setattr(pipeline, "write_outputs", capture)
     slide = tmp_path / "crop.png"

@@ -14,9 +14,10 @@ from scipy import ndimage as ndi
 from shapely.geometry import Polygon
 from skimage.measure import find_contours
 
-from wsi_nuc.writers import (PolygonIndex, atomic_dir, clean_polygon, iter_geojson, safe_child, safe_name,
-                             write_csv, write_geojson, write_labels_zarr, write_qc_png)
-from wsi_nuc.writers.labels_zarr import polygon_areas, rasterise
+from wsi_nuc.tiling import Box
+from wsi_nuc.writers import (atomic_dir, clean_polygon, iter_geojson, safe_child, safe_name, write_csv,
+                             write_geojson, write_qc_png)
+from wsi_nuc.writers.rasterise import polygon_areas, rasterise, rasterise_blocks
 from wsi_nuc.writers.table import format_column, format_value
 
 STEM = "TCGA-21-5784-01Z-00-DX1"
@@ -183,34 +184,15 @@ def test_csv_column_chunks_match_row_dicts(tmp_path):
 
 # -------------------------------------------------------------------- zarr ----
 
-def test_labels_zarr_roundtrip_real(tmp_path, real):
-    import zarr
-
+def test_rasterise_blocks_roundtrip_real(real):
+    # the real outlines rasterised block by block give back the hand-drawn labels
     _, labels, ids, polys = real
-    index = PolygonIndex(ids, polys, F)
-    out = tmp_path / "labels.zarr"
-    write_labels_zarr(out, labels.shape, index, F, LEVEL0_MPP, chunk=128)
-    g = zarr.open_group(str(out), mode="r")
-    arr = g["0"]
-    assert arr.shape == labels.shape and arr.dtype == np.uint32 and arr.chunks == (128, 128)
-    back = arr[:]
-    assert set(np.unique(back[back > 0]).tolist()) == set(ids.tolist())
-    both = (back == labels) & (labels > 0)
-    iou = both.sum() / ((back > 0) | (labels > 0)).sum()
+    arr = np.zeros(labels.shape, np.uint32)
+    assert rasterise_blocks(arr, lambda box: zip(ids, polys), F, 128) == max(ids)
+    assert set(np.unique(arr[arr > 0]).tolist()) == set(ids.tolist())
+    both = (arr == labels) & (labels > 0)
+    iou = both.sum() / ((arr > 0) | (labels > 0)).sum()
     assert iou >= 0.95, iou
-    # NGFF 0.4 metadata
-    attrs = dict(g.attrs)
-    ms = attrs["multiscales"][0]
-    assert ms["version"] == "0.4"
-    assert [a["name"] for a in ms["axes"]] == ["y", "x"]
-    assert all(a["unit"] == "micrometer" for a in ms["axes"])
-    ds = ms["datasets"][0]
-    assert ds["path"] == "0"
-    assert ds["coordinateTransformations"][0] == {"type": "scale", "scale": [F * LEVEL0_MPP] * 2}
-    assert "image-label" in attrs
-    assert attrs["wsi_nuc"]["f"] == F and attrs["wsi_nuc"]["level0_mpp"] == LEVEL0_MPP
-    assert json.loads((out / "0" / ".zarray").read_text())["dimension_separator"] == "/"
-    assert not (tmp_path / ".labels.zarr.partial").exists()
 
 
 def test_rasterise_reproduces_traced_masks():
@@ -223,7 +205,7 @@ def test_rasterise_reproduces_traced_masks():
         # skip objects with holes (outlines drop holes by design)
         ids = [i for i in ids if np.array_equal(ndi.binary_fill_holes(lab == i), lab == i)]
         polys = [clean_polygon(p) for p in polygons_level0(lab, ids, f)]
-        got = rasterise(zip(ids, polys), 0, 0, *lab.shape, f)
+        got = rasterise(zip(ids, polys), Box(0, 0, *lab.shape), f)
         want = np.where(np.isin(lab, ids), lab, 0)
         assert np.array_equal(got, want), f
 
@@ -262,7 +244,7 @@ def test_rasterise_matches_skimage_polygon():
         for nid, xy in sorted(pairs, key=lambda t: (-_shoelace(t[1]), -t[0])):
             rr, cc = sk_polygon(xy[:, 1] / f - 0.5 - y0, xy[:, 0] / f - 0.5 - x0, shape=(h, w))
             want[rr, cc] = nid
-        assert np.array_equal(rasterise(pairs, y0, x0, y0 + h, x0 + w, f), want), trial
+        assert np.array_equal(rasterise(pairs, Box(y0, x0, y0 + h, x0 + w), f), want), trial
 
 
 def test_polygon_areas():
@@ -276,10 +258,10 @@ def test_polygon_areas():
 
 
 def test_final_index_matches_brute_force():
-    from wsi_nuc.graph import iter_final
+    from wsi_nuc.stitch import number
     from wsi_nuc.writers.final_index import FinalIndex
 
-    class Tile:  # the parts of TileNuclei that FinalIndex and final_order use
+    class Tile:  # the parts of TileNuclei that FinalIndex and stitch.number use
         def __init__(self, polys):
             self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in polys], dtype=np.int64)])
             self.coords = np.concatenate(polys) if polys else np.zeros((0, 2))
@@ -294,30 +276,29 @@ def test_final_index_matches_brute_force():
     tiles = [Tile([_rand_polygon(rng, 3) * f + rng.uniform(0, 300, 2) for _ in range(n)])
              for n in rng.integers(0, 30, 6).tolist()]
     keep = [rng.random(len(t.offsets) - 1) < 0.8 for t in tiles]
-    final = {nid: tn.polygon(i) for nid, tn, i in iter_final(tiles, keep)}
-    index = FinalIndex(tiles, keep, f)
+    numbered = number(tiles, keep)
+    final = {nid: tn.polygon(i) for nid, tn, i in numbered.nuclei()}
+    index = FinalIndex(numbered, f)
     for y0, x0 in rng.integers(-20, 180, (40, 2)).tolist():
         y1, x1 = y0 + int(rng.integers(1, 60)), x0 + int(rng.integers(1, 60))
         want = [nid for nid, p in final.items()
                 if p[:, 0].max() / f >= x0 and p[:, 0].min() / f <= x1
                 and p[:, 1].max() / f >= y0 and p[:, 1].min() / f <= y1]
-        got = list(index.query(y0, x0, y1, x1))
+        got = list(index.query(Box(y0, x0, y1, x1)))
         assert [nid for nid, _ in got] == want
         assert all(np.array_equal(p, final[nid]) for nid, p in got)
 
 
-def test_overlap_rule_and_chunk_independence(tmp_path):
-    import zarr
-
+def test_overlap_rule_and_chunk_independence():
     big = np.array([[0, 0], [40, 0], [40, 40], [0, 40]], float)        # level-0, f = 2 -> 20x20 px
     small = np.array([[20, 20], [60, 20], [60, 50], [20, 50]], float)  # overlaps the big one
     twin = small + [0, 0]                                               # same area as small, higher id
     pairs = [(7, small), (3, big), (9, twin)]
     arrays = []
     for chunk in (5, 64):
-        out = tmp_path / f"l{chunk}.zarr"
-        write_labels_zarr(out, (30, 40), lambda y0, x0, y1, x1: pairs, 2.0, 0.5, chunk=chunk)
-        arrays.append(zarr.open_group(str(out), mode="r")["0"][:])
+        arr = np.zeros((30, 40), np.uint32)
+        rasterise_blocks(arr, lambda box: pairs, 2.0, chunk)
+        arrays.append(arr)
     assert np.array_equal(arrays[0], arrays[1])
     a = arrays[0]
     assert a[5, 5] == 3        # only the big one
@@ -325,12 +306,14 @@ def test_overlap_rule_and_chunk_independence(tmp_path):
     assert 9 not in a
 
 
-def test_labels_zarr_empty(tmp_path):
-    import zarr
+def test_ome_zarr_without_nuclei(tmp_path):
+    from wsi_nuc.stitch import number
+    from wsi_nuc.writers.final_index import FinalIndex
+    from wsi_nuc.writers.ome_zarr import read_labels, write_ome_zarr
 
-    out = tmp_path / "e.zarr"
-    write_labels_zarr(out, (16, 16), PolygonIndex([], [], 2.0), 2.0, 0.25, chunk=8)
-    assert zarr.open_group(str(out), mode="r")["0"][:].max() == 0
+    out = tmp_path / "e.ome.zarr"
+    info = write_ome_zarr(out, (16, 16), FinalIndex(number([], []), 2.0), 2.0, 0.25, chunk=8, min_side=8)
+    assert info["max_label"] == 0 and read_labels(out).shape == (16, 16) and read_labels(out).max() == 0
 
 
 # ------------------------------------------------------------------ atomic ----

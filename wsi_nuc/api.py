@@ -47,37 +47,52 @@ def segment_image(rgb: np.ndarray, mpp: float, model: str | None = None, device:
     from .predict import get_predictor
     from .segment import segment_image as _segment
 
+    a = _check_image(rgb, mpp)
+    predictor = get_predictor(model, device)
+    params = InstanceParams.from_dict(predictor.config.get("postprocess") or {})
+    labels = _segment(a, predictor, params, image_mpp=float(mpp)).astype(np.int32)
+    labels, ids = _numbered(_without_small(labels, float(mpp), min_area_um2))
+    outlines = clean_polygons(polygons_level0(labels, ids, 1.0))
+    cols = measure_nuclei(labels, a, ids, float(mpp), float(mpp),
+                          outlines=[o if o is not None else np.zeros((0, 2)) for o in outlines])
+    return labels, {"nucleus_id": ids.astype(np.int64), **cols}
+
+
+def _check_image(rgb, mpp) -> np.ndarray:
+    """The RGB channels of a uint8 (H, W, 3+) array, contiguous; ValueError naming what is wrong."""
     a = np.asarray(rgb)
     if a.ndim != 3 or a.shape[2] < 3 or a.dtype != np.uint8:
         raise ValueError(f"rgb must be a uint8 (H, W, 3) array, got {a.dtype} {a.shape}")
     if not (mpp and mpp > 0):
         raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
-    a = np.ascontiguousarray(a[..., :3])
-    predictor = get_predictor(model, device)
-    params = InstanceParams.from_dict(predictor.config.get("postprocess") or {})
-    labels = _segment(a, predictor, params, image_mpp=float(mpp)).astype(np.int32)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def _without_small(labels: np.ndarray, mpp: float, min_area_um2: float) -> np.ndarray:
+    """``labels`` without nuclei smaller than ``min_area_um2`` (the size rule of ``wsi-nuc run``)."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
     if min_area_um2 and len(ids):
-        area = np.bincount(labels.ravel())[ids] * float(mpp) ** 2
+        area = np.bincount(labels.ravel())[ids] * mpp ** 2
         small = ids[area < min_area_um2]
         if len(small):
             labels[np.isin(labels, small)] = 0
-            ids = ids[area >= min_area_um2]
-    # ids 1..N in centroid (y, x) order, as in the slide outputs
-    if len(ids):
-        from scipy import ndimage as ndi
+    return labels
 
-        cy, cx = np.array(ndi.center_of_mass(np.ones_like(labels), labels, ids)).reshape(-1, 2).T
-        order = ids[np.lexsort((cx, cy))]
-        lut = np.zeros(int(labels.max()) + 1, np.int32)
-        lut[order] = np.arange(1, len(order) + 1)
-        labels = lut[labels]
-        ids = np.arange(1, len(order) + 1)
-    outlines = clean_polygons(polygons_level0(labels, ids, 1.0))
-    cols = measure_nuclei(labels, a, ids, float(mpp), float(mpp),
-                          outlines=[o if o is not None else np.zeros((0, 2)) for o in outlines])
-    return labels, {"nucleus_id": ids.astype(np.int64), **cols}
+
+def _numbered(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels renumbered 1..N in centroid (y, x) order, as in the slide outputs, and the ids 1..N."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return labels, ids
+    from scipy import ndimage as ndi
+
+    cy, cx = np.array(ndi.center_of_mass(np.ones_like(labels), labels, ids)).reshape(-1, 2).T
+    order = ids[np.lexsort((cx, cy))]
+    lut = np.zeros(int(labels.max()) + 1, np.int32)
+    lut[order] = np.arange(1, len(order) + 1)
+    return lut[labels], np.arange(1, len(order) + 1)
 
 
 def run_slide(path: str | Path, out: str | Path, **settings) -> dict:

@@ -50,26 +50,7 @@ def _calibrate(a) -> int:
     return 0
 
 
-def _output_settings(a) -> dict:
-    """RunSettings fields of the output options (shared by run and batch)."""
-    return dict(geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
-                min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None))
-
-
-def _add_output_options(p) -> None:
-    p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
-                                                             "nuclei.geojson")
-    p.add_argument("--simplify", type=_non_negative, default=0.5, metavar="PX",
-                   help="GeoJSON outline tolerance in working px (default 0.5; 0 keeps the traced outline)")
-    p.add_argument("--table", choices=("csv", "parquet", "both"), default="csv",
-                   help="per-nucleus table: nuclei.csv, nuclei.parquet or both (default csv)")
-    p.add_argument("--zarr-image", action="store_true",
-                   help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
-    p.add_argument("--min-area-um2", type=_non_negative, default=3.0, metavar="A",
-                   help="drop nuclei smaller than A µm² from every output (default 3)")
-    p.add_argument("--dashboard", action="store_true",
-                   help="print the Dask dashboard link (a local cluster needs bokeh: pip install "
-                        "'wsi-nuc[dashboard]')")
+_ENGINES = ("auto", "torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
 
 
 def _settings(a):
@@ -78,14 +59,21 @@ def _settings(a):
     from .validate import validate_settings
 
     st = RunSettings(model=a.model, device=a.device, tile=a.tile, halo=a.halo, mpp=a.mpp,
-                     tissue_detection=not a.no_tissue_detection, workers=a.workers,
-                     scheduler=a.scheduler, batch=a.batch, quiet=a.quiet, types=not a.no_types,
-                     wait=a.wait, overwrite=a.overwrite, **_output_settings(a))
+                     tissue_detection=not a.no_tissue_detection, workers=a.workers, scheduler=a.scheduler,
+                     batch=a.batch, quiet=a.quiet, types=not a.no_types, wait=a.wait, overwrite=a.overwrite,
+                     geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
+                     min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None),
+                     tta=a.tta, engine=a.engine)
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
 
-    st, notes = validate_settings(st, tile_align(read_model_config(resolve_model_dir(st.model, st.device))))
+    from .model.engine_choice import resolve_engine
+
+    model_dir = resolve_model_dir(st.model, st.device)
+    mcfg = read_model_config(model_dir)
+    resolve_engine(st.engine, model_dir, mcfg, st.device)     # an engine that cannot run here: one line, exit 2
+    st, notes = validate_settings(st, tile_align(mcfg))
     for n in notes:
         if not a.quiet:
             print(f"wsi-nuc: note: {one_line(n)}", file=sys.stderr)
@@ -128,7 +116,7 @@ def _eval(a) -> int:
                   f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}  f_d {sc['f_d']:.4f}{scale}", flush=True)
 
     res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log,
-                   auto_scale=a.scale == "auto")
+                   auto_scale=a.scale == "auto", tta=a.tta)
     agg = res["aggregate"]
     if a.json:
         print(json.dumps({**agg, "split": res["split"], "model": res["model"]}))
@@ -205,15 +193,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-def _output_flags(parser) -> None:
-    parser.add_argument("--wait", action="store_true",
-                        help="when another wsi-nuc run is writing the same output, wait for it (default: "
-                             "stop at once with exit 2)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace wsi-nuc results of another slide with the same name (never files "
-                             "wsi-nuc did not write)")
-
-
 def _non_negative(v: str) -> float:
     x = float(v)
     if not x >= 0:
@@ -221,74 +200,79 @@ def _non_negative(v: str) -> float:
     return x
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    from . import __version__
+def _slide_options() -> argparse.ArgumentParser:
+    """The options ``run`` and ``batch`` share (one parent parser: one set of flags, one set of defaults, the
+    RunSettings defaults)."""
+    from .run_context import RunSettings
 
-    p = _Parser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
-    p.add_argument("--version", action="version", version=f"wsi-nuc {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add = sub.add_parser
+    d = RunSettings()
+    p = _Parser(add_help=False)
+    p.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
+                   help="cuda: tile tasks ask for workers started with --resources GPU=1 when there are any")
+    p.add_argument("--tile", type=int, default=d.tile, help=f"tile core edge, working px (64-4096, default {d.tile})")
+    p.add_argument("--halo", type=int, default=d.halo,
+                   help=f"context around each tile, working px (more than the {d.margin}-px ownership margin, "
+                        f"up to 512; default {d.halo})")
+    p.add_argument("--mpp", type=float, help="microns per level-0 pixel, when a slide has none or a wrong one "
+                                             "(batch: a CSV 'mpp' column overrides it per slide)")
+    p.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
+    p.add_argument("--workers", type=_positive_int,
+                   help="LocalCluster worker processes, or tile threads in process (default: 2)")
+    p.add_argument("--scheduler", help="where the tiles run: auto (default; run: in this process up to 64 "
+                                       "tiles, else a LocalCluster), in-process (run only), local (a "
+                                       "LocalCluster), or the address of an existing Dask scheduler "
+                                       "(tcp://host:8786)")
+    p.add_argument("--batch", type=_positive_int, default=d.batch,
+                   help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--wait", action="store_true", help="when another wsi-nuc run is writing the same output, "
+                                                       "wait for it (default: stop at once with exit 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace wsi-nuc results of another slide with the "
+                                                            "same name (never files wsi-nuc did not write)")
+    p.add_argument("--engine", choices=_ENGINES, default=d.engine,
+                   help="what runs the network (default auto: the fastest here for the model; see README)")
+    p.add_argument("--tta", type=int, choices=(1, 4, 8), default=d.tta, help="test-time augmentation: maps "
+                   "averaged over 4 flips or 8 flips/rotations, that many times the network's cost")
+    p.add_argument("--no-types", action="store_true",
+                   help="plain nuclei: no per-nucleus type even when the model has a type head")
+    p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
+                                                             "nuclei.geojson")
+    p.add_argument("--simplify", type=_non_negative, default=d.simplify, metavar="PX",
+                   help=f"GeoJSON outline tolerance in working px (default {d.simplify}; 0 keeps the traced outline)")
+    p.add_argument("--table", choices=("csv", "parquet", "both"), default=d.table,
+                   help=f"per-nucleus table: nuclei.csv, nuclei.parquet or both (default {d.table})")
+    p.add_argument("--zarr-image", action="store_true",
+                   help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
+    p.add_argument("--min-area-um2", type=_non_negative, default=d.min_area_um2, metavar="A",
+                   help=f"drop nuclei smaller than A µm² from every output (default {d.min_area_um2:g})")
+    p.add_argument("--dashboard", action="store_true",
+                   help="print the Dask dashboard link (a local cluster needs bokeh: pip install "
+                        "'wsi-nuc[dashboard]')")
+    return p
 
-    def add_parser(name, **kw):
-        return _add(name, parents=[common], **kw)
 
-    sub.add_parser = add_parser
-
-    r = sub.add_parser("run", help="segment every nucleus of one slide")
+def _add_run_and_batch(sub, slide_options) -> None:
+    r = sub.add_parser("run", parents=[slide_options], help="segment every nucleus of one slide")
     r.add_argument("slide")
     r.add_argument("--out", default="wsi-nuc-out", help="output folder; results go to OUT/<slide stem>/")
-    r.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--tile", type=int, default=512, help="tile core edge, working px (64-4096, default 512)")
-    r.add_argument("--halo", type=int, default=64, help="context around each tile, working px (0-512, default 64)")
-    r.add_argument("--mpp", type=float, help="microns per level-0 pixel, when the slide has none or a wrong one")
-    r.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
-    r.add_argument("--workers", type=_positive_int,
-                   help="LocalCluster worker processes, or tile threads in process (default: 2)")
-    r.add_argument("--scheduler", help="where the tiles run: auto (default: in this process up to 64 tiles, "
-                                       "else a LocalCluster), in-process, local (a LocalCluster), or the "
-                                       "address of an existing Dask scheduler (tcp://host:8786)")
-    r.add_argument("--batch", type=_positive_int, default=None,
-                   help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    _output_flags(r)
-    r.add_argument("--no-types", action="store_true",
-                   help="plain nuclei: no per-nucleus type even when the model has a type head")
     r.add_argument("--roi", metavar="FILE", help="process only this region: a QuPath annotation GeoJSON "
                                                  "(level-0 px) or a binary mask image at any downsample")
-    _add_output_options(r)
     r.set_defaults(func=_run)
 
-    b = sub.add_parser("batch", help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
+    b = sub.add_parser("batch", parents=[slide_options],
+                       help="segment every slide of a cohort (CSV, folder or glob) on a Dask cluster")
     b.add_argument("cohort", help="CSV with a 'path' column (other columns are carried), a folder of slides "
                                   "(not recursive), a quoted glob, or one slide")
     b.add_argument("--out", default="wsi-nuc-out",
                    help="output folder: OUT/<slide stem>/ per slide, OUT/cohort.csv, OUT/cohort_summary.csv")
-    b.add_argument("--model", help="shipped model name or model folder (default: the shipped default)")
-    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="cuda: inference tasks ask for workers started with --resources GPU=1")
-    b.add_argument("--tile", type=int, default=512, help="tile core edge, working px (64-4096, default 512)")
-    b.add_argument("--halo", type=int, default=64, help="context around each tile, working px (0-512, default 64)")
-    b.add_argument("--mpp", type=float, help="microns per level-0 pixel for every slide (a CSV 'mpp' column "
-                                             "overrides it per slide)")
-    b.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
-    b.add_argument("--workers", type=_positive_int, help="LocalCluster worker processes (default: 2)")
-    b.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786; default or "
-                                       "local: a LocalCluster)")
-    b.add_argument("--batch", type=_positive_int, default=None,
-                   help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
     b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
-    b.add_argument("--quiet", action="store_true", help="no progress line")
-    _output_flags(b)
-    b.add_argument("--no-types", action="store_true",
-                   help="plain nuclei: no per-nucleus type even when the model has a type head")
-    _add_output_options(b)
     b.set_defaults(func=_batch)
 
+
+def _add_eval_info_models(sub) -> None:
     e = sub.add_parser("eval", help="score a model on an annotated dataset folder")
     e.add_argument("dataset")
     e.add_argument("--model")
@@ -303,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images whose dataset.json gives no mpp: estimate their scale from the nuclei "
                         "found at their own pixels (auto, default), or segment them as working pixels "
                         "(native)")
+    e.add_argument("--tta", type=int, choices=(1, 4, 8), default=1, help="test-time augmentation (as run)")
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="what the reader sees in a slide")
@@ -314,17 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the shipped models")
     m.set_defaults(func=_models)
 
-    t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("config")
-    t.add_argument("--out", help="run folder (default runs/<name>); re-running resumes it")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    t.set_defaults(func=_train)
 
-    d = sub.add_parser("distill", help="distil a teacher model into a small student from a YAML config")
-    d.add_argument("config")
-    d.add_argument("--out", help="run folder (default runs/<name>); re-running resumes it")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    d.set_defaults(func=_distill)
+def _add_training(sub) -> None:
+    for name, what, func in (("train", "train a model from a YAML config", _train),
+                             ("distill", "distil a teacher model into a small student from a YAML config",
+                              _distill)):
+        t = sub.add_parser(name, help=what)
+        t.add_argument("config")
+        t.add_argument("--out", help="run folder (default runs/<name>); re-running resumes it")
+        t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        t.set_defaults(func=func)
 
     q = sub.add_parser("quantize", help="INT8 post-training static quantisation of a model folder")
     q.add_argument("model", help="shipped model name or model folder")
@@ -343,6 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rgb", action="store_true", help="the temperature head also sees the RGB input")
     c.add_argument("--steps", type=_positive_int, default=30, help="L-BFGS iterations (default 30)")
     c.set_defaults(func=_calibrate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``wsi-nuc`` parser: every subcommand also takes ``--debug``; ``run`` and ``batch`` share one parent."""
+    from . import __version__
+
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p = _Parser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"wsi-nuc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add = sub.add_parser
+
+    def add_parser(name, parents=(), **kw):
+        return add(name, parents=[common, *parents], **kw)
+
+    sub.add_parser = add_parser
+    _add_run_and_batch(sub, _slide_options())
+    _add_eval_info_models(sub)
+    _add_training(sub)
     return p
 
 

@@ -25,7 +25,7 @@ def save_classes(path: Path, classes: np.ndarray) -> None:
 
 def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | None = None,
              device: str = "auto", save_dir: str | Path | None = None, params: dict | None = None,
-             log=None, auto_scale: bool = True) -> dict:
+             log=None, auto_scale: bool = True, tta: int = 1) -> dict:
     """Per-image and aggregate metrics of ``model`` on ``dataset_dir``.
 
     ``split`` defaults to ``val`` when dataset.json has a split, else ``all``. ``params`` overrides the
@@ -43,24 +43,32 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
     a model with types also writes ``<stem>.classes.png`` (uint8, each predicted nucleus painted with its
     type in the dataset's numbering, 0 background).
     """
-    from .metrics import aggregate, score_image
-    from .metrics_types import add_counts, detection_f1, type_counts, type_scores
+    from .model.io import check_model_dir, resolve_model_dir
     from .predict import get_predictor
-    from .type_map import paint_types, to_dataset_ids, true_nucleus_types
 
     root = Path(dataset_dir)
     meta = read_index(root)
     if split is None:
         split = "val" if meta.get("split") else "all"
     stems = list_stems(root, split)
-    from .model.io import check_model_dir, resolve_model_dir
-
     check_model_dir(resolve_model_dir(model, device))
     predictor = get_predictor(model, device)
+    before, predictor.tta = predictor.tta, int(tta)      # the cached predictor: restored on the way out
+    try:
+        return _evaluate(root, meta, split, stems, predictor, params, save_dir, log, auto_scale)
+    finally:
+        predictor.tta = before
+
+
+def _evaluate(root, meta, split, stems, predictor, params, save_dir, log, auto_scale) -> dict:
+    """:func:`evaluate` with the model loaded: every image scored, then the aggregate."""
+    from .metrics import aggregate
+    from .metrics_types import add_counts, type_scores
+    from .type_map import to_dataset_ids
+
     p = InstanceParams.from_dict({**(predictor.config.get("postprocess") or {}), **(params or {})})
     classes = class_names(meta)
-    typed = bool(predictor.types)
-    lut = to_dataset_ids(predictor.types, classes) if typed else None
+    lut = to_dataset_ids(predictor.types, classes) if predictor.types else None
     n_types = max([*classes, *(lut.tolist() if lut is not None else [])], default=0)
     names = [classes.get(i, f"type_{i}") for i in range(1, n_types + 1)]
     if save_dir is not None:
@@ -68,33 +76,44 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
         save_dir.mkdir(parents=True, exist_ok=True)
     per_image = []
     for stem in stems:
-        s = load_sample(root, stem, meta)
-        pred, ptypes, _, mpp, source = segment_at_scale_typed(s.image, s.mpp, predictor, p, auto_scale, typed)
-        pred_ids = np.unique(pred)
-        pred_ids = pred_ids[pred_ids > 0]
-        ds_types = lut[ptypes] if ptypes is not None else None
-        if save_dir is not None:
-            save_prediction(save_dir / f"{stem}.tif", pred)
-            if ds_types is not None:
-                save_classes(save_dir / f"{stem}.classes.png", paint_types(pred, pred_ids, ds_types))
-        if s.labels is None:
-            continue
-        sc = score_image(s.labels, pred)
-        true_types = None
-        if ds_types is not None and s.classes is not None:
-            true_types = true_nucleus_types(s.labels, s.classes)
-        counts = type_counts(s.labels, pred, mpp or predictor.mpp, true_types,
-                             ds_types if true_types is not None else None, n_types)
-        sc.update(image=stem, mpp=mpp, mpp_source=source,
-                  f_d=detection_f1(counts["tp_d"], counts["fp_d"], counts["fn_d"]), type_counts=counts)
-        per_image.append(sc)
-        if log:
-            log(sc)
+        sc = _evaluate_image(load_sample(root, stem, meta), stem, predictor, p, auto_scale, lut, n_types, save_dir)
+        if sc is not None:
+            per_image.append(sc)
+            if log:
+                log(sc)
     agg = aggregate(per_image) if per_image else {}
     if per_image:
         agg.update(type_scores(add_counts([sc["type_counts"] for sc in per_image]), names))
     return {"dataset": str(root), "split": split, "model": predictor.config.get("name"),
             "types": list(predictor.types), "postprocess": p.to_dict(), "aggregate": agg, "images": per_image}
+
+
+def _evaluate_image(s, stem: str, predictor, p: InstanceParams, auto_scale: bool, lut, n_types: int,
+                    save_dir: Path | None) -> dict | None:
+    """One image: segment (at its scale), save the prediction when asked, score it against its labels (None
+    when it has none); ``lut`` maps the model's types to the dataset's (None: no type head)."""
+    from .metrics import score_image
+    from .metrics_types import detection_f1, type_counts
+    from .type_map import paint_types, true_nucleus_types
+
+    pred, ptypes, _, mpp, source = segment_at_scale_typed(s.image, s.mpp, predictor, p, auto_scale, lut is not None)
+    ds_types = lut[ptypes] if ptypes is not None else None
+    if save_dir is not None:
+        save_prediction(save_dir / f"{stem}.tif", pred)
+        if ds_types is not None:
+            pred_ids = np.unique(pred)
+            save_classes(save_dir / f"{stem}.classes.png", paint_types(pred, pred_ids[pred_ids > 0], ds_types))
+    if s.labels is None:
+        return None
+    sc = score_image(s.labels, pred)
+    true_types = None
+    if ds_types is not None and s.classes is not None:
+        true_types = true_nucleus_types(s.labels, s.classes)
+    counts = type_counts(s.labels, pred, mpp or predictor.mpp, true_types,
+                         ds_types if true_types is not None else None, n_types)
+    sc.update(image=stem, mpp=mpp, mpp_source=source,
+              f_d=detection_f1(counts["tp_d"], counts["fp_d"], counts["fn_d"]), type_counts=counts)
+    return sc
 
 
 def segment_at_scale(image: np.ndarray, mpp: float | None, predictor, params: InstanceParams,

@@ -11,19 +11,17 @@ finished tiles:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
-from dataclasses import dataclass, asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .instances import InstanceParams
 from .segment import TileNuclei, tile_nuclei
 from .stainnorm import LabStats
-from .tiling import Tile
+from .tiling import Scale, Tile
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -57,13 +55,23 @@ def in_process(scheduler: str | None, n_tiles: int, client=None) -> bool:
 
 @dataclass(frozen=True)
 class Geometry:
-    """How working pixels map onto the slide: ``f`` level-0 pixels per working pixel."""
+    """The slide a task reads and how its working pixels map onto it (:class:`wsi_nuc.tiling.Scale`)."""
 
     slide: str
     slide_mpp: float | None       # the --mpp override, if any
-    level0_mpp: float
-    work_mpp: float
-    f: float
+    scale: Scale
+
+    @property
+    def level0_mpp(self) -> float:
+        return self.scale.level0_mpp
+
+    @property
+    def work_mpp(self) -> float:
+        return self.scale.work_mpp
+
+    @property
+    def f(self) -> float:
+        return self.scale.f
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,11 @@ class TaskSettings:
     device: str
     threads: int | None
     batch: int | None             # None: 1 on CPU, 8 on CUDA
-    margin: int
     params: dict
     stain: dict | None = None     # the slide's CIELAB statistics, for a model that normalises stain
     types: bool = True            # per-nucleus type and type_prob, when the model has a type head
+    tta: int = 1                  # test-time augmentation (1, 4 or 8 flips/rotations; wsi_nuc.predict.forward_tta)
+    engine: str | None = None     # resolved engine (wsi_nuc.model.engines); None: the model as stored
 
 
 _LOCAL = threading.local()        # one slide reader per thread: readers are not all thread-safe
@@ -98,32 +107,18 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     from .slide import read_region
 
     reader = _reader(geom.slide, geom.slide_mpp)
-    predictor = get_predictor(ts.model, ts.device, ts.threads)
+    predictor = get_predictor(ts.model, ts.device, ts.threads, ts.engine)
     params = InstanceParams.from_dict(ts.params)
-    f = geom.f
-    images = np.stack([read_region(reader, t.read.x0 * f, t.read.y0 * f, t.read.w * f, t.read.h * f,
-                                   t.read.w, t.read.h) for t in tiles])
+    images = np.stack([read_region(reader, *geom.scale.window(t.read), t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
     stain = LabStats.from_dict(ts.stain)
     types = predictor.types if ts.types else ()
     out = []
     for s in range(0, len(tiles), bs):
-        maps = predictor.maps(images[s:s + bs], stain)
+        maps = predictor.maps(images[s:s + bs], stain, tta=ts.tta)
         for k, t in enumerate(tiles[s:s + bs]):
-            out.append(tile_nuclei(t, images[s + k], maps[k], params, f, geom.work_mpp, geom.level0_mpp,
-                                   ts.margin, types=types))
+            out.append(tile_nuclei(t, images[s + k], maps[k], params, geom.scale, types=types))
     return out
-
-
-def spool_key(geom: Geometry, ts: TaskSettings, tile: int, halo: int) -> str:
-    """Identity of a slide run: finished tiles are reused only when all of this matches."""
-    st = os.stat(geom.slide)
-    weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(ts.model).glob("*")
-                     if p.is_file()) if ts.model and Path(ts.model).is_dir() else []
-    ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), ts.model, weights,
-                  ts.margin, sorted(ts.params.items()), ts.stain, tile, halo)
-                 + (() if ts.types else ("no-types",)))  # runs with types keep their former keys
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
 def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "Spool | None" = None,
@@ -163,6 +158,8 @@ def run_tiles(client, geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool
         _finished(batch, results, spool, on_done)
         submit_next()
     return [results[t.key] for t in tiles if t.key in results]
+
+
 
 
 def _resume(tiles: list[Tile], spool: "Spool | None", on_done) -> tuple[dict, list[Tile]]:
@@ -285,23 +282,3 @@ def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "
         torch.set_num_threads(before)
     return [results[t.key] for t in tiles if t.key in results]
 
-
-def final_order(tiles: list[TileNuclei], keep: list[np.ndarray]) -> list[tuple[TileNuclei, np.ndarray, int]]:
-    """Per tile: (tile, surviving indices in centroid order, first global id). Ids run 1..N in tile order
-    then centroid (y, x) order, so they do not depend on which worker finished first."""
-    out = []
-    nid = 1
-    for tn, k in zip(tiles, keep):
-        idx = np.nonzero(k)[0]
-        if len(idx):
-            idx = idx[np.lexsort((tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]))]
-        out.append((tn, idx, nid))
-        nid += len(idx)
-    return out
-
-
-def iter_final(tiles: list[TileNuclei], keep: list[np.ndarray]) -> Iterable[tuple[int, TileNuclei, int]]:
-    """(global id, tile, index in tile) for every surviving nucleus, in id order."""
-    for tn, idx, first in final_order(tiles, keep):
-        for j, i in enumerate(idx):
-            yield first + j, tn, int(i)

@@ -91,6 +91,27 @@ def labels_from_maps(maps: np.ndarray, params: InstanceParams | None = None) -> 
 
     Foreground components that received no marker become one instance each, so nothing the model
     calls nucleus is dropped for want of a seed.
+
+    Parameters
+    ----------
+    maps : (6, H, W) float, the channels of :data:`wsi_nuc.predict.MAP_CHANNELS` (fg, boundary, dist,
+        hv_x, hv_y, centre); a type head's channels after them are ignored.
+    params : the post-processing settings (None: the defaults).
+
+    Returns
+    -------
+    labels : (H, W) int32, 0 background; ids are not consecutive (small instances are removed).
+
+    Examples
+    --------
+    Two touching nuclei, one foreground blob with two distance peaks:
+
+    >>> yy, xx = np.mgrid[:20, :30]
+    >>> d = np.minimum(np.hypot(yy - 10, xx - 9), np.hypot(yy - 10, xx - 19))
+    >>> fg, dist, zero = (d < 6).astype(np.float32), np.clip(1 - d / 6, 0, 1).astype(np.float32), np.zeros((20, 30))
+    >>> labels = labels_from_maps(np.stack([fg, zero, dist, zero, zero, zero]))
+    >>> len(np.unique(labels[labels > 0])), bool((labels[10, 9] != labels[10, 19]))
+    (2, True)
     """
     p = params or InstanceParams()
     fg, bd, dist = maps[0], maps[1], maps[2]

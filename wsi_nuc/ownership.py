@@ -92,6 +92,19 @@ def check_slot(final: Path, identity: dict, overwrite: bool = False) -> None:
                      f"--overwrite to replace them, or choose another --out")
 
 
+def slide_stem(path: str | Path) -> str:
+    """The output name of a slide (``OUT/<stem>/``): its file name without the extension (``.ome.tif(f)`` whole).
+
+    >>> slide_stem("/data/OS-1.ome.tiff"), slide_stem("CMU-1.svs")
+    ('OS-1', 'CMU-1')
+    """
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
 def reserved(stem: str) -> bool:
     """A slide stem that would collide with a cohort folder's own files, or with the hidden working files
     of runs (``.<stem>.lock``, ``.<stem>.partial-*``, ``.<stem>.tiles-*``): those start with a dot."""

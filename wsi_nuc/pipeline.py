@@ -10,7 +10,6 @@ write (:func:`_stitch_and_write`, the outputs themselves in :mod:`wsi_nuc.writer
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from .errors import InputError
+from .ownership import slide_stem  # noqa: F401 - re-exported (cohort tests)
 from .run_context import RunSettings, SlidePlan, SlideRun, Timer
 from .validate import check_output_dir  # noqa: F401 - re-exported (cohort, tests)
 from .writers.run_outputs import write_outputs
@@ -25,14 +25,6 @@ from .writers.run_outputs import write_outputs
 OUTPUT_FILES = ("nuclei.geojson", "nuclei.csv", "nuclei.ome.zarr", "summary.json", "qc.png")  # defaults
 __all__ = ["OUTPUT_FILES", "RunSettings", "SlidePlan", "SlideRun", "Timer", "is_complete", "plan_tiles",
            "run_slide", "slide_stem", "write_outputs"]
-
-
-def slide_stem(path: str | Path) -> str:
-    name = Path(path).name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
 
 
 def is_complete(folder: Path) -> bool:
@@ -153,7 +145,7 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
     """Region, tissue, the tile grid over the tissue (and region) at the model's scale, stain statistics."""
     from .graph import Geometry, TaskSettings
     from .stainnorm import check_colour, slide_stats
-    from .tiling import make_grid
+    from .tiling import Scale, make_grid
     from .tissue import detect_tissue, full_mask
     from .validate import tile_align
 
@@ -163,23 +155,24 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
         from .roi import load_roi
 
         roi = load_roi(st.roi, info)
-    work_mpp = float(mcfg.get("mpp") or info.mpp)
-    f = work_mpp / info.mpp
-    H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
+    scale = Scale(float(info.mpp), float(mcfg.get("mpp") or info.mpp))
+    H, W = scale.work_shape(info.height, info.width)
     with run.timer("tissue"):
         tissue = detect_tissue(run.reader) if st.tissue_detection else full_mask(info)
-    grid = make_grid(H, W, st.tile, st.halo, align=tile_align(mcfg),
-                     keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0
-                     and (roi is None or roi.meets_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f)))
-    geom = Geometry(str(run.path.resolve()), st.mpp, float(info.mpp), work_mpp, f)
+    level0 = scale.to_level0
+    grid = make_grid(H, W, st.tile, st.halo, align=tile_align(mcfg), margin=st.margin,
+                     keep=lambda c: tissue.fraction_in(level0(c)) > 0 and (roi is None or roi.meets(level0(c))))
+    geom = Geometry(str(run.path.resolve()), st.mpp, scale)
     stain = None
     if mcfg.get("stain_norm"):
         with run.timer("stain"):
-            stats = slide_stats(run.reader, tissue, f, H, W)
+            stats = slide_stats(run.reader, tissue, scale.f, H, W)
             check_colour(stats, run.path)
             stain = stats.to_dict() if stats is not None else None
-    task = TaskSettings(str(run.model_dir), st.device, None, st.batch, st.margin,
-                        dict(mcfg.get("postprocess") or {}), stain, st.types)
+    from .model.engine_choice import resolve_engine
+
+    task = TaskSettings(str(run.model_dir), st.device, None, st.batch, dict(mcfg.get("postprocess") or {}),
+                        stain, st.types, st.tta, resolve_engine(st.engine, run.model_dir, mcfg, st.device))
     return SlidePlan(tissue, grid, geom, roi, stain, task)
 
 
@@ -187,13 +180,13 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     """Plan, segment (resuming from the tile spool), stitch and write; the spool is finished on success and
     left with only what a resume needs on failure."""
     from . import spool as spool_io
-    from .graph import Preload, in_process, load_here, spool_key, todo_count
+    from .graph import Preload, in_process, load_here, todo_count
 
     st = run.settings
     scheduler = "local" if st.dashboard else st.scheduler
     preload = Preload(str(run.model_dir), st.device) if in_process(scheduler, _max_tiles(run), client) else None
     plan = plan_tiles(run)
-    key = spool_key(plan.geom, plan.task, plan.grid.tile, plan.grid.halo)
+    key = spool_io.spool_key(plan.geom, plan.task, run.settings)
     spool = spool_io.load(spool_io.folder_for(run.out, run.final.name, key), key)
     try:
         todo = todo_count(list(plan.grid), spool)
@@ -227,6 +220,8 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
 
 def _max_tiles(run: SlideRun) -> int:
     """Tiles of the slide if all of it were tissue: when even that is few, the model starts loading at once."""
+    import math
+
     from .graph import max_tiles
 
     f = float(run.mcfg.get("mpp") or run.info.mpp) / run.info.mpp
@@ -259,16 +254,18 @@ def _segment(run: SlideRun, plan: SlidePlan, client, stack: ExitStack, spool, pr
 def _stitch_and_write(run: SlideRun, plan: SlidePlan, tiles) -> dict:
     """One survivor per nucleus, then every output into a temporary folder renamed into place at the end."""
     from .lock import checkpoint
+    from .model.engine_choice import engine_record
     from .ownership import check_slot, marker
-    from .stitch import deduplicate
+    from .stitch import stitch
     from .writers.atomic import atomic_dir
 
     st = run.settings
     with run.timer("stitch"):
-        keep = deduplicate(tiles, band=2 * st.margin + 1)
+        final = stitch(tiles, plan.grid.band, st.min_area_um2, plan.roi)
     with atomic_dir(run.final, before_replace=lambda p: check_slot(p, run.identity, st.overwrite)) as tmp:
-        summary = write_outputs(tmp, run, plan, tiles, keep)
+        summary = write_outputs(tmp, run, plan, final)
         summary["seconds"]["total"] = round(time.perf_counter() - run.t_start, 3)
+        summary["engine"] = engine_record(plan.task.engine, st.engine)
         if plan.stain is not None:
             summary["stain_normalisation"] = {"slide": plan.stain, "target": run.mcfg["stain_norm"]}
         summary["wsi_nuc_output"] = marker(run.identity)

@@ -9,12 +9,58 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .model.io import load_model, read_model_config, resolve_model_dir
+from .model.inputs import to_input
+from .model.io import read_model_config, resolve_model_dir
 from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 
 # Output channels of ``Predictor.maps`` (after the activations).
 MAP_CHANNELS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
 N_MAPS = len(MAP_CHANNELS)  # a type head's softmax (background + K types) follows these
+_HV_X, _HV_Y = MAP_CHANNELS.index("hv_x"), MAP_CHANNELS.index("hv_y")
+
+# Test-time augmentation: transforms of the square as (transpose, flip rows, flip columns); 4 = the flips,
+# 8 = the flips and rotations by 90° (the dihedral group).
+TTA_TRANSFORMS = {
+    1: [(False, False, False)],
+    4: [(False, fr, fc) for fr in (False, True) for fc in (False, True)],
+    8: [(t, fr, fc) for t in (False, True) for fr in (False, True) for fc in (False, True)],
+}
+
+
+def forward_tta(net, x: torch.Tensor, n: int = 1) -> torch.Tensor:
+    """Raw network outputs (B, C, H, W) averaged over ``n`` (1, 4 or 8) flips/rotations of ``x``.
+
+    Each transform is undone on the outputs: maps are flipped/transposed back, and the offset channels
+    follow the geometry (a column flip negates ``hv_x``, a row flip ``hv_y``, a transpose swaps them).
+    Averaging raw outputs (logits, offsets before tanh) keeps calibration and post-processing unchanged.
+
+    >>> import torch
+    >>> net = lambda t: torch.cat([t[:, :1]] * 6, 1)          # an "identity" net: 6 copies of channel 0
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> bool(torch.equal(forward_tta(net, x, 8)[:, 0], x[:, 0]))
+    True
+    """
+    if n not in TTA_TRANSFORMS:
+        raise ValueError(f"tta must be one of {sorted(TTA_TRANSFORMS)}, not {n}")
+    acc = None
+    for transpose, flip_rows, flip_cols in TTA_TRANSFORMS[n]:
+        y = x.transpose(2, 3) if transpose else x
+        dims = [d for d, f in ((2, flip_rows), (3, flip_cols)) if f]
+        y = torch.flip(y, dims) if dims else y
+        out = net(y).float()
+        if dims:
+            out = torch.flip(out, dims)
+        if flip_rows or flip_cols or transpose:
+            out = out.clone()
+        if flip_rows:
+            out[:, _HV_Y] = -out[:, _HV_Y]
+        if flip_cols:
+            out[:, _HV_X] = -out[:, _HV_X]
+        if transpose:
+            out = out.transpose(2, 3)
+            out[:, [_HV_X, _HV_Y]] = out[:, [_HV_Y, _HV_X]].clone()
+        acc = out if acc is None else acc + out
+    return acc / len(TTA_TRANSFORMS[n])
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -35,6 +81,8 @@ class Predictor:
     config: dict
     device: torch.device
     lts: torch.nn.Module | None = None      # local temperature scaling head (calibrated fg), if fitted
+    engine: str = "torch"                   # what runs the network (wsi_nuc.model.engines)
+    tta: int = 1                            # test-time augmentation of maps() when not given (1, 4 or 8)
 
     @property
     def mpp(self) -> float | None:
@@ -60,7 +108,7 @@ class Predictor:
         return int(getattr(self.net, "stride", 16))
 
     @torch.inference_mode()
-    def maps(self, images: np.ndarray, stain=None) -> np.ndarray:
+    def maps(self, images: np.ndarray, stain=None, tta: int | None = None) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, C, H, W) float32 maps; pads to the stride by mirroring, crops back.
 
         C is 6 (:data:`MAP_CHANNELS`), or 6 + 1 + K for a model with K nucleus types: channels 6.. are then
@@ -68,7 +116,8 @@ class Predictor:
 
         A model with ``stain_norm`` in its config first Reinhard-normalises the images: from ``stain``
         (a :class:`~wsi_nuc.stainnorm.LabStats` of the slide or image they come from) when given, else
-        from each image's own statistics.
+        from each image's own statistics. ``tta`` (1, 4 or 8; default the predictor's ``tta``): average
+        over flips/rotations (:func:`forward_tta`), ``tta`` times the network's cost.
         """
         target = self.stain_target
         if target is not None:
@@ -81,14 +130,12 @@ class Predictor:
         ph, pw = -h % s, -w % s
         if ph or pw:
             images = np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="symmetric")
-        norm = self.config.get("norm", {"mean": 0.5, "std": 0.25})
-        x = torch.from_numpy(np.array(images, copy=True)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(norm["mean"]).div_(norm["std"])
+        x = to_input(images, self.config.get("norm"), self.device)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                out = self.net(x)
+                out = forward_tta(self.net, x, tta or self.tta)
         else:
-            out = self.net(x)
+            out = forward_tta(self.net, x, tta or self.tta)
         out = out.float().contiguous()  # INT8 graphs return channels-last: slices of it are slow
         act = torch.empty_like(out)
         act[:, 0] = calibrated_fg(out[:, 0], self.lts, x)
@@ -101,6 +148,8 @@ class Predictor:
                                  f"has {out.shape[1]} output channels (need {N_MAPS + 1 + nt})")
             act[:, N_MAPS:N_MAPS + 1 + nt] = torch.softmax(out[:, N_MAPS:N_MAPS + 1 + nt], dim=1)
             act = act[:, :N_MAPS + 1 + nt]
+            if self.config.get("type_weights"):
+                act = reweight_types(act, self.config["type_weights"])
         else:
             act = act[:, :N_MAPS]
         act = act[:, :, :h, :w]
@@ -110,20 +159,65 @@ class Predictor:
         return act.cpu().numpy()
 
 
+def reweight_types(maps, weights):
+    """Maps (B, 6 + 1 + K, H, W) with the type softmax re-weighted for other class priors: the probability
+    of type k is multiplied by ``weights[k]`` (K values; background keeps 1) and the 1 + K renormalised.
+
+    This is logit adjustment (adding ``log w_k`` to type k's logit; Menon et al. 2021, "Long-tail learning
+    via logit adjustment"): the head was trained on CoNSeP's class frequencies, and a weight above 1 gives
+    a rare type ("other") the pixels it loses to common ones at equal evidence. A model's ``config.json``
+    may carry ``type_weights``, fitted on val with ``benchmarks/tune_types.py``. Tensor or array.
+
+    >>> import numpy as np
+    >>> m = np.zeros((1, 9, 1, 1)); m[0, 6:] = [[[0.2]], [[0.5]], [[0.3]]]
+    >>> np.round(reweight_types(m, [1.0, 2.0])[0, 6:, 0, 0], 3).tolist()
+    [0.154, 0.385, 0.462]
+    """
+    w = [1.0, *map(float, weights)]
+    if isinstance(maps, torch.Tensor):
+        t = maps[:, N_MAPS:N_MAPS + len(w)] * torch.tensor(w, dtype=maps.dtype, device=maps.device).view(1, -1, 1, 1)
+    else:
+        t = maps[:, N_MAPS:N_MAPS + len(w)] * np.asarray(w, dtype=maps.dtype).reshape(1, -1, 1, 1)
+    if t.shape[1] != len(w):
+        raise ValueError(f"type_weights: {len(w) - 1} weights for {t.shape[1] - 1} types")
+    out = maps.clone() if isinstance(maps, torch.Tensor) else maps.copy()
+    out[:, N_MAPS:N_MAPS + len(w)] = t / t.sum(1, keepdims=True)
+    return out
+
+
 _CACHE: dict = {}
 
 
-def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None) -> Predictor:
-    """The process's predictor for (model, device): loaded once per worker process, then reused."""
+def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None,
+                  engine: str | None = None) -> Predictor:
+    """The process's predictor for (model, device, engine): loaded once per worker process, then reused.
+
+    ``engine``: None runs the model as it is stored (an INT8 folder by torch-int8, an fp32 one by
+    torch-fp32); ``auto`` picks the fastest for this machine (:mod:`wsi_nuc.model.engine_choice`); or a
+    name of :data:`wsi_nuc.model.engines.ENGINES`.
+    """
     model = str(resolve_model_dir(model, device))
-    if device == "auto" and read_model_config(Path(model)).get("quantized") == "int8":
+    cfg = read_model_config(Path(model))
+    if device == "auto" and cfg.get("quantized") == "int8":
         device = "cpu"  # INT8 kernels are CPU kernels
     dev = resolve_device(device)
-    key = (str(model), str(dev), os.getpid())
+    if threads:
+        torch.set_num_threads(int(threads))
+    if engine is None:
+        from .model.engine_choice import default_engine
+
+        engine = default_engine(cfg, dev.type)
+    elif engine == "auto":
+        from .model.engine_choice import choose_engine
+
+        engine = choose_engine(Path(model), cfg, dev.type)
+    key = (str(model), str(dev), engine, os.getpid())
     if key not in _CACHE:
-        if threads:
-            torch.set_num_threads(int(threads))
-        net, cfg = load_model(model, dev)
+        from .model.engines import build_engine
+
+        net = build_engine(engine, Path(model), cfg, dev)
+        cfg = dict(cfg, path=str(model))
+        cfg.setdefault("name", Path(model).name)
         lts = load_lts(cfg["path"], cfg)
-        _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None)
+        _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None, engine)
     return _CACHE[key]

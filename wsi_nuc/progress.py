@@ -45,24 +45,38 @@ STAGES = {
 }
 
 
-class SlideProgress:
+class Display:
+    """What every progress display of wsi-nuc shares (this module's :class:`SlideProgress` for ``run``,
+    :class:`wsi_nuc.cohort.progress.Progress` for ``batch``): the stream (stderr), whether it is a terminal
+    (a status line rewritten in place) or a log (plain lines), the clock and start time, and one lock for the
+    threads that report into it."""
+
+    def __init__(self, stream=None, tty: bool | None = None, clock=time.perf_counter):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.clock = clock
+        self.t0 = clock()
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+class SlideProgress(Display):
     """Stage messages and a tile counter for one slide; see the module docstring."""
 
     def __init__(self, name: str, stream=None, tty: bool | None = None, every_s: float = 30.0,
                  every_frac: float = 0.1, clock=time.perf_counter):
+        super().__init__(stream, tty, clock)
         self.name = name
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
         self.every_s, self.every_frac = every_s, every_frac
-        self.clock = clock
-        self.t0 = clock()
         self.total = 0
         self.done = 0
         self.bar = None
         self._last_t = self.t0
         self._last_frac = 0.0
         self._stage = None
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = None
         self.stage("open")
@@ -71,7 +85,7 @@ class SlideProgress:
         """While the tiles run: a line (log) or a bar refresh (terminal) when nothing was said for
         ``every_s`` seconds (start-up, a slow first tile)."""
         while not self._stop.wait(min(self.every_s, 5.0)):
-            with self._lock:
+            with self.lock:
                 if self.bar is not None:
                     self.bar.refresh()
                 elif self.clock() - self._last_t >= self.every_s:
@@ -124,7 +138,7 @@ class SlideProgress:
 
     def update(self, n: int = 1) -> None:
         """``n`` more tiles done."""
-        with self._lock:
+        with self.lock:
             self._update(n)
 
     def _update(self, n: int) -> None:

@@ -18,7 +18,8 @@ naming the file).
 >>> p = os.path.join(tempfile.mkdtemp(), "roi.geojson")
 >>> _ = open(p, "w").write(json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [100, 0], [100, 50], [0, 50], [0, 0]]]}))
 >>> r = load_roi(p, S(width=1000, height=800))
->>> r.area_px, r.contains([10, 150], [10, 10]).tolist(), r.meets_box(90, 40, 200, 200)
+>>> from wsi_nuc.tiling import Box
+>>> r.area_px, r.contains([10, 150], [10, 10]).tolist(), r.meets(Box(y0=40, x0=90, y1=200, x1=200))
 (5000.0, [True, False], True)
 """
 from __future__ import annotations
@@ -68,8 +69,9 @@ class Roi:
         out[ok] = self.mask[r[ok], c[ok]]
         return out
 
-    def meets_box(self, x0: float, y0: float, x1: float, y1: float) -> bool:
-        """Whether the region meets the level-0 box [x0, x1) x [y0, y1)."""
+    def meets(self, box) -> bool:
+        """Whether the region meets the level-0 box (a :class:`wsi_nuc.tiling.Box`)."""
+        x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
         if self.geometry is not None:
             import shapely
 

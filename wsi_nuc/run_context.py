@@ -34,6 +34,52 @@ class RunSettings:
     types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
     wait: bool = False              # output locked by another run: wait for it (else InputError at once)
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
+    tta: int = 1                    # test-time augmentation: maps averaged over 1, 4 or 8 flips/rotations
+    engine: str = "auto"            # what runs the network: auto | torch-int8 | torch-fp32 | onnx-int8 | onnx-fp32
+
+
+# "The same run": every RunSettings field that changes a result, with the first stage whose results it
+# changes. "tiles": the nuclei of a tile (the tile spool's key, :func:`wsi_nuc.spool.spool_key`); "outputs":
+# the files on top (a cohort's resume redoes a slide made otherwise, :mod:`wsi_nuc.cohort.resume`). Both
+# also compare the resolved model folder. The other fields (model as named, device, workers, scheduler,
+# batch, tiles_per_task, quiet, dashboard, wait, overwrite) change how a run goes, not what it makes.
+RESULT_SETTINGS = {"tile": "tiles", "halo": "tiles", "margin": "tiles", "mpp": "tiles", "types": "tiles", "tta": "tiles",
+                   "tissue_detection": "outputs", "roi": "outputs", "min_area_um2": "outputs",
+                   "geojson_gz": "outputs", "simplify": "outputs", "table": "outputs", "zarr_image": "outputs"}
+
+
+def result_settings(settings: "RunSettings", stage: str = "outputs") -> dict:
+    """{field: value} of the settings that make two runs the same run up to ``stage`` ("tiles" or "outputs").
+
+    >>> result_settings(RunSettings(), "tiles")
+    {'tile': 512, 'halo': 64, 'margin': 8, 'mpp': None, 'types': True, 'tta': 1}
+    """
+    if stage not in ("tiles", "outputs"):
+        raise ValueError(f"stage must be 'tiles' or 'outputs', got {stage!r}")
+    stages = ("tiles",) if stage == "tiles" else ("tiles", "outputs")
+    return {k: getattr(settings, k) for k, s in RESULT_SETTINGS.items() if s in stages}
+
+
+def changed_settings(old: dict, settings: "RunSettings") -> list[str]:
+    """The result settings (stage "outputs") in which ``settings`` differ from ``old`` (a summary.json's
+    ``settings``); a field ``old`` lacks was not an option yet, so that run had its default.
+
+    >>> changed_settings({"tile": 512, "halo": 32, "mpp": 0.25}, RunSettings(mpp=0.25 + 1e-12, types=False))
+    ['halo', 'types']
+    """
+    import math
+
+    defaults = RunSettings()
+    out = []
+    for k, new in result_settings(settings).items():
+        was = old.get(k, getattr(defaults, k))
+        if isinstance(was, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
+            same = math.isclose(was, new, rel_tol=1e-9)
+        else:
+            same = was == new or (k == "roi" and not was and not new)
+        if not same:
+            out.append(k)
+    return out
 
 
 @dataclass

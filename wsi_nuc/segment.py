@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .instances import InstanceParams, centroids, labels_from_maps, polygons_level0
+from .instances import InstanceParams, labels_from_maps, polygons_level0
 from .outlines import pack_polygons
-from .tiling import Box, Tile
+from .tiling import Box, Scale, Tile
 from .type_map import N_INSTANCE_MAPS, nucleus_types, type_prob_map
 
 
@@ -20,7 +20,8 @@ class TileNuclei:
 
     ``coords`` holds every outline's (x, y) level-0 vertices back to back; outline i is
     ``coords[offsets[i]:offsets[i + 1]]``. ``depth`` is how far each centroid lies inside the tile core
-    (working px, negative outside), used to pick a survivor among duplicates.
+    (working px, negative outside, :meth:`wsi_nuc.tiling.Tile.depth`), used to pick a survivor among
+    duplicates.
     """
 
     key: str
@@ -31,6 +32,7 @@ class TileNuclei:
     offsets: np.ndarray
     depth: np.ndarray
     columns: dict = field(default_factory=dict)
+    cut: int = 0                # nuclei the tile would own that its read window cut (see tiling.Owned)
 
     @property
     def n(self) -> int:
@@ -45,8 +47,8 @@ def segment_maps(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     return labels_from_maps(maps, params)
 
 
-def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: InstanceParams, f: float,
-                mpp_work: float, level0_mpp: float, margin: int = 8, types: tuple[str, ...] = ()) -> TileNuclei:
+def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: InstanceParams, scale: Scale,
+                types: tuple[str, ...] = ()) -> TileNuclei:
     """Segment one tile's read window (marker-controlled watershed) and keep the nuclei it owns.
 
     ``types``: the model's type names; when given and ``maps`` carries type probabilities, each nucleus
@@ -54,47 +56,37 @@ def tile_nuclei(tile: Tile, image: np.ndarray, maps: np.ndarray, params: Instanc
     """
     labels = segment_maps(maps, params)
     tp = type_prob_map(maps) if types else None
-    return owned_nuclei(tile, labels, image, maps[0], f, mpp_work, level0_mpp, margin,
-                        type_prob=tp, type_names=types)
+    return owned_nuclei(tile, labels, image, maps[0], scale, type_prob=tp, type_names=types)
 
 
 def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: np.ndarray | None,
-                 f: float, mpp_work: float, level0_mpp: float, margin: int = 8,
-                 type_prob: np.ndarray | None = None, type_names: tuple[str, ...] = ()) -> TileNuclei:
+                 scale: Scale, type_prob: np.ndarray | None = None, type_names: tuple[str, ...] = ()) -> TileNuclei:
     """The nuclei a tile owns, from the instance labels of its read window.
 
-    1. drop nuclei cut by the read-window edge (a neighbour sees them whole);
-    2. keep nuclei whose centroid lies in the core, grown by ``margin`` px (duplicates of the margin band
-       are resolved by the stitcher);
-    3. outlines in level-0 coordinates and per-nucleus measurements;
-    4. with ``type_prob`` ((1 + K, H, W), see :mod:`wsi_nuc.type_map`) and ``type_names`` (K names): the
+    1. which nuclei the tile owns: :meth:`wsi_nuc.tiling.Tile.owned` (the nuclei it would own but sees cut
+       by its read window are counted in ``cut``);
+    2. outlines in level-0 coordinates and per-nucleus measurements;
+    3. with ``type_prob`` ((1 + K, H, W), see :mod:`wsi_nuc.type_map`) and ``type_names`` (K names): the
        columns ``type`` (the type's name, a str array) and ``type_prob`` (float64).
     """
     from .morphometry import measure_nuclei
     from .outlines import clean_polygons
 
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    ids = np.setdiff1d(ids, edge, assume_unique=True)
-    cyx = centroids(labels, ids)
-    gy, gx = cyx[:, 0] + tile.read.y0, cyx[:, 1] + tile.read.x0
-    own = tile.core.expand(int(margin)) if margin else tile.core
-    keep = (gy >= own.y0) & (gy < own.y1) & (gx >= own.x0) & (gx < own.x1)
-    ids, gy, gx = ids[keep], gy[keep], gx[keep]
-    origin = (tile.read.x0 * f, tile.read.y0 * f)
-    polys = clean_polygons(polygons_level0(labels, ids, f, origin))
+    own = tile.owned(labels)
+    ids, gy, gx = own.ids, own.y, own.x
+    origin = scale.window(tile.read)[:2]          # level-0 (x, y) of the read window's corner
+    polys = clean_polygons(polygons_level0(labels, ids, scale.f, origin))
     ok = np.array([p is not None for p in polys], bool) if polys else np.zeros(0, bool)
     ids, gy, gx = ids[ok], gy[ok], gx[ok]
     polys = [p for p in polys if p is not None]
-    cols = measure_nuclei(labels, image, ids, mpp_work, level0_mpp, origin, confidence=confidence,
+    cols = measure_nuclei(labels, image, ids, scale.work_mpp, scale.level0_mpp, origin, confidence=confidence,
                           outlines=polys)
     if type_prob is not None and type_names:
         cols.update(type_columns(labels, type_prob, ids, type_names))
     coords, offsets = pack_polygons(polys)
-    c = tile.core
-    depth = np.minimum.reduce([gy - c.y0, c.y1 - gy, gx - c.x0, c.x1 - gx]) if len(ids) else np.zeros(0)
-    return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth.astype(float), cols)
+    depth = tile.depth(gy, gx) if len(ids) else np.zeros(0)
+    return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth.astype(float), cols,
+                      own.cut)
 
 
 def type_columns(labels: np.ndarray, type_prob: np.ndarray, ids, type_names) -> dict[str, np.ndarray]:

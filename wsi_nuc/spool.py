@@ -3,7 +3,8 @@
 ``OUT/.<stem>.tiles-<key>/<tile key>.tile.npz``: a plain (uncompressed) ``.npz`` of numeric arrays
 (outline vertices, offsets, depths, one array per measurement column; a nucleus type's name is a
 fixed-width text array) and a ``meta`` array holding JSON
-(format, the run's settings key, tile key, row, column, core box, column names, and a SHA-256 over every
+(format, the run's settings key, tile key, row, column, core box, column names, the count of nuclei cut by
+the halo, and a SHA-256 over every
 array's name, dtype, shape and bytes). It is read with ``allow_pickle=False``: nothing in an output
 folder is ever unpickled or executed.
 
@@ -49,6 +50,25 @@ class Spool:
         return {p for p, _ in self.foreign}
 
 
+def spool_key(geom, task, settings) -> str:
+    """Identity of a slide run's tiles: finished tiles are reused only when all of this matches: the slide file
+    (path, size, modification time), the scale (``graph.Geometry``), the model folder and its files, the
+    post-processing and stain statistics (``graph.TaskSettings``), and the settings that change a tile's
+    nuclei (:func:`wsi_nuc.run_context.result_settings`, stage "tiles")."""
+    from dataclasses import asdict
+
+    from .run_context import result_settings
+
+    st = os.stat(geom.slide)
+    model = Path(task.model) if task.model else None
+    weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model.glob("*")
+                     if p.is_file()) if model is not None and model.is_dir() else []
+    ident = repr((os.path.abspath(geom.slide), st.st_size, int(st.st_mtime), asdict(geom), task.model, weights,
+                  sorted(task.params.items()), task.stain, sorted(result_settings(settings, "tiles").items()))
+                 + (() if getattr(task, "engine", None) in (None, "torch-int8") else (f"engine={task.engine}",)))
+    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+
+
 def folder_for(out: Path, stem: str, key: str) -> Path:
     return out / f".{stem}.tiles-{key}"
 
@@ -79,6 +99,7 @@ def save(spool: Spool, tn) -> None:
     c = tn.core
     meta = {"format": FORMAT, "spool_key": spool.key, "tile": tn.key, "row": int(tn.row), "col": int(tn.col),
             "core": [int(c.y0), int(c.x0), int(c.y1), int(c.x1)], "columns": list(tn.columns),
+            "cut": int(getattr(tn, "cut", 0)),
             "sha256": _digest(arrays)}
     final = spool.folder / f"{tn.key}{SUFFIX}"
     if final in spool.foreign_paths():
@@ -135,7 +156,7 @@ def read_tile(path: Path, key: str):
         raise ValueError("inconsistent array shapes")
     y0, x0, y1, x1 = (int(v) for v in meta["core"])
     return TileNuclei(str(meta["tile"]), int(meta["row"]), int(meta["col"]), Box(y0, x0, y1, x1), coords,
-                      offsets, depth, {c: arrays[f"col.{c}"] for c in cols})
+                      offsets, depth, {c: arrays[f"col.{c}"] for c in cols}, int(meta.get("cut", 0)))
 
 
 def load(folder: Path, key: str) -> Spool:

@@ -1,9 +1,94 @@
-"""Cross-tile de-duplication: the same nucleus kept by two tiles becomes one, via a shapely STRtree."""
+"""The slide's nuclei from its tiles: one survivor per nucleus, the size rule and the region, then ids.
+
+    final = stitch(tiles, band=grid.band, min_area_um2=3.0, roi=None)
+    for tn, idx, first in final:      # every writer iterates the same final nuclei, in id order
+        ...                           # nucleus first + j is tn's nucleus idx[j]
+
+:func:`deduplicate` makes the same nucleus kept by two tiles one (a shapely STRtree over the nuclei near a
+core edge); :func:`apply_min_area` and :func:`apply_roi` drop what the size rule and the region exclude;
+:func:`number` gives the ids, once: 1..N in tile order, then centroid (y, x) order, so they do not depend on
+which worker finished first.
+
+>>> from types import SimpleNamespace as S
+>>> t = S(n=3, columns={"area_um2": np.array([9.0, 2.0, 9.0]), "centroid_x_px": np.array([5.0, 1.0, 1.0]),
+...                     "centroid_y_px": np.array([0.0, 0.0, 0.0])}, cut=0)
+>>> final = number([t], apply_min_area([t], [np.ones(3, bool)], 3.0))
+>>> [(first, idx.tolist()) for _, idx, first in final], len(final)
+([(1, [2, 0])], 2)
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from .segment import TileNuclei
+
+
+@dataclass(frozen=True)
+class FinalNuclei:
+    """The slide's final nuclei: per tile (every tile, in tile order), its surviving indices in id order
+    and the id of the first; nucleus ``first + j`` is ``tile.polygon(idx[j])``, ``tile.columns[c][idx[j]]``."""
+
+    parts: tuple            # ((TileNuclei, idx int array, first id), ...)
+    count: int              # N: ids run 1..N
+    cut: int = 0            # nuclei the tile that would own them saw cut by its read window (tiling.Owned)
+
+    def __iter__(self) -> Iterator[tuple[TileNuclei, np.ndarray, int]]:
+        return iter(self.parts)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def nuclei(self) -> Iterator[tuple[int, TileNuclei, int]]:
+        """(id, tile, index in tile) of every nucleus, in id order."""
+        for tn, idx, first in self.parts:
+            for j, i in enumerate(idx.tolist()):
+                yield first + j, tn, i
+
+
+def stitch(tiles: list[TileNuclei], band: float, min_area_um2: float = 0.0, roi=None) -> FinalNuclei:
+    """The final nuclei of a slide from its tiles (see the module docstring); ``band`` is the grid's
+    :attr:`wsi_nuc.tiling.TileGrid.band`, ``roi`` a :class:`wsi_nuc.roi.Roi` or None."""
+    keep = apply_min_area(tiles, deduplicate(tiles, band=band), min_area_um2)
+    if roi is not None:
+        keep = apply_roi(tiles, keep, roi)
+    return number(tiles, keep)
+
+
+def number(tiles: list[TileNuclei], keep: list[np.ndarray]) -> FinalNuclei:
+    """Ids for the nuclei ``keep`` marks (one boolean array per tile): 1..N in tile order, then centroid
+    (y, x) order."""
+    parts = []
+    nid = 1
+    for tn, k in zip(tiles, keep):
+        idx = np.nonzero(k)[0]
+        if len(idx):
+            idx = idx[np.lexsort((tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]))]
+        parts.append((tn, idx, nid))
+        nid += len(idx)
+    return FinalNuclei(tuple(parts), nid - 1, sum(int(getattr(tn, "cut", 0)) for tn in tiles))
+
+
+def apply_min_area(tiles, keep, min_area_um2: float) -> list[np.ndarray]:
+    """``keep`` without nuclei smaller than ``min_area_um2`` (µm², from the unsimplified outline's
+    pixel count); a new list, the input is not changed.
+
+    >>> from types import SimpleNamespace as S
+    >>> apply_min_area([S(columns={"area_um2": np.array([2.0, 3.0, 9.5])})], [np.ones(3, bool)], 3.0)
+    [array([False,  True,  True])]
+    """
+    if not min_area_um2 or min_area_um2 <= 0:
+        return [k.copy() for k in keep]
+    return [k & (np.nan_to_num(tn.columns["area_um2"], nan=0.0) >= float(min_area_um2))
+            for tn, k in zip(tiles, keep)]
+
+
+def apply_roi(tiles, keep, roi) -> list[np.ndarray]:
+    """``keep`` without nuclei whose centroid lies outside the region (``roi.Roi``); a new list."""
+    return [k & roi.contains(tn.columns["centroid_x_px"], tn.columns["centroid_y_px"]) if k.any() else k.copy()
+            for tn, k in zip(tiles, keep)]
 
 
 def border_candidates(tn: TileNuclei, band: float) -> np.ndarray:

@@ -45,13 +45,13 @@ class TissueMask:
         px_mm = self.scale * float(mpp) / 1000.0
         return float(np.count_nonzero(self.mask)) * px_mm * px_mm
 
-    def fraction_in_box(self, x0: float, y0: float, x1: float, y1: float) -> float:
-        """Tissue fraction of the level-0 box [x0, x1) x [y0, y1), area-weighted over mask pixels.
+    def fraction_in(self, box) -> float:
+        """Tissue fraction of the level-0 box (a :class:`wsi_nuc.tiling.Box`), area-weighted over mask pixels.
 
         Parts of the box outside the mask count as non-tissue; an empty box gives 0.
         """
         s = self.scale
-        bx0, by0, bx1, by1 = x0 / s, y0 / s, x1 / s, y1 / s
+        bx0, by0, bx1, by1 = box.x0 / s, box.y0 / s, box.x1 / s, box.y1 / s
         if not (bx1 > bx0 and by1 > by0):
             return 0.0
         h, w = self.mask.shape
@@ -67,15 +67,12 @@ class TissueMask:
         tissue = float(wy @ sub @ wx)
         return min(1.0, max(0.0, tissue / ((bx1 - bx0) * (by1 - by0))))
 
-    def to_level0_boxes(self) -> list[tuple[float, float, float, float]]:
-        """Bounding boxes (x0, y0, x1, y1) of the connected tissue regions, in level-0 px."""
-        lab, n = ndi.label(self.mask)
-        out = []
-        for sl in ndi.find_objects(lab):
-            if sl is None:
-                continue
-            out.append((sl[1].start * self.scale, sl[0].start * self.scale, sl[1].stop * self.scale, sl[0].stop * self.scale))
-        return out
+    def fraction_in_box(self, x0: float, y0: float, x1: float, y1: float) -> float:
+        """:meth:`fraction_in` of the level-0 box [x0, x1) x [y0, y1) (x first: the stain statistics still call
+        it so; everything else passes a ``Box``)."""
+        from .tiling import Box
+
+        return self.fraction_in(Box(y0, x0, y1, x1))
 
 
 def full_mask(info) -> TissueMask:

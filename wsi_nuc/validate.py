@@ -1,7 +1,7 @@
 """Checks that run before any cluster starts: run settings and the output folder.
 
-:func:`validate_settings` is the one owner of the bounds of ``--tile``, ``--halo``, ``--batch`` and
-``--workers``; it returns the settings as they will be used (tile and halo rounded up to the 16-px
+:func:`validate_settings` is the one owner of the bounds of ``--tile``, ``--halo`` (more than the ownership
+margin, see :mod:`wsi_nuc.tiling`), ``--batch`` and ``--workers``; it returns the settings as they will be used (tile and halo rounded up to the 16-px
 pooling grid) and a note for every value it rounded. The model folder is checked by
 :func:`wsi_nuc.model.io.check_model_dir`, the slide by :func:`wsi_nuc.slide.open_slide`.
 """
@@ -48,10 +48,17 @@ def validate_settings(settings, align: int = ALIGN):
     notes = []
     tile = _check_range("--tile", settings.tile, *TILE_RANGE, "512")
     halo = _check_range("--halo", settings.halo, *HALO_RANGE, "64")
+    margin = settings.margin
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise InputError(f"margin {margin!r}: must be a whole number of working px, 0 or more (default 8)")
+    if _round_up(halo, align) <= margin:
+        raise InputError(f"--halo {halo}: must be more than the {margin}-px ownership margin (a nucleus "
+                         f"crossing a tile edge would be cut in both tiles and lost); default 64")
     for flag, v in (("--tile", tile), ("--halo", halo)):
         if _round_up(v, align) != v:
             notes.append(f"{flag} {v} rounded up to {_round_up(v, align)} (tiles are cut on the model's "
                          f"{align}-px grid)")
+    _check_choices(settings)
     if settings.batch is not None:
         b = settings.batch
         if isinstance(b, bool) or not isinstance(b, int) or not BATCH_RANGE[0] <= b <= BATCH_RANGE[1]:
@@ -61,6 +68,21 @@ def validate_settings(settings, align: int = ALIGN):
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= WORKERS_MAX:
             raise InputError(f"--workers {w}: must be from 1 to {WORKERS_MAX}")
     return replace(settings, tile=_round_up(tile, align), halo=_round_up(halo, align)), notes
+
+
+def _check_choices(settings) -> None:
+    """The settings with a fixed set of values or a sign (the CLI's choices, for callers of the Python API)."""
+    for flag, value, allowed in (("--device", settings.device, ("auto", "cpu", "cuda")),
+                                 ("--table", settings.table, ("csv", "parquet", "both")),
+                                 ("--tta", settings.tta, (1, 4, 8))):
+        if value not in allowed:
+            raise InputError(f"{flag} {value!r}: must be one of {', '.join(map(str, allowed))}")
+    for flag, value in (("--simplify", settings.simplify), ("--min-area-um2", settings.min_area_um2)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InputError(f"{flag} {value!r}: must be a number, 0 or more")
+    tpt = settings.tiles_per_task
+    if isinstance(tpt, bool) or not isinstance(tpt, int) or tpt < 1:
+        raise InputError(f"tiles_per_task {tpt!r}: must be a whole number, 1 or more")
 
 
 def no_space(folder, e: BaseException | None = None) -> InputError:

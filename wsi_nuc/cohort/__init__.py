@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from .inputs import SLIDE_EXTENSIONS, Cohort, CohortSlide, read_cohort
 from .manifest import (DONE, FAILED, MANIFEST, MANIFEST_COLUMNS, MEASURES, PENDING, SKIPPED, STATS, SUMMARY,
-                       SUMMARY_COLUMNS, CohortResult, Tables, read_rows, slide_morphometry)
+                       SUMMARY_COLUMNS, TYPE_COLUMNS, CohortResult, Tables, read_rows, slide_morphometry)
 from .progress import Progress
-from .resume import RESULT_SETTINGS, finished_summary
+from ..run_context import RESULT_SETTINGS
+from .resume import finished_summary
 from .run import LOCK, cohort_lock, default_parallel_slides, run_cohort
 
 __all__ = ["DONE", "FAILED", "LOCK", "MANIFEST", "MANIFEST_COLUMNS", "MEASURES", "PENDING", "RESULT_SETTINGS",
-           "SKIPPED", "SLIDE_EXTENSIONS", "STATS", "SUMMARY", "SUMMARY_COLUMNS", "Cohort", "CohortResult",
+           "SKIPPED", "SLIDE_EXTENSIONS", "STATS", "SUMMARY", "SUMMARY_COLUMNS", "TYPE_COLUMNS", "Cohort", "CohortResult",
            "CohortSlide", "Progress", "Tables", "cohort_lock", "default_parallel_slides", "finished_summary",
            "read_cohort", "read_rows", "run_cohort", "slide_morphometry"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .manifest import MANIFEST_COLUMNS, SUMMARY_COLUMNS
+from .manifest import MANIFEST_COLUMNS, SUMMARY_COLUMNS, TYPE_COLUMNS
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
                     ".dcm", ".png", ".jpg", ".jpeg")
@@ -38,7 +38,7 @@ def _is_slide_file(p: Path) -> bool:
 def read_cohort(spec: str | os.PathLike) -> Cohort:
     """A CSV, a folder, a glob or one slide file -> a :class:`Cohort`; InputError on bad usage."""
     from ..ownership import check_stem
-    from ..pipeline import slide_stem
+    from ..ownership import slide_stem
 
     spec_s = os.fspath(spec)
     p = Path(os.path.expanduser(spec_s))
@@ -96,7 +96,7 @@ def _read_csv(path: Path):
         raise InputError(f"{path}: duplicate column name(s): {', '.join(dup)}")
     ip = lower.index("path")
     im = lower.index("mpp") if "mpp" in lower else None
-    reserved = set(MANIFEST_COLUMNS) | set(SUMMARY_COLUMNS)
+    reserved = set(MANIFEST_COLUMNS) | set(SUMMARY_COLUMNS) | set(TYPE_COLUMNS)
     carried = [(i, f"input_{h}" if h in reserved else h) for i, h in enumerate(header) if i != ip and h]
     items = []
     for n, row in enumerate(rows[1:], start=2):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..types import NAMES as TYPE_NAMES
 
 if TYPE_CHECKING:
     from .inputs import Cohort, CohortSlide
@@ -26,6 +27,9 @@ MEASURES = ("area_um2", "circularity", "mean_h_od")
 STATS = ("median", "q1", "q3", "iqr")
 SUMMARY_COLUMNS = (["slide", "nucleus_count", "tissue_area_mm2", "nuclei_per_mm2"]
                    + [f"{m}_{s}" for m in MEASURES for s in STATS])
+# per-type columns (count, density per mm² of analysed area, fraction of typed nuclei), written only when the
+# cohort's model has a type head; "spindle-shaped" -> "spindle_shaped_count"
+TYPE_COLUMNS = [f"{n.replace('-', '_')}_{q}" for n in TYPE_NAMES for q in ("count", "per_mm2", "fraction")]
 
 
 @dataclass
@@ -94,6 +98,25 @@ def slide_morphometry(nuclei_csv: Path) -> dict:
     return out
 
 
+def type_columns(summary: dict) -> dict:
+    """A slide's per-type :data:`TYPE_COLUMNS` from its ``summary.json`` (``types``); {} when untyped.
+
+    >>> type_columns({"types": {"counts": {"other": 1, "inflammatory": 3}, "per_mm2": {"other": 0.5,
+    ...               "inflammatory": 1.5}, "fraction": {"other": 0.25, "inflammatory": 0.75}}})["inflammatory_count"]
+    3
+    """
+    types = summary.get("types") or {}
+    if not types.get("counts"):
+        return {}
+    out = {}
+    for name in TYPE_NAMES:
+        slug = name.replace("-", "_")
+        out[f"{slug}_count"] = (types.get("counts") or {}).get(name, 0)
+        out[f"{slug}_per_mm2"] = (types.get("per_mm2") or {}).get(name)
+        out[f"{slug}_fraction"] = (types.get("fraction") or {}).get(name)
+    return out
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -130,6 +153,7 @@ def _pending_row(slide: CohortSlide, out: Path) -> dict:
 def _morph_row(slide: CohortSlide, out: Path, summary: dict, log) -> dict:
     row = {"slide": slide.stem, "nucleus_count": summary.get("nucleus_count"),
            "tissue_area_mm2": summary.get("tissue_area_mm2"), "nuclei_per_mm2": summary.get("nuclei_per_mm2")}
+    row.update(type_columns(summary))
     try:
         row.update(slide_morphometry(out / slide.stem / "nuclei.csv"))
     except (OSError, ValueError, csv.Error) as e:
@@ -174,7 +198,9 @@ class Tables:
             self._written, self._dirty = now, False
             slides, extra = self.cohort.slides, self.cohort.extra_columns
             _write_table(self.manifest, MANIFEST_COLUMNS + extra, [self.rows[s.stem] for s in slides])
-            _write_table(self.summary, SUMMARY_COLUMNS + extra,
+            morph = [self.morph[s.stem] for s in slides if s.stem in self.morph]
+            typed = TYPE_COLUMNS if any(r.get(c) not in (None, "") for r in morph for c in TYPE_COLUMNS) else []
+            _write_table(self.summary, SUMMARY_COLUMNS + typed + extra,
                          [{**self.morph[s.stem], **s.extra} for s in slides if s.stem in self.morph])
 
     def result(self, seconds: float) -> CohortResult:

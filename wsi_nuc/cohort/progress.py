@@ -1,28 +1,22 @@
-"""The cohort's one progress line on stderr."""
+"""The cohort's one progress line on stderr (a :class:`wsi_nuc.progress.Display`, as ``run``'s)."""
 from __future__ import annotations
 
-import sys
-import threading
-import time
-
 from ..errors import one_line
+from ..progress import Display
 from .manifest import DONE, FAILED, SKIPPED
 
 
-class Progress:
+class Progress(Display):
     """The cohort's one progress line on stderr: slides done/failed of total, tiles per second."""
 
     def __init__(self, total: int, stream=None, enabled: bool = True, dashboard: str | None = None):
+        super().__init__(stream)
         self.total = total
-        self.stream = stream or sys.stderr
         self.enabled = enabled
         self.dashboard = dashboard
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.lock = threading.Lock()
         self.counts = {DONE: 0, SKIPPED: 0, FAILED: 0}
         self.running = 0
         self.tiles = 0
-        self.t0 = time.perf_counter()
         self._last = 0.0
         self._width = 0
         self._text = ""
@@ -34,7 +28,7 @@ class Progress:
     def line(self) -> str:
         with self.lock:
             c, tiles, running = dict(self.counts), self.tiles, self.running
-        dt = max(time.perf_counter() - self.t0, 1e-9)
+        dt = max(self.clock() - self.t0, 1e-9)
         done = c[DONE] + c[SKIPPED]
         s = (f"wsi-nuc batch: {done}/{self.total} slides done" + (f" ({c[SKIPPED]} skipped)" if c[SKIPPED] else "")
              + f", {c[FAILED]} failed, {running} running | {tiles} tiles, {tiles / dt:.1f} tiles/s")
@@ -43,7 +37,7 @@ class Progress:
     def show(self, force: bool = False) -> None:
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = self.clock()
         if not force and now - self._last < (0.5 if self.tty else 30.0):
             return
         if not force and not self.tty:

@@ -3,18 +3,14 @@ the tables a run starts from."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 from ..errors import InputError
 from .inputs import Cohort, CohortSlide
-from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
+from .manifest import DONE, MANIFEST, SKIPPED, SUMMARY, SUMMARY_COLUMNS, TYPE_COLUMNS, Tables, _morph_row, _pending_row, _row_from_summary, read_rows
 
-# Run settings that change the nuclei: a finished slide made with other values is redone, not skipped.
-RESULT_SETTINGS = ("tile", "halo", "tissue_detection", "margin", "geojson_gz", "simplify", "table",
-                   "zarr_image", "min_area_um2")
-
+from ..run_context import changed_settings
 
 
 def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings, model_dir: Path,
@@ -54,15 +50,16 @@ def _slide_roi(slide: CohortSlide, settings) -> str | None:
     return ((getattr(slide, "extra", None) or {}).get("roi") or "").strip() or getattr(settings, "roi", None)
 
 
+def slide_settings(slide: CohortSlide, settings):
+    """The settings one slide of the cohort runs with: its own mpp (CSV column) and region, quiet."""
+    from dataclasses import replace
+
+    return replace(settings, mpp=slide.mpp if slide.mpp is not None else settings.mpp,
+                   roi=_slide_roi(slide, settings), quiet=True)
+
+
 def _changed_settings(summary: dict, settings, slide: CohortSlide, model_dir: Path) -> list[str]:
-    old = summary.get("settings") or {}
-    changed = [k for k in RESULT_SETTINGS if k in old and old[k] != getattr(settings, k)]
-    mpp = slide.mpp if slide.mpp is not None else settings.mpp
-    if "mpp" in old and not (old["mpp"] == mpp or (old["mpp"] is not None and mpp is not None
-                                                  and math.isclose(old["mpp"], mpp, rel_tol=1e-9))):
-        changed.append("mpp")
-    if (old.get("roi") or None) != _slide_roi(slide, settings):
-        changed.append("roi")
+    changed = changed_settings(summary.get("settings") or {}, slide_settings(slide, settings))
     old_model = (summary.get("model") or {}).get("path")
     if old_model and os.path.abspath(old_model) != os.path.abspath(model_dir):
         changed.append("model")
@@ -86,7 +83,7 @@ def plan(cohort: Cohort, out: Path, settings, model_dir: Path, force: bool, log,
                                "finished_at": prev[s.stem].get("finished_at", "")}
         old = prev_morph.get(s.stem)
         if old and str(old.get("nucleus_count")) == str(summ.get("nucleus_count")):
-            tables.morph[s.stem] = {k: old.get(k) for k in SUMMARY_COLUMNS}
+            tables.morph[s.stem] = {k: old.get(k) for k in SUMMARY_COLUMNS + TYPE_COLUMNS}
         else:
             tables.morph[s.stem] = _morph_row(s, out, summ, log)
     return tables, todo

@@ -13,7 +13,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,7 @@ from .inputs import Cohort, CohortSlide, read_cohort
 from .manifest import DONE, FAILED, SKIPPED, CohortResult, Tables, _morph_row, _now, _pending_row, _reason, \
     _row_from_summary
 from .progress import Progress
-from .resume import _slide_roi, plan
+from .resume import plan, slide_settings
 
 LOCK = ".cohort.lock"
 
@@ -191,8 +191,7 @@ def _run_one(run: _Run, slide: CohortSlide, why: str) -> None:
     progress, settings = run.progress, run.settings
     with progress.lock:
         progress.running += 1
-    st = replace(settings, mpp=slide.mpp if slide.mpp is not None else settings.mpp,
-                 roi=_slide_roi(slide, settings), quiet=True)
+    st = slide_settings(slide, settings)
     try:
         summ = run.run_fn(slide.path, run.out, st, client=run.client, progress=progress.add_tiles)
         row = _row_from_summary(slide, run.out, DONE, summ, why)

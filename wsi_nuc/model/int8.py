@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .folders import read_model_config, resolve_model_dir
 from .net import build_net
 
 BACKEND = "x86"
@@ -39,15 +40,18 @@ class _Plain(nn.Module):
 class Int8UNet(nn.Module):
     """A converted INT8 graph with the fp32 network's interface (``cfg``, ``stride``, float outputs)."""
 
-    def __init__(self, graph: nn.Module, cfg, stride: int):
+    def __init__(self, graph: nn.Module, cfg, stride: int, qengine: str = BACKEND):
         super().__init__()
         self.graph = graph
         self.cfg = cfg
         self.stride = int(stride)
+        self.qengine = qengine
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         if return_features:
             raise ValueError("an INT8 model does not return decoder features")
+        if torch.backends.quantized.engine != self.qengine:
+            torch.backends.quantized.engine = self.qengine
         return self.graph(x.float().cpu())
 
 
@@ -71,20 +75,20 @@ def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
         return prepare_fx(_Plain(net.eval()), qconfig_mapping(reduce_range), example)
 
 
-def convert(prepared: nn.Module, cfg, stride: int) -> Int8UNet:
+def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND) -> Int8UNet:
+    """The INT8 graph, its weights packed for ``qengine`` (x86: oneDNN or fbgemm kernels chosen by PyTorch per
+    CPU; onednn or fbgemm: that library only)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    torch.backends.quantized.engine = BACKEND
+    torch.backends.quantized.engine = qengine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Int8UNet(convert_fx(prepared), cfg, stride).eval()
+        return Int8UNet(convert_fx(prepared), cfg, stride, qengine).eval()
 
 
-def load_int8(model_dir, device: str | torch.device = "cpu") -> Int8UNet:
+def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND) -> Int8UNet:
     """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
     from safetensors.torch import load_file
-
-    from .io import read_model_config, resolve_model_dir
 
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
@@ -101,4 +105,4 @@ def load_int8(model_dir, device: str | torch.device = "cpu") -> Int8UNet:
         raise InputError(f"{model_dir}: INT8 state does not match the traced graph (torch "
                          f"{torch.__version__}, saved with {q.get('torch')}): missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
-    return convert(prepared, fp32.cfg, fp32.stride)
+    return convert(prepared, fp32.cfg, fp32.stride, qengine)

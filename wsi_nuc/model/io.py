@@ -1,8 +1,8 @@
-"""Model folders: ``config.json`` + ``model.safetensors`` (+ ``card.md``); shipped names or paths."""
+"""Model folders: ``config.json`` + ``model.safetensors`` (+ ``card.md``): checked, loaded and saved without
+pickle. Where folders are and reading their config: :mod:`.folders` (re-exported here)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,63 +13,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the driver of `wsi-nuc 
 
     from .net import UNet
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models"
-# The default is the best accuracy per CPU-second (see the README's model table): the INT8 student on a
-# CPU (val a-AJI within 0.01 of the teacher's at about a fifth of its network cost); on a CUDA device the
-# fp32 teacher (with fp16 autocast), since INT8 kernels are CPU kernels and the GPU makes its cost small.
-DEFAULT_MODEL = "he-student-int8"
-CUDA_DEFAULT_MODEL = "he-teacher"
-
-
-def cuda_available() -> bool:
-    """torch.cuda.is_available(), without importing torch (about 1 s) where Linux shows no NVIDIA driver."""
-    if os.path.isdir("/proc/driver") and not os.path.exists("/proc/driver/nvidia"):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def default_model(device: str = "auto") -> str:
-    if device == "cuda" or (device == "auto" and cuda_available()):
-        return CUDA_DEFAULT_MODEL
-    return DEFAULT_MODEL
-
-
-def resolve_model_dir(name_or_path: str | Path | None, device: str = "auto") -> Path:
-    """A shipped model name (``wsi_nuc/models/<name>``) or a folder holding ``config.json``;
-    None means the default for ``device``."""
-    name = str(name_or_path or default_model(device))
-    cand = Path(name)
-    if not cand.is_dir():
-        cand = SHIPPED / name
-    if not (cand / "config.json").is_file():
-        known = ", ".join(shipped_models()) or "none"
-        raise InputError(f"{name}: not a model folder or shipped model (shipped: {known})")
-    return cand
-
-
-def shipped_models() -> list[str]:
-    if not SHIPPED.is_dir():
-        return []
-    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file())
-
-
-def read_model_config(model_dir: Path) -> dict:
-    """A model folder's ``config.json`` (a JSON object), or InputError naming the file and the cause."""
-    path = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (a model folder holds config.json and model.safetensors)") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON, truncated or damaged ({' '.join(str(e).split())})") from None
-    if not isinstance(cfg, dict):
-        raise InputError(f"{path}: not a model config (a JSON object expected, got {type(cfg).__name__})")
-    return cfg
-
+from .folders import (CUDA_DEFAULT_MODEL, DEFAULT_MODEL, SHIPPED, cuda_available, default_model,  # noqa: F401
+                      read_model_config, resolve_model_dir, shipped_models)
 
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                 "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}

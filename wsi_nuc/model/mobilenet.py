@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .net import HEADS
+from .heads import HEADS
 
 # (expansion t, channels c, repeats n, first stride s): MobileNetV2 Table 2.
 MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -52,10 +52,10 @@ class MobileUNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MobileUNetConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        """From a model's ``arch`` (an unknown key is an InputError naming it, as for ``NetConfig``)."""
+        from ..errors import known_fields
+
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in known_fields(cls, d, "arch").items()}
         return cls(**d)
 
 

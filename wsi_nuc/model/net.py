@@ -20,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-HEADS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
+from .heads import HEADS  # noqa: F401 - the U-Net's heads are the package's (re-exported)
 
 
 @dataclass(frozen=True)

@@ -58,79 +58,95 @@ def _unwrap(e: BaseException) -> str:
     return _one_line(e)
 
 
+class _Failures:
+    """Why each reader could not open a file: unrecognised it, recognised it but failed to open it
+    (``opening``), or opened it but its probe read failed (``decoding``)."""
+
+    def __init__(self) -> None:
+        self.opening: list[str] = []
+        self.decoding: list[str] = []
+        self.unrecognised: list[str] = []
+
+
 def _try_openers(path: str, head: bytes) -> _BaseReader:
-    import openslide
-
+    """The first reader (OpenSlide, tiffslide, then Pillow for a file that is not a TIFF) that opens ``path``
+    and reads a probe; else one InputError saying why none did."""
     is_tiff = head[:4] in _TIFF_MAGIC
-    open_errors: list[str] = []  # recognised the file but failed to open it
-    decode_errors: list[str] = []  # opened, but the probe read failed
-    unrecognised = []
-
-    def attempt(label, factory):
-        try:
-            r = factory(path)
-        except openslide.OpenSlideUnsupportedFormatError:
-            unrecognised.append(label)
-            return None
-        except _BUG_ERRORS as e:
-            if isinstance(e, MemoryError):
-                open_errors.append(f"{label}: out of memory")
-                return None
-            raise
-        except Exception as e:  # noqa: BLE001 - every reader failure becomes a message
-            msg = _one_line(e)
-            if label == "tiffslide" and not is_tiff:
-                unrecognised.append(label)
-            elif label == "Pillow" and ("cannot identify image file" in msg or "UnidentifiedImageError" in type(e).__name__):
-                unrecognised.append(label)
-            elif label == "Pillow" and type(e).__name__ == "DecompressionBombError":
-                open_errors.append(f"Pillow: image too large to read as a plain image ({msg}); convert it to a tiled pyramidal TIFF")
-            else:
-                open_errors.append(f"{label}: {msg}")
-            return None
-        try:
-            _probe(r)
-        except _BUG_ERRORS as e:
-            r.close()
-            if isinstance(e, MemoryError):
-                decode_errors.append(f"{label}: out of memory")
-                return None
-            raise
-        except Exception as e:  # noqa: BLE001
-            r.close()
-            decode_errors.append(f"{label}: {_unwrap(e)}")
-            return None
-        return r
-
-    r = attempt("OpenSlide", _OpenSlideReader)
+    why = _Failures()
+    r = _attempt("OpenSlide", _OpenSlideReader, path, is_tiff, why)
     if r is None:
-        r = attempt("tiffslide", _TiffSlideReader)
+        r = _attempt("tiffslide", _TiffSlideReader, path, is_tiff, why)
     if r is None and not is_tiff:
-        r = attempt("Pillow", _ImageReader)
+        r = _attempt("Pillow", _ImageReader, path, is_tiff, why)
     if r is not None:
         return r
+    raise _no_reader(path, is_tiff, why)
 
+
+def _attempt(label: str, factory, path: str, is_tiff: bool, why: _Failures) -> _BaseReader | None:
+    """``factory(path)`` probed with a small read, or None with the reason noted in ``why``."""
+    import openslide
+
+    try:
+        r = factory(path)
+    except openslide.OpenSlideUnsupportedFormatError:
+        why.unrecognised.append(label)
+        return None
+    except _BUG_ERRORS as e:
+        if isinstance(e, MemoryError):
+            why.opening.append(f"{label}: out of memory")
+            return None
+        raise
+    except Exception as e:  # noqa: BLE001 - every reader failure becomes a message
+        msg = _one_line(e)
+        if label == "tiffslide" and not is_tiff:
+            why.unrecognised.append(label)
+        elif label == "Pillow" and ("cannot identify image file" in msg or "UnidentifiedImageError" in type(e).__name__):
+            why.unrecognised.append(label)
+        elif label == "Pillow" and type(e).__name__ == "DecompressionBombError":
+            why.opening.append(f"Pillow: image too large to read as a plain image ({msg}); convert it to a tiled pyramidal TIFF")
+        else:
+            why.opening.append(f"{label}: {msg}")
+        return None
+    try:
+        _probe(r)
+    except _BUG_ERRORS as e:
+        r.close()
+        if isinstance(e, MemoryError):
+            why.decoding.append(f"{label}: out of memory")
+            return None
+        raise
+    except Exception as e:  # noqa: BLE001
+        r.close()
+        why.decoding.append(f"{label}: {_unwrap(e)}")
+        return None
+    return r
+
+
+def _no_reader(path: str, is_tiff: bool, why: _Failures) -> InputError:
+    """The one line for a file no reader opened."""
     def join(msgs):
         causes = [m.split(": ", 1)[-1] for m in msgs]
         if len(set(causes)) == 1:
             return causes[0]
         return "; ".join(msgs)
 
+    open_errors, decode_errors = why.opening, why.decoding
     if decode_errors and not open_errors:
-        raise InputError(f"{path}: slide opens but its pixel data cannot be decoded ({join(decode_errors)})")
+        return InputError(f"{path}: slide opens but its pixel data cannot be decoded ({join(decode_errors)})")
     if decode_errors:
         parts = open_errors + [m.replace(": ", ": opens but pixel data cannot be decoded: ", 1) for m in decode_errors]
-        raise InputError(f"{path}: cannot read slide ({'; '.join(parts)})")
+        return InputError(f"{path}: cannot read slide ({'; '.join(parts)})")
     if open_errors and (not is_tiff or any(m.startswith("OpenSlide") for m in open_errors)):
         # a reader recognised the format but could not open it
-        raise InputError(f"{path}: cannot open file ({join(open_errors)})")
+        return InputError(f"{path}: cannot open file ({join(open_errors)})")
     if is_tiff:
         cause = f" ({'; '.join(open_errors)})" if open_errors else ""
-        raise InputError(
+        return InputError(
             f"{path}: looks like a TIFF but OpenSlide/tiffslide cannot read its structure "
             f"(truncated or corrupt file?){cause}"
         )
-    raise InputError(f"{path}: not a slide file OpenSlide/tiffslide/Pillow can open")
+    return InputError(f"{path}: not a slide file OpenSlide/tiffslide/Pillow can open")
 
 
 def _check_claimed_size(path: str, w: int, h: int) -> None:
@@ -185,7 +201,7 @@ def open_slide(path, mpp: float | None = None, check: bool = True) -> SlideReade
         level_downsamples=tuple(r._level_ds),
         metadata_mpp=r.metadata_mpp,
     )
-    r._open_args = (spath, mpp, check)
+    r._reopen = (open_slide, (spath, mpp, check))
     if check:
         try:
             check_mpp(r.info)

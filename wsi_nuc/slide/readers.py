@@ -68,7 +68,7 @@ class _BaseReader:
     def __init__(self, path: str):
         self.path = path
         self.info: SlideInfo | None = None  # set by open_slide
-        self._open_args: tuple = (path, None, True)
+        self._reopen: tuple | None = None     # (function, args) that reopen this slide: set by open_slide
 
     # adapters implement: _level_dims, _level_ds, _read_px(level, lx, ly, w, h) (in bounds)
     def _read_px(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
@@ -109,9 +109,10 @@ class _BaseReader:
         self.close()
 
     def __reduce__(self):
-        from .opening import open_slide
-
-        return (open_slide, self._open_args)
+        """Pickled as how it was opened (a worker process reopens the slide by path)."""
+        if self._reopen is None:
+            raise TypeError(f"{self!r}: only a reader made by open_slide can be pickled")
+        return self._reopen
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}>"

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.inputs import to_input
 from ..refine import LTS_FILE, LTSHead, calibrated_fg
 
 
@@ -35,20 +36,14 @@ def expected_calibration_error(probs, labels, bins: int = 15) -> float:
     return float(np.abs(sp[nz] - sy[nz]).sum() / p.size)
 
 
-def _normalise(rgb: np.ndarray, norm: dict) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    return (x / 255.0 - norm["mean"]) / norm["std"]
-
-
 @torch.no_grad()
 def network_logits(net, rgb: np.ndarray, norm: dict | None = None, stride: int | None = None):
     """(fg logit (1, H, W), normalised input (1, 3, H, W)) of one RGB image, padded with glass to the
     network's stride and cropped back."""
-    norm = norm or {"mean": 0.5, "std": 0.25}
     s = int(stride or getattr(net, "stride", 16))
     h, w = rgb.shape[:2]
     pad = ((0, -h % s), (0, -w % s), (0, 0))
-    x = _normalise(np.pad(rgb, pad, constant_values=255), norm)
+    x = to_input(np.pad(rgb, pad, constant_values=255)[None], norm)
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
     out = net(x.to(dev)).float().cpu()
     return out[:, 0, :h, :w], x[:, :, :h, :w]

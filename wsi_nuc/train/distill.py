@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..config import write_config
 from ..errors import InputError
 from ..model.io import load_model
+from ..model.inputs import to_input
 from ..model.net import build_net, count_params, net_macs_per_pixel
 from .driver import Job, input_norm, load_data, run_job, val_images
 from .loop import make_optimizer, model_meta
@@ -215,9 +216,7 @@ class TypeTeacher:
         rgb = rgb.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         if self.stain_in is not None and self.stain_out is not None:
             rgb = normalise(rgb, self.stain_in, self.stain_out)
-        y = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div(255.0)
-        y = (y - self.norm_out["mean"]) / self.norm_out["std"]
-        return self.net(y)[:, 6:]
+        return self.net(to_input(rgb, self.norm_out))[:, 6:]
 
 
 def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None, type_teacher=None):

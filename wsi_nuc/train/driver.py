@@ -30,14 +30,7 @@ from ..stainnorm import LabStats, lab_stats, normalise
 from .augment import augment_config
 from .sources import Source, all_samples, load_sources, make_batch
 
-NORM_MEAN, NORM_STD = 0.5, 0.25
-
-
-def to_input(batch_rgb: np.ndarray, norm: dict | None = None) -> torch.Tensor:
-    """(B, H, W, 3) RGB 0..255 -> normalised (B, 3, H, W) float tensor."""
-    mean, std = (norm or {}).get("mean", NORM_MEAN), (norm or {}).get("std", NORM_STD)
-    x = torch.from_numpy(np.ascontiguousarray(batch_rgb, dtype=np.float32)).permute(0, 3, 1, 2)
-    return (x / 255.0 - mean) / std
+from ..model.inputs import DEFAULT_NORM, to_input  # noqa: F401 - to_input: the training batches' input
 
 
 def stack_targets(targets: list[dict]) -> dict:
@@ -46,7 +39,7 @@ def stack_targets(targets: list[dict]) -> dict:
 
 def input_norm(cfg: dict) -> dict:
     """The input normalisation of a config: ``data.norm``, else the v0.1/v0.2 models' (0.5, 0.25)."""
-    return dict(cfg["data"].get("norm") or {"mean": NORM_MEAN, "std": NORM_STD})
+    return dict(cfg["data"].get("norm") or DEFAULT_NORM)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..model.inputs import to_input
 from ..model.int8 import BACKEND, Int8UNet, convert, load_int8, prepare  # noqa: F401 (re-exported)
 
 def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: int = 0,
@@ -52,11 +53,6 @@ def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: i
     return np.stack(crops)
 
 
-def _to_input(rgb: np.ndarray, norm: dict) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(0, 3, 1, 2)
-    return (x / 255.0 - norm["mean"]) / norm["std"]
-
-
 @torch.no_grad()
 def quantize_net(net: nn.Module, crops: np.ndarray, batch: int = 8, norm: dict | None = None,
                  reduce_range: bool = True) -> tuple[dict, Int8UNet]:
@@ -65,7 +61,7 @@ def quantize_net(net: nn.Module, crops: np.ndarray, batch: int = 8, norm: dict |
     norm = norm or {"mean": 0.5, "std": 0.25}
     prepared = prepare(net, reduce_range)
     for i in range(0, len(crops), int(batch)):
-        prepared(_to_input(crops[i:i + batch], norm))
+        prepared(to_input(crops[i:i + batch], norm))
     # convert_fx may reuse the prepared modules: snapshot the state to save first
     state = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
     return state, convert(prepared, net.cfg, net.stride)
@@ -119,7 +115,7 @@ def quantize_model(model_dir, dataset_cfg, out_dir, n_crops: int = 80, batch: in
     norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
     crops = calibration_crops(dataset_cfg, cfg.get("mpp"), n_crops, crop, seed, cfg.get("stain_norm"))
     state, qnet = quantize_net(net, crops, batch, norm, reduce_range)
-    check_x = _to_input(calibration_crops(dataset_cfg, cfg.get("mpp"), 4, crop, seed + 1,
+    check_x = to_input(calibration_crops(dataset_cfg, cfg.get("mpp"), 4, crop, seed + 1,
                                           cfg.get("stain_norm")), norm)
     info = {"backend": BACKEND, "mode": "fx static", "weights": "int8 per-channel symmetric",
             "activations": "quint8 HistogramObserver" + (" (reduce_range)" if reduce_range else ""),

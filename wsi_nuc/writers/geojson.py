@@ -87,7 +87,8 @@ def make_feature(nucleus_id: int, ring: np.ndarray, measurements: Mapping | None
                  compact: bool = False, decimals: int = 2) -> dict:
     """One QuPath detection feature for an already-clean closed ring (see :func:`clean_polygon`).
 
-    Coordinates are written rounded to ``decimals``, as integers when they all are whole numbers;
+    Coordinates are written rounded to ``decimals``, each whole number as an integer (``834``, not ``834.0``:
+    the same JSON number, two bytes fewer; about half of the vertices of a simplified outline are whole);
     measurements that are NaN/inf or not numbers are left out. ``compact`` leaves out the object ``id`` (QuPath then makes its own; the
     ``nucleus_id`` measurement still names the nucleus) and ``isLocked`` (false when absent).
 
@@ -97,7 +98,7 @@ def make_feature(nucleus_id: int, ring: np.ndarray, measurements: Mapping | None
     """
     meas = _measurements(nucleus_id, measurements or {})
     coords = np.round(np.asarray(ring, dtype=np.float64), decimals)
-    coords = (coords.astype(np.int64) if (coords == np.trunc(coords)).all() else coords).tolist()
+    coords = _compact_coordinates(coords)
     props = {"objectType": "detection",
              "classification": {"name": classification, "color": [int(c) for c in color]}}
     if not compact:
@@ -230,6 +231,18 @@ def simplify_rings(rings: list, tolerance: float, decimals: int = 1) -> list:
     for k in np.flatnonzero(good & (counts >= 4)).tolist():
         out[todo[pos[k]]] = rxy[starts[k]:starts[k + 1]]
     return out
+
+
+def _compact_coordinates(coords: np.ndarray) -> list:
+    """(n, 2) rounded coordinates as nested lists, whole numbers as ints (shorter JSON, same numbers).
+
+    >>> _compact_coordinates(np.array([[834.0, 179.9], [830.2, 180.0]]))
+    [[834, 179.9], [830.2, 180]]
+    """
+    flat = coords.ravel()
+    whole = (flat == np.trunc(flat)).tolist()
+    vals = [int(v) if w else v for v, w in zip(flat.tolist(), whole)]
+    return [vals[i:i + 2] for i in range(0, len(vals), 2)]
 
 
 def qupath_problems(path: Path | str, max_problems: int = 10) -> list[str]:

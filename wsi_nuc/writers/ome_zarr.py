@@ -16,7 +16,7 @@ Why zarr format 2 and NGFF 0.4: napari-ome-zarr, QuPath's OME-Zarr reader, vizar
 read it; 0.5 (zarr v3) is not yet read by all of them. The arrays are written with ``zarr`` directly,
 chunk by chunk (ome-zarr-py's writers take whole in-memory or dask arrays; these labels come from
 polygons, one chunk at a time): level 0 is rasterised chunk by chunk from the final outlines (see
-:mod:`.labels_zarr`; empty chunks are never written), each further level is read back from the level
+:mod:`.rasterise`; empty chunks are never written), each further level is read back from the level
 above one block at a time, so memory stays at a few chunks whatever the slide size.
 
 Coordinates: every level of both pyramids is scaled in micrometres and translated so that world
@@ -46,7 +46,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .atomic import atomic_dir
-from .labels_zarr import NOTE, rasterise_blocks
+from .rasterise import rasterise_blocks
+
+NOTE = ("labels are at the working resolution; multiply by f to get level-0 pixels "
+        "(working pixel (r, c) covers level-0 x in [c*f, (c+1)*f), y in [r*f, (r+1)*f))")
 
 NGFF_VERSION = "0.4"
 # napari-ome-zarr turns every property into a napari feature row (about 80 µs a nucleus here: 2.1 s of a
@@ -194,8 +197,9 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
     Parameters
     ----------
     shape_work : (rows, cols) of the label image at the working resolution.
-    polygons : object with ``query(y0, x0, y1, x1)`` or a callable of the same signature yielding
-        ``(nucleus_id, polygon_level0 (K, 2))`` for at least the outlines touching that working box.
+    polygons : object with ``query(box)`` (``writers.final_index.FinalIndex``) or a callable of the same
+        signature yielding ``(nucleus_id, polygon_level0 (K, 2))`` for at least the outlines touching that
+        working-pixel box (a :class:`wsi_nuc.tiling.Box`).
     f, level0_mpp : level-0 pixels per working pixel; µm per level-0 pixel.
     thumbnail : ``(rgb (h, w, 3) uint8, level-0 px per thumbnail px)``: the parent image (one level).
     image_reader : a slide reader: the parent image is then the slide itself at the label levels'
@@ -208,7 +212,7 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "n.ome.zarr")
     >>> sq = np.array([[2, 2], [10, 2], [10, 10], [2, 10]], float)
-    >>> write_ome_zarr(p, (8, 8), lambda *box: [(1, sq)], 2.0, 0.25, chunk=4, min_side=4)["levels"]
+    >>> write_ome_zarr(p, (8, 8), lambda box: [(1, sq)], 2.0, 0.25, chunk=4, min_side=4)["levels"]
     2
     """
     path = Path(path)
@@ -218,37 +222,16 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
     query = polygons.query if hasattr(polygons, "query") else polygons
     shapes = level_shapes((h, w), min_side)
     label_ds = [f * 2 ** k for k in range(len(shapes))]
-    max_id = 0
     with atomic_dir(path) as tmp:
         root = _open_group(tmp)
-        # ---- parent image
-        if image_reader is not None:
-            from ..slide import read_region
-
-            arr = _create(root, "0", (3, h, w), (3, chunk, chunk), "uint8")
-            for y0, x0, y1, x1 in _blocks((h, w), chunk):
-                rgb = read_region(image_reader, x0 * f, y0 * f, (x1 - x0) * f, (y1 - y0) * f, x1 - x0, y1 - y0)
-                arr[:, y0:y1, x0:x1] = np.moveaxis(rgb, -1, 0)
-            _downsample_levels(root, shapes, chunk, _mean2, "uint8", channel=True)
-            image_ds = label_ds
-            image_shapes = shapes
-        else:
-            if thumbnail is None:
-                thumb, ts = np.full((max(1, h // 64), max(1, w // 64), 3), 255, np.uint8), 64.0 * f
-            else:
-                thumb, ts = np.asarray(thumbnail[0])[..., :3].astype(np.uint8), float(thumbnail[1])
-            arr = _create(root, "0", (3,) + thumb.shape[:2], (3, chunk, chunk), "uint8")
-            arr[:] = np.moveaxis(thumb, -1, 0)
-            image_ds = [ts]
-            image_shapes = [thumb.shape[:2]]
+        image_ds, image_shapes = _write_image(root, (h, w), f, shapes, label_ds, thumbnail, image_reader, chunk)
         root.attrs.update({"multiscales": _multiscales(slide_name, image_ds, mpp0, channel=True),
                            "omero": _omero(slide_name)})
-        # ---- labels
         labels_root = root.create_group("labels")
         labels_root.attrs.update({"labels": [name]})
         g = labels_root.create_group(name)
         lab0 = _create(g, "0", (h, w), (chunk, chunk), "uint32")
-        max_id = max(max_id, rasterise_blocks(lab0, query, f, chunk))
+        max_id = rasterise_blocks(lab0, query, f, chunk)
         _downsample_levels(g, shapes, chunk, _nearest, "uint32")
         extra = {"level0_mpp": mpp0, "mpp_work": f * mpp0, "f": f, "note": NOTE, "background": 0,
                  "ids": "label value = nucleus_id in nuclei.geojson / nuclei.csv",
@@ -258,6 +241,28 @@ def write_ome_zarr(path: Path | str, shape_work: tuple[int, int], polygons, f: f
             "label_shapes": [list(s) for s in shapes], "label_scale_um": [d * mpp0 for d in label_ds],
             "image": "slide" if image_reader is not None else "thumbnail",
             "image_shapes": [list(s) for s in image_shapes], "chunk": chunk, "max_label": max_id}
+
+
+def _write_image(root, shape: tuple[int, int], f: float, shapes, label_ds, thumbnail, image_reader, chunk: int):
+    """The parent image: the slide at the label levels' resolutions (``image_reader``), else the thumbnail
+    (or a white stand-in). Returns its downsamples (level-0 px per pixel) and level shapes."""
+    h, w = shape
+    if image_reader is not None:
+        from ..slide import read_region
+
+        arr = _create(root, "0", (3, h, w), (3, chunk, chunk), "uint8")
+        for y0, x0, y1, x1 in _blocks((h, w), chunk):
+            rgb = read_region(image_reader, x0 * f, y0 * f, (x1 - x0) * f, (y1 - y0) * f, x1 - x0, y1 - y0)
+            arr[:, y0:y1, x0:x1] = np.moveaxis(rgb, -1, 0)
+        _downsample_levels(root, shapes, chunk, _mean2, "uint8", channel=True)
+        return label_ds, shapes
+    if thumbnail is None:
+        thumb, ts = np.full((max(1, h // 64), max(1, w // 64), 3), 255, np.uint8), 64.0 * f
+    else:
+        thumb, ts = np.asarray(thumbnail[0])[..., :3].astype(np.uint8), float(thumbnail[1])
+    arr = _create(root, "0", (3,) + thumb.shape[:2], (3, chunk, chunk), "uint8")
+    arr[:] = np.moveaxis(thumb, -1, 0)
+    return [ts], [thumb.shape[:2]]
 
 
 def read_labels(path: Path | str, level: int = 0, name: str = "nuclei") -> np.ndarray:

@@ -221,23 +221,68 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     thumb_scale = float(thumb_scale) if thumb_scale and thumb_scale > 0 else 1.0
     font = _font()
     n_nuclei = int(np.asarray(centroids_level0_xy).reshape(-1, 2).shape[0])
+    zooms = [tuple(z) + (None,) * (5 - len(z)) for z in list(zooms)[:4]]
+    left_img, right_img, vmax, unit = _panels(thumb, thumb_scale, tissue_mask_bool, centroids_level0_xy, zooms,
+                                              level0_mpp, font)
+    dw, dh = left_img.size
 
+    title_h, legend_h = 40, 44
+    zoom_row_h = (ZOOM + MARGIN + 18) if zooms else 0
+    hist_h = 170 if areas_um2 is not None else 0
+    width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 560)
+    canvas = Image.new("RGB", (width, title_h + dh + legend_h + zoom_row_h + hist_h + 2 * MARGIN), BG)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((MARGIN, 3), title or "wsi-nuc QC", fill=TEXT, font=font)
+    draw.text((MARGIN, 21), subtitle or f"{n_nuclei:,} nuclei  |  tissue outline (green), density (right)",
+              fill=TEXT, font=font)
+    canvas.paste(left_img, (MARGIN, title_h))
+    canvas.paste(right_img, (2 * MARGIN + dw, title_h))
+    _density_legend(canvas, draw, (2 * MARGIN + dw, title_h + dh + 6), dw, vmax, unit, font)
+    _thumbnail_notes(draw, (MARGIN, title_h + dh + 6), (th, tw), thumb_scale, zooms, font)
+    zy = title_h + dh + legend_h + MARGIN
+    _draw_zooms(canvas, draw, zooms, zy, level0_mpp, font)
+    hy = zy + zoom_row_h
+    if areas_um2 is not None:
+        canvas.paste(_histogram(areas_um2, min(dw, 520), hist_h - MARGIN, font, min_area_um2), (MARGIN, hy))
+    _outline_legend(canvas, draw, (MARGIN + min(dw, 520) + 2 * MARGIN, hy), legend, zooms, font)
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        canvas.save(tmp, format="PNG", optimize=False)
+
+
+def _panels(thumb, thumb_scale: float, tissue_mask_bool, centroids_level0_xy, zooms, level0_mpp, font):
+    """The two thumbnail panels (tissue outline with a scale bar; density), the zoom boxes marked on both,
+    and the density's top and unit."""
+    th, tw = thumb.shape[:2]
     dw, dh, ds = _display_size(th, tw, PANEL)
     resample = Image.NEAREST if ds >= 2 else Image.BILINEAR
     base = Image.fromarray(thumb).resize((dw, dh), resample)
     disp_per_l0 = ds / thumb_scale          # display px per level-0 px
+    left_img = _tissue_panel(base, tissue_mask_bool, (th, tw))
+    dens, unit = density_map(centroids_level0_xy, (th, tw), thumb_scale, level0_mpp)
+    right_img, vmax = _density_panel(base, dens, resample)
+    for img in (left_img, right_img):
+        _mark_zooms(ImageDraw.Draw(img), zooms, disp_per_l0, font)
+    if level0_mpp:
+        _scale_bar(ImageDraw.Draw(left_img), 10, dh - 10, disp_per_l0 / float(level0_mpp), dw / 4, font)
+    return left_img, right_img, vmax, unit
 
-    # panel 1: tissue outline
+
+def _tissue_panel(base: Image.Image, tissue_mask_bool: np.ndarray, thumb_shape: tuple[int, int]) -> Image.Image:
+    """The thumbnail with the tissue outline."""
+    dw, dh = base.size
     mask = np.asarray(tissue_mask_bool).astype(bool)
     if mask.ndim != 2 or mask.size == 0:
-        mask = np.zeros((th, tw), bool)
+        mask = np.zeros(thumb_shape, bool)
     mask_disp = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((dw, dh), Image.NEAREST)) > 127
     left = np.asarray(base).copy()
     left[_outline(mask_disp, 2)] = OUTLINE_TISSUE
-    left_img = Image.fromarray(left)
+    return Image.fromarray(left)
 
-    # panel 2: density heatmap, translucent enough to see the tissue through it
-    dens, unit = density_map(centroids_level0_xy, (th, tw), thumb_scale, level0_mpp)
+
+def _density_panel(base: Image.Image, dens: np.ndarray, resample) -> tuple[Image.Image, float]:
+    """The density heatmap over the thumbnail, translucent enough to see the tissue through it; and its top."""
+    dw, dh = base.size
     vmax = float(np.percentile(dens[dens > 0], 99)) if (dens > 0).any() else 0.0
     norm = dens / vmax if vmax > 0 else np.zeros_like(dens)
     heat = Image.fromarray(colormap(norm)).resize((dw, dh), resample)
@@ -245,42 +290,24 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     alpha = np.asarray(Image.fromarray((alpha_small * 255).astype(np.uint8)).resize((dw, dh), resample),
                        np.float64)[..., None] / 255.0
     right = np.round(np.asarray(base, np.float64) * (1 - alpha) + np.asarray(heat, np.float64) * alpha)
-    right_img = Image.fromarray(right.astype(np.uint8))
+    return Image.fromarray(right.astype(np.uint8)), vmax
 
-    zooms = [tuple(z) + (None,) * (5 - len(z)) for z in list(zooms)[:4]]
-    # numbered boxes where the zooms come from, on both panels
-    for img in (left_img, right_img):
-        d = ImageDraw.Draw(img)
-        for k, (_, _, _, box, _) in enumerate(zooms):
-            if box is None:
-                continue
-            bx, by, bw_, bh_ = (float(v) * disp_per_l0 for v in box)
-            cx, cy = bx + bw_ / 2, by + bh_ / 2
-            half = max(bw_, bh_, 10) / 2
-            d.rectangle([cx - half, cy - half, cx + half, cy + half], outline=(0, 90, 255), width=2)
-            d.text((cx + half + 2, cy - half - 2), str(k + 1), fill=(0, 60, 200), font=font)
-    if level0_mpp:
-        _scale_bar(ImageDraw.Draw(left_img), 10, dh - 10, disp_per_l0 / float(level0_mpp), dw / 4, font)
 
-    # canvas
-    title_h = 40
-    legend_h = 44
-    zoom_row_h = (ZOOM + MARGIN + 18) if zooms else 0
-    hist_h = 170 if areas_um2 is not None else 0
-    width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 560)
-    height = title_h + dh + legend_h + zoom_row_h + hist_h + 2 * MARGIN
-    canvas = Image.new("RGB", (width, height), BG)
-    draw = ImageDraw.Draw(canvas)
-    head = title or "wsi-nuc QC"
-    draw.text((MARGIN, 3), head, fill=TEXT, font=font)
-    draw.text((MARGIN, 21), subtitle or f"{n_nuclei:,} nuclei  |  tissue outline (green), density (right)",
-              fill=TEXT, font=font)
-    y_top = title_h
-    canvas.paste(left_img, (MARGIN, y_top))
-    canvas.paste(right_img, (2 * MARGIN + dw, y_top))
+def _mark_zooms(d, zooms, disp_per_l0: float, font) -> None:
+    """Numbered boxes where the zooms come from."""
+    for k, (_, _, _, box, _) in enumerate(zooms):
+        if box is None:
+            continue
+        bx, by, bw_, bh_ = (float(v) * disp_per_l0 for v in box)
+        cx, cy = bx + bw_ / 2, by + bh_ / 2
+        half = max(bw_, bh_, 10) / 2
+        d.rectangle([cx - half, cy - half, cx + half, cy + half], outline=(0, 90, 255), width=2)
+        d.text((cx + half + 2, cy - half - 2), str(k + 1), fill=(0, 60, 200), font=font)
 
-    # legend: colour bar under the heatmap
-    lx, ly = 2 * MARGIN + dw, y_top + dh + 6
+
+def _density_legend(canvas, draw, at: tuple[int, int], dw: int, vmax: float, unit: str, font) -> None:
+    """The heatmap's colour bar, under it."""
+    lx, ly = at
     bar_w = max(60, min(dw, 256))
     bar = colormap(np.tile(np.linspace(0, 1, bar_w), (10, 1)))
     canvas.paste(Image.fromarray(bar), (lx, ly))
@@ -288,13 +315,19 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     draw.text((lx, ly + 13), "0", fill=TEXT, font=font)
     draw.text((lx + bar_w + 6, ly - 2), f"{vmax:,.0f} {unit}" if vmax >= 10 else f"{vmax:.3g} {unit}",
               fill=TEXT, font=font)
-    draw.text((MARGIN, ly), f"thumbnail: {tw}x{th} px, 1 px = {thumb_scale:g} level-0 px",
-              fill=TEXT, font=font)
-    if zooms and any(z[3] is not None for z in zooms):
-        draw.text((MARGIN, ly + 16), "blue boxes: where zooms 1-4 come from", fill=(0, 60, 200), font=font)
 
-    # zooms
-    zy = y_top + dh + legend_h + MARGIN
+
+def _thumbnail_notes(draw, at: tuple[int, int], thumb_shape, thumb_scale: float, zooms, font) -> None:
+    """Under the thumbnail: its size and scale, and what the blue boxes are."""
+    x, y = at
+    th, tw = thumb_shape
+    draw.text((x, y), f"thumbnail: {tw}x{th} px, 1 px = {thumb_scale:g} level-0 px", fill=TEXT, font=font)
+    if zooms and any(z[3] is not None for z in zooms):
+        draw.text((x, y + 16), "blue boxes: where zooms 1-4 come from", fill=(0, 60, 200), font=font)
+
+
+def _draw_zooms(canvas, draw, zooms, zy: int, level0_mpp: float | None, font) -> None:
+    """The zoom row: each crop with its outlines, number, scale bar and caption."""
     for k, (crop, polys, colors, box, caption) in enumerate(zooms):
         crop = _as_rgb_uint8(crop)
         ch, cw = crop.shape[:2]
@@ -316,11 +349,10 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
         if caption:
             draw.text((zx, zy + zh + 2), str(caption), fill=TEXT, font=font)
 
-    # bottom: area histogram and the outline colour legend
-    hy = zy + zoom_row_h
-    if areas_um2 is not None:
-        canvas.paste(_histogram(areas_um2, min(dw, 520), hist_h - MARGIN, font, min_area_um2), (MARGIN, hy))
-    gx = MARGIN + min(dw, 520) + 2 * MARGIN
+
+def _outline_legend(canvas, draw, at: tuple[int, int], legend, zooms, font) -> None:
+    """What the outline colours mean: the types, or the confidence colour bar."""
+    gx, hy = at
     if legend:
         draw.text((gx, hy + 2), "outlines: nucleus type", fill=TEXT, font=font)
         for j, (label, rgb) in enumerate(legend):
@@ -333,7 +365,3 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
         canvas.paste(Image.fromarray(cb), (gx, hy + 24))
         draw.text((gx, hy + 38), "0.5", fill=TEXT, font=font)
         draw.text((gx + 180, hy + 38), "1.0", fill=TEXT, font=font)
-
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        canvas.save(tmp, format="PNG", optimize=False)

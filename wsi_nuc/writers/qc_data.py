@@ -40,12 +40,11 @@ def pick_zooms(counts, quantiles=QUANTILES) -> list[tuple[int, float]]:
     return out
 
 
-def qc_inputs(reader, tiles, keep, level0_mpp: float, f: float, typed: bool) -> dict:
+def qc_inputs(reader, final, level0_mpp: float, f: float, typed: bool) -> dict:
     """Keyword arguments of ``write_qc_png`` beyond the thumbnail: centroids, areas, zooms, legend."""
-    from ..graph import final_order
     from ..slide import read_region
 
-    fin = final_order(tiles, keep)
+    fin = list(final)
     cents = [np.stack([tn.columns["centroid_x_px"][idx], tn.columns["centroid_y_px"][idx]], 1)
              for tn, idx, _ in fin]
     cents = np.concatenate(cents) if cents else np.zeros((0, 2))

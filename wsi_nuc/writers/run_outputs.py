@@ -1,7 +1,8 @@
 """Every output of one slide run from the same surviving nuclei (so ids agree): GeoJSON, table(s), OME-Zarr,
 qc.png, and the summary. What each nucleus becomes in each format: :mod:`wsi_nuc.writers.slide_outputs`.
 
-:func:`write_outputs` is the recipe: filter (size rule, region), then one named step per output, then the summary.
+:func:`write_outputs` is the recipe: one named step per output, then the summary; every step iterates the same
+final nuclei (:class:`wsi_nuc.stitch.FinalNuclei`: size rule and region applied, ids given once).
 """
 from __future__ import annotations
 
@@ -14,37 +15,36 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..run_context import SlidePlan, SlideRun
+    from ..stitch import FinalNuclei
 
 
-def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, tiles, keep) -> dict:
-    """Write the outputs into ``tmp``; return the summary (without the total time and ownership marker)."""
+def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei) -> dict:
+    """Write the outputs of the final nuclei (:func:`wsi_nuc.stitch.stitch`: size rule and region applied,
+    ids given) into ``tmp``; return the summary (without the total time and ownership marker)."""
     from . import slide_outputs as so
 
-    keep = so.apply_min_area(tiles, keep, run.settings.min_area_um2)
-    if plan.roi is not None:
-        keep = so.apply_roi(tiles, keep, plan.roi)
-    typed = so.has_types(tiles, keep)
+    typed = so.has_types(final)
     outputs = []
-    n = _write_geojson(tmp, run, plan, tiles, keep, typed, outputs)
-    _write_tables(tmp, run, tiles, keep, typed, outputs)
-    zinfo, thumb = _write_zarr(tmp, run, plan, tiles, keep, typed, n, outputs)
+    n = _write_geojson(tmp, run, plan, final, typed, outputs)
+    _write_tables(tmp, run, final, typed, outputs)
+    zinfo, thumb = _write_zarr(tmp, run, plan, final, typed, n, outputs)
     tissue_mm2, roi_info = _tissue_area(run, plan, n)
-    _write_qc(tmp, run, plan, tiles, keep, typed, thumb, outputs)
-    summary = build_summary(run, plan, n, tissue_mm2, zinfo, outputs)
+    _write_qc(tmp, run, plan, final, typed, thumb, outputs)
+    summary = build_summary(run, plan, n, tissue_mm2, zinfo, outputs, cut=final.cut)
     if roi_info is not None:
         summary["roi"] = roi_info
     if typed:
-        summary["types"] = so.type_summary(so.type_counts(tiles, keep), tissue_mm2)
+        summary["types"] = so.type_summary(so.type_counts(final), tissue_mm2)
     return summary
 
 
 def _stem(run: SlideRun) -> str:
-    from ..pipeline import slide_stem
+    from ..ownership import slide_stem
 
     return slide_stem(run.info.path)
 
 
-def _write_geojson(tmp, run, plan, tiles, keep, typed, outputs) -> int:
+def _write_geojson(tmp, run, plan, final, typed, outputs) -> int:
     from . import slide_outputs as so
     from .geojson import coordinate_decimals, write_geojson
 
@@ -52,28 +52,28 @@ def _write_geojson(tmp, run, plan, tiles, keep, typed, outputs) -> int:
     with run.timer("write_geojson"):
         name = "nuclei.geojson.gz" if st.geojson_gz else "nuclei.geojson"
         dec = coordinate_decimals(f) if st.simplify > 0 else 2
-        n = write_geojson(tmp / name, so.geojson_features(tiles, keep, st.simplify * f, typed, dec),
+        n = write_geojson(tmp / name, so.geojson_features(final, st.simplify * f, typed, dec),
                           clean=False, compact=True)  # cleaned per tile, rounded by simplify_rings
         outputs.append(name)
     return n
 
 
-def _write_tables(tmp, run, tiles, keep, typed, outputs) -> None:
+def _write_tables(tmp, run, final, typed, outputs) -> None:
     from . import slide_outputs as so
     from .table import write_csv, write_parquet
 
     cols, stem, table = so.table_columns(typed), _stem(run), run.settings.table
     if table in ("csv", "both"):
         with run.timer("write_csv"):
-            write_csv(tmp / "nuclei.csv", cols, so.table_chunks(tiles, keep, stem, typed))
+            write_csv(tmp / "nuclei.csv", cols, so.table_chunks(final, stem, typed))
             outputs.append("nuclei.csv")
     if table in ("parquet", "both"):
         with run.timer("write_parquet"):
-            write_parquet(tmp / "nuclei.parquet", cols, so.table_chunks(tiles, keep, stem, typed))
+            write_parquet(tmp / "nuclei.parquet", cols, so.table_chunks(final, stem, typed))
             outputs.append("nuclei.parquet")
 
 
-def _write_zarr(tmp, run, plan, tiles, keep, typed, n, outputs):
+def _write_zarr(tmp, run, plan, final, typed, n, outputs):
     """nuclei.ome.zarr; returns its summary entry and the thumbnail (qc.png reuses it)."""
     from ..slide import read_thumbnail
     from . import slide_outputs as so
@@ -82,14 +82,14 @@ def _write_zarr(tmp, run, plan, tiles, keep, typed, n, outputs):
 
     geom, grid, own_image = plan.geom, plan.grid, run.settings.zarr_image
     with run.timer("write_zarr"):
-        index = FinalIndex(tiles, keep, geom.f)
+        index = FinalIndex(final, geom.f)
         thumb = read_thumbnail(run.reader, 2048)
         small = n <= PROPERTIES_MAX
         zinfo = write_ome_zarr(tmp / "nuclei.ome.zarr", (grid.height, grid.width), index, geom.f,
                                geom.level0_mpp, thumbnail=None if own_image else thumb,
                                image_reader=run.reader if own_image else None,
-                               properties=so.zarr_properties(tiles, keep, typed) if small else None,
-                               colors=so.zarr_colors(tiles, keep) if typed and small else None,
+                               properties=so.zarr_properties(final, typed) if small else None,
+                               colors=so.zarr_colors(final) if typed and small else None,
                                slide_name=_stem(run))
         zinfo["properties"] = small
         outputs.append("nuclei.ome.zarr")
@@ -110,20 +110,25 @@ def _tissue_area(run, plan, n) -> tuple[float, dict | None]:
                         "nucleus_count": n, "nuclei_per_mm2": round(n / roi_mm2, 2) if roi_mm2 > 0 else None}
 
 
-def _write_qc(tmp, run, plan, tiles, keep, typed, thumb, outputs) -> None:
+def _write_qc(tmp, run, plan, final, typed, thumb, outputs) -> None:
     from .. import __version__
 
     mcfg = run.mcfg
     with run.timer("write_qc"):
-        write_qc(tmp / "qc.png", run.reader, plan.tissue, tiles, keep, run.info.mpp,
+        write_qc(tmp / "qc.png", run.reader, plan.tissue, final, run.info.mpp,
                  title=f"{_stem(run)}  |  model {mcfg.get('name', run.model_dir.name)} v{mcfg.get('version', '?')}"
                        f"  |  wsi-nuc {__version__}",
                  typed=typed, thumb=thumb, f=plan.geom.f, min_area_um2=run.settings.min_area_um2)
         outputs.append("qc.png")
 
 
-def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zinfo: dict, outputs: list) -> dict:
-    """summary.json's common part: slide, scale, tiles, tissue, counts, zarr, timings, model, software, settings."""
+def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zinfo: dict, outputs: list,
+                  cut: int = 0) -> dict:
+    """summary.json's common part: slide, scale, tiles, tissue, counts, zarr, timings, model, software, settings.
+
+    ``nuclei_cut_by_halo`` (``cut``): nuclei that the tile owning them saw cut by its read window, so larger
+    than the halo allows; that tile dropped them (a neighbour may still have kept them whole). Non-zero:
+    a larger ``--halo`` keeps them."""
     from .. import __version__
 
     info, geom, grid, st, mcfg = run.info, plan.geom, plan.grid, run.settings, run.mcfg
@@ -135,6 +140,7 @@ def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zin
         "tissue_area_mm2": round(tissue_mm2, 4),
         "tissue_detection": st.tissue_detection,
         "nucleus_count": n,
+        "nuclei_cut_by_halo": int(cut),
         "nuclei_per_mm2": round(n / tissue_mm2, 2) if tissue_mm2 > 0 else None,
         "min_area_um2": st.min_area_um2,
         "ome_zarr": {**zinfo, "resolution": "working", "scale_um": geom.work_mpp,
@@ -163,7 +169,7 @@ def _versions() -> dict:
     return out
 
 
-def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float, title: str | None = None,
+def write_qc(path: Path, reader, tissue, final, level0_mpp: float, title: str | None = None,
              typed: bool = False, thumb=None, f: float = 1.0, min_area_um2: float | None = None) -> None:
     """qc.png from the surviving nuclei: zoom windows picked by ``writers.qc_data.pick_zooms``."""
     from ..slide import read_thumbnail
@@ -171,6 +177,6 @@ def write_qc(path: Path, reader, tissue, tiles, keep, level0_mpp: float, title: 
     from .qc_data import qc_inputs
 
     thumb, scale = thumb if thumb is not None else read_thumbnail(reader, 1024)
-    kw = qc_inputs(reader, tiles, keep, level0_mpp, f, typed)
+    kw = qc_inputs(reader, final, level0_mpp, f, typed)
     write_qc_png(path, thumb, scale, tissue.mask, level0_mpp=level0_mpp, title=title,
                  min_area_um2=min_area_um2, **kw)

@@ -1,10 +1,10 @@
-"""What a slide's writers stream: the surviving nuclei of every tile, in id order, as table chunks,
-GeoJSON features, zarr properties and colours, and per-type counts.
+"""What a slide's writers stream: the final nuclei, in id order, as table chunks, GeoJSON features, zarr
+properties and colours, and per-type counts.
 
-The input is the stitcher's result: ``tiles`` (``segment.TileNuclei``: packed outlines + measurement
-columns) and ``keep`` (one boolean array per tile). Ids run 1..N in the order of
-``graph.final_order``, the same in every output. Plain functions over those lists; the pipeline wires
-them to the writers.
+The input is the stitcher's result, :class:`wsi_nuc.stitch.FinalNuclei`: per tile (``segment.TileNuclei``:
+packed outlines + measurement columns) the surviving indices in id order and the first id, the ids given
+once by :func:`wsi_nuc.stitch.number`, so they are the same in every output. Plain functions over it; the
+pipeline wires them to the writers.
 """
 from __future__ import annotations
 
@@ -17,30 +17,10 @@ from ..morphometry import COLUMNS
 from .measures import GEOJSON_MEASUREMENTS, round_column
 
 
-def apply_min_area(tiles, keep, min_area_um2: float) -> list[np.ndarray]:
-    """``keep`` without nuclei smaller than ``min_area_um2`` (µm², from the unsimplified outline's
-    pixel count); a new list, the input is not changed.
-
-    >>> from types import SimpleNamespace as S
-    >>> apply_min_area([S(columns={"area_um2": np.array([2.0, 3.0, 9.5])})], [np.ones(3, bool)], 3.0)
-    [array([False,  True,  True])]
-    """
-    if not min_area_um2 or min_area_um2 <= 0:
-        return [k.copy() for k in keep]
-    return [k & (np.nan_to_num(tn.columns["area_um2"], nan=0.0) >= float(min_area_um2))
-            for tn, k in zip(tiles, keep)]
-
-
-def apply_roi(tiles, keep, roi) -> list[np.ndarray]:
-    """``keep`` without nuclei whose centroid lies outside the region (``roi.Roi``); a new list."""
-    return [k & roi.contains(tn.columns["centroid_x_px"], tn.columns["centroid_y_px"]) if k.any() else k.copy()
-            for tn, k in zip(tiles, keep)]
-
-
-def has_types(tiles, keep) -> bool:
-    """Whether any surviving nucleus has a type (then every output carries types)."""
-    return any(k.any() and "type" in tn.columns and bool((T.codes(tn.columns["type"][k]) > 0).any())
-               for tn, k in zip(tiles, keep))
+def has_types(final) -> bool:
+    """Whether any final nucleus has a type (then every output carries types)."""
+    return any(len(idx) and "type" in tn.columns and bool((T.codes(tn.columns["type"][idx]) > 0).any())
+               for tn, idx, _ in final)
 
 
 def table_columns(typed: bool, slide: bool = True) -> list[str]:
@@ -59,11 +39,9 @@ def _type_columns(tn, idx) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.where(codes > 0, prob, np.nan)
 
 
-def table_chunks(tiles, keep, slide: str, typed: bool) -> Iterator[dict]:
+def table_chunks(final, slide: str, typed: bool) -> Iterator[dict]:
     """One chunk {column: array} per tile with survivors, in id order, rounded by ``measures``."""
-    from ..graph import final_order
-
-    for tn, idx, first in final_order(tiles, keep):
+    for tn, idx, first in final:
         if not len(idx):
             continue
         chunk = {"slide": [slide] * len(idx),
@@ -76,18 +54,17 @@ def table_chunks(tiles, keep, slide: str, typed: bool) -> Iterator[dict]:
         yield chunk
 
 
-def geojson_features(tiles, keep, tolerance: float, typed: bool, decimals: int = 1) -> Iterator[tuple]:
+def geojson_features(final, tolerance: float, typed: bool, decimals: int = 1) -> Iterator[tuple]:
     """``(nucleus_id, ring, measurements, type code)`` of every survivor, in id order.
 
     Rings are simplified within ``tolerance`` level-0 px (:func:`.geojson.simplify_rings`; 0 keeps them
     as traced); measurements are :data:`measures.GEOJSON_MEASUREMENTS`, rounded, from the unsimplified
     outline (they were measured in the tile).
     """
-    from ..graph import final_order
     from .geojson import simplify_rings
 
     cols = [c for c in GEOJSON_MEASUREMENTS if c not in ("nucleus_id", "type_prob")]
-    for tn, idx, first in final_order(tiles, keep):
+    for tn, idx, first in final:
         if not len(idx):
             continue
         rings = simplify_rings([tn.polygon(i) for i in idx.tolist()], tolerance, decimals)
@@ -102,12 +79,10 @@ def geojson_features(tiles, keep, tolerance: float, typed: bool, decimals: int =
             yield first + j, ring, dict(zip(names, row)), int(codes[j])
 
 
-def zarr_properties(tiles, keep, typed: bool) -> Iterator[dict]:
+def zarr_properties(final, typed: bool) -> Iterator[dict]:
     """``image-label`` properties of every survivor: label-value (= nucleus_id), nucleus_id, area_um2,
     confidence and, with types, type and type_prob (NaN left out)."""
-    from ..graph import final_order
-
-    for tn, idx, first in final_order(tiles, keep):
+    for tn, idx, first in final:
         if not len(idx):
             continue
         area = round_column("area_um2", tn.columns["area_um2"][idx]).tolist()
@@ -128,13 +103,11 @@ def zarr_properties(tiles, keep, typed: bool) -> Iterator[dict]:
             yield d
 
 
-def zarr_colors(tiles, keep) -> Iterator[dict]:
+def zarr_colors(final) -> Iterator[dict]:
     """``image-label`` colours: every nucleus its type's colour (untyped ones the plain nucleus colour);
     the same label values as :func:`zarr_properties`, as NGFF validators require."""
-    from ..graph import final_order
-
     lut = [[*T.type_color(c), 255] for c in range(len(T.TYPES) + 1)]
-    for tn, idx, first in final_order(tiles, keep):
+    for tn, idx, first in final:
         if not len(idx):
             continue
         codes, _ = _type_columns(tn, idx)
@@ -142,12 +115,12 @@ def zarr_colors(tiles, keep) -> Iterator[dict]:
             yield {"label-value": first + j, "rgba": lut[c]}
 
 
-def type_counts(tiles, keep) -> dict[str, int]:
-    """Surviving nuclei per type name (every type listed, zeros included; untyped not counted)."""
+def type_counts(final) -> dict[str, int]:
+    """Final nuclei per type name (every type listed, zeros included; untyped not counted)."""
     n = np.zeros(len(T.TYPES) + 1, np.int64)
-    for tn, k in zip(tiles, keep):
-        if k.any() and "type" in tn.columns:
-            n += np.bincount(T.codes(tn.columns["type"][k]), minlength=len(n))[:len(n)]
+    for tn, idx, _ in final:
+        if len(idx) and "type" in tn.columns:
+            n += np.bincount(T.codes(tn.columns["type"][idx]), minlength=len(n))[:len(n)]
     return {name: int(n[code]) for code, (name, _) in T.TYPES.items()}
 
 

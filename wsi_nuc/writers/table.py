@@ -184,57 +184,64 @@ def write_parquet(path: Path | str, columns: list[str], chunks: Iterable[Mapping
     ...                                             "area_um2": np.array([20.5, 31.0])}])
     2
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
     columns = list(columns)
-    n = 0
-    pending: list[Mapping] = []
-    pending_rows = 0
-    schema = None
-    writer = None
+    with atomic_file(path) as tmp, _ParquetSink(tmp, columns) as sink:
+        pending: list[Mapping] = []
+        pending_rows = 0
+        for item in chunks:
+            m = len(next(iter(item.values()))) if item else 0
+            if not m:
+                continue
+            pending.append(item)
+            pending_rows += m
+            if pending_rows >= row_group:
+                sink.write(_arrow_table(pending, columns))
+                pending, pending_rows = [], 0
+        if pending or sink.writer is None:
+            sink.write(_arrow_table(pending, columns) if pending else _empty_table(columns))
+    return sink.rows
 
-    def table_of(items):
-        arrays = {}
-        for k in columns:
-            parts = [np.asarray(it[k]) if k in it else None for it in items]
-            lens = [len(next(iter(it.values()))) for it in items]
-            vals = [p if p is not None else np.full(m, np.nan) for p, m in zip(parts, lens)]
-            a = np.concatenate(vals) if vals else np.zeros(0)
-            if a.dtype.kind in "OUS":
-                arrays[k] = pa.array(a.astype(str).tolist(), pa.string()).dictionary_encode()
-            else:
-                arrays[k] = pa.array(a)
-        return pa.table(arrays)
 
-    with atomic_file(path) as tmp:
-        try:
-            for item in chunks:
-                m = len(next(iter(item.values()))) if item else 0
-                if not m:
-                    continue
-                pending.append(item)
-                pending_rows += m
-                if pending_rows >= row_group:
-                    t = table_of(pending)
-                    if writer is None:
-                        schema = t.schema
-                        writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
-                    writer.write_table(t.cast(schema))
-                    n += t.num_rows
-                    pending, pending_rows = [], 0
-            if pending or writer is None:
-                t = table_of(pending) if pending else _empty_table(columns)
-                if writer is None:
-                    schema = t.schema
-                    writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
-                writer.write_table(t.cast(schema))
-                n += t.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-    return n
+class _ParquetSink:
+    """A Parquet file written one row group at a time; the first table's schema is the file's."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+        self.writer, self.schema, self.rows = None, None, 0
+
+    def __enter__(self) -> "_ParquetSink":
+        return self
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
+        self.writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _arrow_table(items: list[Mapping], columns: list[str]):
+    """One Arrow table of column chunks (a missing column: NaN; text columns dictionary-encoded)."""
+    import pyarrow as pa
+
+    arrays = {}
+    lens = [len(next(iter(it.values()))) for it in items]
+    for k in columns:
+        parts = [np.asarray(it[k]) if k in it else None for it in items]
+        vals = [p if p is not None else np.full(m, np.nan) for p, m in zip(parts, lens)]
+        a = np.concatenate(vals) if vals else np.zeros(0)
+        if a.dtype.kind in "OUS":
+            arrays[k] = pa.array(a.astype(str).tolist(), pa.string()).dictionary_encode()
+        else:
+            arrays[k] = pa.array(a)
+    return pa.table(arrays)
 
 
 def _empty_table(columns):

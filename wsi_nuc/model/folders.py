@@ -1,0 +1,68 @@
+"""Where model folders are and what their ``config.json`` says: shipped names, the default per device, and the
+config read with one-line errors. Plain Python (no torch): the ``run`` driver and the INT8 loader use it, and
+:mod:`.io` (loading and saving the networks) re-exports it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models"
+# The default is the best accuracy per CPU-second (see the README's model table): the INT8 student on a
+# CPU (val a-AJI within 0.01 of the teacher's at about a fifth of its network cost); on a CUDA device the
+# fp32 teacher (with fp16 autocast), since INT8 kernels are CPU kernels and the GPU makes its cost small.
+DEFAULT_MODEL = "he-student-int8"
+CUDA_DEFAULT_MODEL = "he-teacher"
+
+
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (about 1 s) where Linux shows no NVIDIA driver."""
+    if os.path.isdir("/proc/driver") and not os.path.exists("/proc/driver/nvidia"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def default_model(device: str = "auto") -> str:
+    if device == "cuda" or (device == "auto" and cuda_available()):
+        return CUDA_DEFAULT_MODEL
+    return DEFAULT_MODEL
+
+
+def resolve_model_dir(name_or_path: str | Path | None, device: str = "auto") -> Path:
+    """A shipped model name (``wsi_nuc/models/<name>``) or a folder holding ``config.json``;
+    None means the default for ``device``."""
+    name = str(name_or_path or default_model(device))
+    cand = Path(name)
+    if not cand.is_dir():
+        cand = SHIPPED / name
+    if not (cand / "config.json").is_file():
+        known = ", ".join(shipped_models()) or "none"
+        raise InputError(f"{name}: not a model folder or shipped model (shipped: {known})")
+    return cand
+
+
+def shipped_models() -> list[str]:
+    if not SHIPPED.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file())
+
+
+def read_model_config(model_dir: Path) -> dict:
+    """A model folder's ``config.json`` (a JSON object), or InputError naming the file and the cause."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (a model folder holds config.json and model.safetensors)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON, truncated or damaged ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: not a model config (a JSON object expected, got {type(cfg).__name__})")
+    return cfg
