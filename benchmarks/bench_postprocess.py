@@ -67,9 +67,16 @@ def load_ref(commit: str) -> object:
 class Version:
     """One package's stage functions (this checkout's ``wsi_nuc`` or the reference's)."""
 
+    @classmethod
+    def plain(cls, pkg_name: str) -> "Version":
+        v = cls.__new__(cls)
+        v.name, v.tiling = pkg_name, importlib.import_module(f"{pkg_name}.tiling")
+        return v
+
     def __init__(self, pkg_name: str, model: str | None):
         imp = lambda m: importlib.import_module(f"{pkg_name}.{m}")  # noqa: E731
         self.name = pkg_name
+        self.tiling = imp("tiling")
         self.slide, self.stainnorm, self.refine = imp("slide"), imp("stainnorm"), imp("refine")
         self.instances, self.segment, self.outlines = imp("instances"), imp("segment"), imp("outlines")
         self.morphometry, self.predict, self.io = imp("morphometry"), imp("predict"), imp("model.io")
@@ -81,12 +88,12 @@ class Version:
 
 
 def plan(slide: Path, model: str | None, n_tiles: int):
-    """(reader, tiles, f, work_mpp, level0_mpp, slide stain stats) of the slide's tissue tiles (``n_tiles``
-    spread evenly over them; 0: all)."""
+    """(reader, tile indices, grid builder, f, work_mpp, level0_mpp, slide stain stats) of the slide's tissue
+    tiles (``n_tiles`` spread evenly over them; 0: all). ``grid(v)`` makes the tiles with version ``v``'s own
+    tiling module (the Tile class changed between versions; the boxes are the same)."""
     from wsi_nuc.model.io import read_model_config, resolve_model_dir
     from wsi_nuc.slide import open_slide
     from wsi_nuc.stainnorm import slide_stats
-    from wsi_nuc.tiling import make_grid
     from wsi_nuc.tissue import detect_tissue
     from wsi_nuc.validate import tile_align
 
@@ -97,16 +104,31 @@ def plan(slide: Path, model: str | None, n_tiles: int):
     f = work_mpp / info.mpp
     H, W = max(1, math.ceil(info.height / f)), max(1, math.ceil(info.width / f))
     tissue = detect_tissue(reader)
-    grid = make_grid(H, W, 512, 64, align=tile_align(mcfg),
-                     keep=lambda c: tissue.fraction_in_box(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0)
-    tiles = list(grid)
-    if n_tiles and n_tiles < len(tiles):
-        tiles = [tiles[i] for i in np.linspace(0, len(tiles) - 1, n_tiles).round().astype(int)]
+    frac = getattr(tissue, "fraction_in_box", None)
+    if frac is None:                     # the issue-13 layout: fraction_in(Box in level-0 px)
+        from wsi_nuc.tiling import Box
+
+        frac = lambda x0, y0, x1, y1: tissue.fraction_in(Box(y0, x0, y1, x1))  # noqa: E731
+
+    def grid(v: "Version") -> list:
+        import inspect
+
+        # the ownership margin (8 px, run's default) moved from owned_nuclei into the grid in the issue-13 layout
+        margin = {"margin": 8} if "margin" in inspect.signature(v.tiling.make_grid).parameters else {}
+        return list(v.tiling.make_grid(H, W, 512, 64, align=tile_align(mcfg), **margin,
+                                       keep=lambda c: frac(c.x0 * f, c.y0 * f, c.x1 * f, c.y1 * f) > 0))
+
+    n = len(grid(Version.plain("wsi_nuc")))
+    idx = list(range(n))
+    if n_tiles and n_tiles < n:
+        idx = [int(i) for i in np.linspace(0, n - 1, n_tiles).round().astype(int)]
     stain = slide_stats(reader, tissue, f, H, W)
-    return reader, tiles, f, work_mpp, float(info.mpp), stain
+    return reader, idx, grid, f, work_mpp, float(info.mpp), stain
 
 
 def ownership(v: Version, labels, tile, margin=8):
+    if hasattr(tile, "owned"):           # the issue-13 layout: Tile.owned (margin in the grid)
+        return tile.owned(labels).ids
     ids = np.unique(labels)
     ids = ids[ids > 0]
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -116,6 +138,15 @@ def ownership(v: Version, labels, tile, margin=8):
     own = tile.core.expand(margin)
     keep = (gy >= own.y0) & (gy < own.y1) & (gx >= own.x0) & (gx < own.x1)
     return ids[keep]
+
+
+def owned(v: Version, tile, labels, image, conf, f, work_mpp, level0_mpp):
+    """``segment.owned_nuclei`` of either signature (f, mpps, margin; or a tiling.Scale)."""
+    import inspect
+
+    if "scale" in inspect.signature(v.segment.owned_nuclei).parameters:
+        return v.segment.owned_nuclei(tile, labels, image, conf, v.tiling.Scale(level0_mpp, work_mpp))
+    return v.segment.owned_nuclei(tile, labels, image, conf, f, work_mpp, level0_mpp, 8)
 
 
 def activations(v: Version, raw, x):
@@ -168,7 +199,7 @@ def stage_calls(v: Version, d: dict, reader, f, work_mpp, level0_mpp, stain):
         with torch.inference_mode():
             maps = activations(v, d["raw"], d["x"])[0]
         lab = v.segment.segment_maps(maps, v.params)
-        return v.segment.owned_nuclei(t, lab, d["image"], maps[0], f, work_mpp, level0_mpp, 8)
+        return owned(v, t, lab, d["image"], maps[0], f, work_mpp, level0_mpp)
 
     def lts():
         with torch.inference_mode():
@@ -190,8 +221,7 @@ def stage_calls(v: Version, d: dict, reader, f, work_mpp, level0_mpp, stain):
         "clean": lambda: v.outlines.clean_polygons(d["raw_polys"]),
         "morphometry": lambda: v.morphometry.measure_nuclei(labels, d["image"], ids, work_mpp, level0_mpp, origin,
                                                             confidence=d["maps"][0], outlines=polys),
-        "owned_nuclei": lambda: v.segment.owned_nuclei(t, labels, d["image"], d["maps"][0], f, work_mpp,
-                                                       level0_mpp, 8),
+        "owned_nuclei": lambda: owned(v, t, labels, d["image"], d["maps"][0], f, work_mpp, level0_mpp),
         "post_total": post_total,
     }
 
@@ -247,11 +277,12 @@ def main() -> None:
         versions.append(Version("wsi_nuc_ref", a.model))
     new = Version("wsi_nuc", a.model)
     versions.append(new)
-    reader, tiles, f, work_mpp, level0_mpp, stain = plan(Path(a.slide), a.model, a.tiles)
-    data, net_ms = prepare(new, reader, tiles, f, stain)
-    for d in data:   # the reference's labels, ids and outlines: the inputs every version's later stages share
-        v0 = versions[0]
-        t = d["tile"]
+    reader, idx, grid, f, work_mpp, level0_mpp, stain = plan(Path(a.slide), a.model, a.tiles)
+    tiles_of = {v.name: [t for i, t in enumerate(grid(v)) if i in set(idx)] for v in versions}
+    data, net_ms = prepare(new, reader, tiles_of[new.name], f, stain)
+    v0 = versions[0]
+    for k, d in enumerate(data):   # the reference's labels, ids and outlines: the inputs all versions share
+        t = tiles_of[v0.name][k]
         d["labels"] = v0.segment.segment_maps(d["maps"], v0.params)
         d["ids"] = ownership(v0, d["labels"], t)
         d["raw_polys"] = v0.instances.polygons_level0(d["labels"], d["ids"], f, (t.read.x0 * f, t.read.y0 * f))
@@ -260,7 +291,8 @@ def main() -> None:
         d["ids"] = d["ids"][np.asarray(ok, bool)] if len(ok) else d["ids"]
         d["raw_polys"] = [p for p, k in zip(d["raw_polys"], ok) if k]
         d["polys"] = [p for p in polys if p is not None]
-    calls = [[stage_calls(v, d, reader, f, work_mpp, level0_mpp, stain) for v in versions] for d in data]
+    calls = [[stage_calls(v, dict(d, tile=tiles_of[v.name][k]), reader, f, work_mpp, level0_mpp, stain)
+              for v in versions] for k, d in enumerate(data)]
     times = {s: [[[] for _ in data] for _ in versions] for s in a.stages}
     diffs = {s: (True, 0.0) for s in a.stages}
     for r in range(a.repeat):

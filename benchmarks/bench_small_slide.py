@@ -9,7 +9,8 @@ checkout with each ``--scheduler`` of ``--modes``. Reported per variant: the med
 the process: interpreter start, imports, everything), CPU seconds (user + sys, worker processes included),
 and the median of each stage of ``summary.json``'s ``seconds``; ``before tiles`` is the time from the start of
 segmenting (or loading the model) to the first finished tile, read from the progress lines; ``start`` is
-the time from process start to the run's own clock (interpreter start and imports).
+the time outside the run's own clock (interpreter start, imports, exit); ``s_per_tile`` the steady-state
+seconds per tile after the first finished tile (progress lines).
 """
 from __future__ import annotations
 
@@ -57,10 +58,14 @@ def run_once(slide: str, src: Path, extra: list[str]) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = [(float(m.group(1)), m.group(2)) for m in map(LINE.match, p.stderr.splitlines()) if m]
     seg = next((t for t, msg in lines if msg.startswith(("loading the model", "segmenting 0/"))), None)
-    first = next((t for t, msg in lines if re.match(r"segmenting [1-9]\d*/", msg)), None)
+    done = [(t, int(m.group(1))) for t, msg in lines if (m := re.match(r"segmenting ([1-9]\d*)/", msg))]
+    first = done[0][0] if done else None
+    # steady state: seconds per tile from the first finished tiles to the last
+    per_tile = (done[-1][0] - done[0][0]) / (done[-1][1] - done[0][1]) if len(done) > 1 and done[-1][1] > done[0][1] \
+        else None
     sec = summary["seconds"]
     return {"wall": wall, "cpu": cpu, "stages": sec, "start": wall - sec["total"],
-            "before_tiles": first - seg if first is not None and seg is not None else None,
+            "before_tiles": first - seg if first is not None and seg is not None else None, "s_per_tile": per_tile,
             "nuclei": summary["nucleus_count"], "tiles": summary["tiles"]["count"]}
 
 
@@ -93,7 +98,7 @@ def main() -> None:
     for runs in res.values():
         for o in runs:
             stages += [k for k in o["stages"] if k not in stages]
-    cols = ["wall", "cpu", "start"] + [s for s in stages if s != "total"] + ["before_tiles"]
+    cols = ["wall", "cpu", "start"] + [s for s in stages if s != "total"] + ["before_tiles", "s_per_tile"]
     print(f"{'':<26}" + "".join(f"{c[:13]:>14}" for c in cols))
     table = {}
     for name, runs in res.items():

@@ -204,8 +204,9 @@ def here_threads(workers: int | None = None) -> tuple[int, int]:
 _FROZEN = threading.Event()
 
 
-def load_here(model: str | None, device: str):
-    """Load the model in this process for :func:`run_tiles_here` (once; later calls reuse it).
+def load_here(model: str | None, device: str, engine: str | None = None):
+    """Load the model in this process for :func:`run_tiles_here` (once; later calls reuse it), for the engine
+    the tile tasks will ask for (``TaskSettings.engine``: the same predictor, not a second load).
 
     The first load is followed by ``gc.freeze()``: torch, its FX graph and the modules it pulled in are a few
     million objects that the cyclic garbage collector would otherwise walk at every full collection and
@@ -214,7 +215,7 @@ def load_here(model: str | None, device: str):
 
     from .predict import get_predictor
 
-    predictor = get_predictor(model, device)
+    predictor = get_predictor(model, device, None, engine)
     if not _FROZEN.is_set():
         _FROZEN.set()
         gc.freeze()
@@ -225,14 +226,15 @@ class Preload:
     """The model loading in a background thread while the driver finds tissue and stain statistics;
     :meth:`wait` returns the predictor (or raises what loading raised)."""
 
-    def __init__(self, model: str | None, device: str):
+    def __init__(self, model: str | None, device: str, engine: str | None = None):
         self._result, self._error = None, None
-        self._thread = threading.Thread(target=self._load, args=(model, device), name="wsi-nuc-model", daemon=True)
+        self._thread = threading.Thread(target=self._load, args=(model, device, engine), name="wsi-nuc-model",
+                                        daemon=True)
         self._thread.start()
 
-    def _load(self, model, device) -> None:
+    def _load(self, model, device, engine) -> None:
         try:
-            self._result = load_here(model, device)
+            self._result = load_here(model, device, engine)
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits
             self._error = e
 
@@ -257,7 +259,7 @@ def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "
 
     import torch
 
-    predictor = load_here(ts.model, ts.device)
+    predictor = load_here(ts.model, ts.device, ts.engine)
     results, todo = _resume(tiles, spool, on_done)
     per = ts.batch or (8 if predictor.device.type == "cuda" else 1)
     chunks = [todo[i:i + per] for i in range(0, len(todo), per)]

@@ -180,11 +180,10 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     """Plan, segment (resuming from the tile spool), stitch and write; the spool is finished on success and
     left with only what a resume needs on failure."""
     from . import spool as spool_io
-    from .graph import Preload, in_process, load_here, todo_count
+    from .graph import in_process, load_here, todo_count
 
-    st = run.settings
-    scheduler = "local" if st.dashboard else st.scheduler
-    preload = Preload(str(run.model_dir), st.device) if in_process(scheduler, _max_tiles(run), client) else None
+    scheduler = "local" if run.settings.dashboard else run.settings.scheduler
+    preload = _preload(run) if in_process(scheduler, _max_tiles(run), client) else None
     plan = plan_tiles(run)
     key = spool_io.spool_key(plan.geom, plan.task, run.settings)
     spool = spool_io.load(spool_io.folder_for(run.out, run.final.name, key), key)
@@ -193,7 +192,8 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
         here = in_process(scheduler, todo, client)
         if here and todo:
             with run.timer("model"):              # a handful of tiles: this process, the model loaded once
-                preload.wait() if preload is not None else load_here(plan.task.model, plan.task.device)
+                preload.wait() if preload is not None else load_here(plan.task.model, plan.task.device,
+                                                                     plan.task.engine)
         if hasattr(progress, "start_tiles"):      # our own SlideProgress (a cohort passes a plain callable)
             progress.start_tiles(len(plan.grid), starting=None if here else "starting workers, loading the model")
             progress = progress.update
@@ -216,6 +216,16 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     spool_io.finish(spool, f".{run.final.name}.tiles-")
     summary["output"] = str(run.final)
     return summary
+
+
+def _preload(run: SlideRun):
+    """Start loading the model in the background (a :class:`wsi_nuc.graph.Preload`) for the engine the tiles
+    will ask for, while tissue and stain statistics are found."""
+    from .graph import Preload
+    from .model.engine_choice import resolve_engine
+
+    st = run.settings
+    return Preload(str(run.model_dir), st.device, resolve_engine(st.engine, run.model_dir, run.mcfg, st.device))
 
 
 def _max_tiles(run: SlideRun) -> int:

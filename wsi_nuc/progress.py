@@ -1,10 +1,11 @@
 """Progress of one slide that a person and a log can both read.
 
-On a terminal: a status line from the first second (opening, tissue, starting workers and loading the
-model, ...), then one tqdm bar over the tiles that stays up, its label naming the stage, through
-stitching and writing. Not a terminal (a log file, a pipe, a cluster job): plain lines, one per stage
+On a terminal: a status line from the first second (opening, tissue, loading the model, or starting workers
+and loading the model there, ...), then one tqdm bar over the tiles that stays up, its label naming the
+stage, through stitching and writing. Not a terminal (a log file, a pipe, a cluster job): plain lines, one per stage
 and one every 10 % of the tiles or every 30 s, whichever comes first (also while no tile has finished
-yet), each with the elapsed time::
+yet), each with the elapsed time (a slide of a handful of tiles runs in this process: a "loading the model"
+line, then "segmenting 0/N tiles" without the note)::
 
     [   0.0 s] CMU-1-Small-Region: opening
     [   1.2 s] CMU-1-Small-Region: segmenting 0/30 tiles (starting workers, loading the model)

@@ -107,11 +107,38 @@ def density_map(centroids_xy: np.ndarray, thumb_shape: tuple[int, int], thumb_sc
         sigma = max(1.0, max(th, tw) / 100.0)
         if level0_mpp:
             sigma = max(sigma, SMOOTH_UM / (thumb_scale * float(level0_mpp)))
-    dens = ndi.gaussian_filter(counts, sigma, mode="constant")
+    dens = _smooth(counts, sigma)
     if level0_mpp:
         px_mm = thumb_scale * float(level0_mpp) / 1000.0  # thumbnail pixel side in mm
         return dens / (px_mm * px_mm), "nuclei/mm^2"
     return dens / (thumb_scale * thumb_scale) * 1e6, "nuclei/Mpx^2 (level-0)"
+
+
+def _smooth(counts: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing (zero outside). A wide ``sigma`` is applied on blocks of ``sigma / 8`` px (averaged,
+    then interpolated back linearly between block centres): the same picture for a 512-px panel, in tens of
+    milliseconds rather than the 2-5 s that a 200-px sigma over a 2048² thumbnail (a small slide at full
+    resolution) took."""
+    k = int(sigma // 8)
+    if k < 2:
+        return ndi.gaussian_filter(counts, sigma, mode="constant")
+    th, tw = counts.shape
+    blocks = np.pad(counts, ((0, -th % k), (0, -tw % k)))
+    blocks = blocks.reshape(blocks.shape[0] // k, k, blocks.shape[1] // k, k).mean(axis=(1, 3))
+    small = ndi.gaussian_filter(blocks, sigma / k, mode="constant")
+    return _linear(_linear(small, th, k, 0), tw, k, 1)
+
+
+def _linear(a: np.ndarray, n: int, k: int, axis: int) -> np.ndarray:
+    """``a`` sampled at the centres of blocks of ``k`` px along ``axis``, interpolated linearly to ``n`` px."""
+    m = a.shape[axis]
+    u = np.clip((np.arange(n) - (k - 1) / 2) / k, 0, m - 1)
+    j0 = np.floor(u).astype(np.int64)
+    t = u - j0
+    j1 = np.minimum(j0 + 1, m - 1)
+    shape = [1, 1]
+    shape[axis] = n
+    return np.take(a, j0, axis) * (1 - t).reshape(shape) + np.take(a, j1, axis) * t.reshape(shape)
 
 
 def confidence_color(v) -> np.ndarray:
