@@ -1,16 +1,26 @@
 """``--engine auto``: the engine that runs a model fastest on this machine, by a rule on the CPU.
 
-The rule (measured with ``benchmarks/bench_cpu.py``; figures in the README's performance section):
+The rule, from ``benchmarks/bench_cpu.py`` (``benchmarks/results/cpu-*.json``; the README's performance
+section): only engines that give the same nuclei as the default are candidates, so ``auto`` changes speed,
+not results.
 
-- CUDA: the fp32 network (``torch-fp32``, fp16 autocast); INT8 folders run on the CPU.
-- An INT8 model folder on an x86-64 CPU: ``torch-int8`` (PyTorch's x86 quantized engine, which runs its
-  convolutions on oneDNN where the CPU has AVX512-VNNI or AMX and on fbgemm on AVX2-only CPUs).
-- An INT8 model folder where PyTorch has no x86 quantized engine (ARM: Apple silicon, Graviton):
-  ``onnx-int8`` when onnxruntime is installed and the folder ships ``model.int8.onnx``, else ``torch-fp32``.
-- An fp32 model folder: ``onnx-fp32`` when it ships ``model.onnx`` and onnxruntime is installed, else
-  ``torch-fp32``.
+- An INT8 model folder on an x86-64 CPU with AVX512-VNNI or AMX: ``torch-int8``. PyTorch's x86 quantized
+  engine runs its convolutions on oneDNN there, the fastest engine measured on such a CPU (ONNX Runtime INT8
+  1.8x, fbgemm 2.3x, fp32 3.8x slower per network call, one thread).
+- An INT8 model folder on any other x86-64 CPU (AVX2-only: AMD EPYC/Ryzen before Zen 4, Intel before
+  Cascade Lake, Alder Lake's AVX-VNNI cores): ``torch-int8-onednn``. There PyTorch's x86 engine picks fbgemm,
+  whose AVX2 kernels took 1.56x the time of oneDNN's AVX2 kernels for this network (AVX2 forced on the AVX512
+  machine, one thread); the two give the same nuclei (F1 1.000 on CMU-1-Small-Region at AVX2, 0.9995 against
+  the native AVX512 run).
+- An INT8 model folder where PyTorch has no x86 INT8 engine (ARM: Apple silicon, Graviton): ``onnx-int8``
+  when onnxruntime is installed and the folder ships ``model.int8.onnx`` (the torch graph's quantisation;
+  F1 0.987 against torch-int8 on CMU), else ``torch-fp32``.
+- An fp32 model folder: ``onnx-fp32`` when it ships ``model.onnx`` and onnxruntime is installed (the same
+  nuclei as torch-fp32, F1 1.000; 1.2x faster at AVX512), else ``torch-fp32``. CUDA: ``torch-fp32``.
 
-The CPU is read from ``/proc/cpuinfo`` (no torch import in the driver); :func:`explain` says why.
+ONNX Runtime INT8 is not picked on x86: it was slower where measured, its kernels could not be forced to
+AVX2 here, and its nuclei differ more (F1 0.987). The CPU is read from ``/proc/cpuinfo`` (no torch import in
+the driver); :func:`explain` says why.
 """
 from __future__ import annotations
 
@@ -105,7 +115,9 @@ def explain(model_dir: Path, cfg: dict, device: str = "cpu") -> tuple[str, str]:
     cpu = cpu_summary()
     if cfg.get("quantized") == "int8":
         if is_x86() and "torch-int8" in avail:
-            return "torch-int8", f"{cpu}: PyTorch's x86 INT8 kernels"
+            if cpu_flags() & {"avx512_vnni", "amx_int8"} or not cpu_flags():
+                return "torch-int8", f"{cpu}: PyTorch's x86 INT8 engine (oneDNN kernels on this CPU)"
+            return "torch-int8-onednn", f"{cpu}: oneDNN INT8 kernels (PyTorch's x86 engine would pick fbgemm here)"
         if "onnx-int8" in avail:
             return "onnx-int8", f"{cpu}: no x86 INT8 engine in PyTorch here; ONNX Runtime INT8"
         return "torch-fp32", f"{cpu}: no INT8 engine available here"
