@@ -59,13 +59,16 @@ def test_auto_rule(monkeypatch):
     cfg = read_model_config(DEFAULT)
     monkeypatch.setattr(EC, "onnxruntime_available", lambda: True)
     monkeypatch.setattr(EC.platform, "machine", lambda: "x86_64")
-    for flags, want in (({"avx2", "avx512f", "avx512_vnni"}, "torch-int8"), ({"avx2", "amx_int8"}, "torch-int8"),
+    monkeypatch.setattr(EC.platform, "system", lambda: "Linux")
+    for flags, want in (({"avx2", "avx512f", "avx512_vnni"}, "torch-int8-onednn"), ({"avx2", "amx_int8"}, "torch-int8-onednn"),
                         ({"avx2", "fma"}, "torch-int8-onednn"), ({"avx2", "avx_vnni"}, "torch-int8-onednn"),
                         ({"avx2", "avx512f", "avx512bw"}, "torch-int8-onednn")):
         monkeypatch.setattr(EC, "cpu_flags", lambda f=frozenset(flags): f)
         assert EC.choose_engine(DEFAULT, cfg) == want, flags
         assert EC.choose_engine(resolve_model_dir("he-student"), read_model_config(resolve_model_dir("he-student"))) \
             == "torch-fp32"
+    monkeypatch.setattr(EC.platform, "system", lambda: "Windows")
+    assert EC.choose_engine(DEFAULT, cfg) == "torch-int8"
     monkeypatch.setattr(EC.platform, "machine", lambda: "aarch64")       # no x86 INT8 engine in PyTorch
     assert EC.choose_engine(DEFAULT, cfg) == "onnx-int8"
     monkeypatch.setattr(EC, "onnxruntime_available", lambda: False)

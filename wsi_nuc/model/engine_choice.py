@@ -4,14 +4,15 @@ The rule, from ``benchmarks/bench_cpu.py`` (``benchmarks/results/cpu-*.json``; t
 section): only engines that give the same nuclei as the default are candidates, so ``auto`` changes speed,
 not results.
 
-- An INT8 model folder on an x86-64 CPU with AVX512-VNNI or AMX: ``torch-int8``. PyTorch's x86 quantized
-  engine runs its convolutions on oneDNN there, the fastest engine measured on such a CPU (ONNX Runtime INT8
-  1.8x, fbgemm 2.3x, fp32 3.8x slower per network call, one thread).
-- An INT8 model folder on any other x86-64 CPU (AVX2-only: AMD EPYC/Ryzen before Zen 4, Intel before
-  Cascade Lake, Alder Lake's AVX-VNNI cores): ``torch-int8-onednn``. There PyTorch's x86 engine picks fbgemm,
-  whose AVX2 kernels took 1.56x the time of oneDNN's AVX2 kernels for this network (AVX2 forced on the AVX512
-  machine, one thread); the two give the same nuclei (F1 1.000 on CMU-1-Small-Region at AVX2, 0.9995 against
-  the native AVX512 run).
+- An INT8 model folder on Linux x86-64: ``torch-int8-onednn``, PyTorch's INT8 graph on oneDNN's kernels.
+  On a CPU with AVX512-VNNI or AMX that is what PyTorch's x86 quantized engine (``torch-int8``) runs anyway,
+  and the fastest engine measured there (ONNX Runtime INT8 1.8x, fbgemm 2.3x, fp32 3.8x slower per network
+  call, one thread). On other x86 CPUs (AVX2-only: AMD EPYC/Ryzen before Zen 4, Intel before Cascade Lake;
+  AVX512 without VNNI; Alder Lake's AVX-VNNI) PyTorch's x86 engine picks fbgemm, whose kernels took 1.56x
+  (AVX2) and 1.74x (AVX512 without VNNI) the time of oneDNN's for this network (ISAs forced on the AVX512
+  machine); the two libraries give the same nuclei (F1 1.000 at AVX2 on CMU-1-Small-Region, 0.9995 against
+  the native run). Naming oneDNN also keeps a cluster right whose workers' CPUs differ from the driver's,
+  where the choice is made. Other x86 systems: ``torch-int8`` (PyTorch uses fbgemm off Linux).
 - An INT8 model folder where PyTorch has no x86 INT8 engine (ARM: Apple silicon, Graviton): ``onnx-int8``
   when onnxruntime is installed and the folder ships ``model.int8.onnx`` (the torch graph's quantisation;
   F1 0.987 against torch-int8 on CMU), else ``torch-fp32``.
@@ -77,7 +78,7 @@ def check_engine(engine: str, model_dir: Path, cfg: dict, device: str = "cpu") -
 
 def default_engine(cfg: dict, device: str = "cpu") -> str:
     """What runs a model when no engine is named (the API, ``eval``): as stored (INT8 folder: torch-int8)."""
-    return "torch-int8" if cfg.get("quantized") == "int8" and device != "cuda" and is_x86() else "torch-fp32"
+    return "torch-int8" if cfg.get("quantized") == "int8" and is_x86() else "torch-fp32"
 
 
 @lru_cache(maxsize=1)
@@ -115,8 +116,10 @@ def explain(model_dir: Path, cfg: dict, device: str = "cpu") -> tuple[str, str]:
     cpu = cpu_summary()
     if cfg.get("quantized") == "int8":
         if is_x86() and "torch-int8" in avail:
-            if cpu_flags() & {"avx512_vnni", "amx_int8"} or not cpu_flags():
-                return "torch-int8", f"{cpu}: PyTorch's x86 INT8 engine (oneDNN kernels on this CPU)"
+            if platform.system() != "Linux":
+                return "torch-int8", f"{cpu}: PyTorch's x86 INT8 engine (oneDNN's not measured on {platform.system()})"
+            if cpu_flags() & {"avx512_vnni", "amx_int8"}:
+                return "torch-int8-onednn", f"{cpu}: oneDNN INT8 kernels (PyTorch's x86 engine's pick here too)"
             return "torch-int8-onednn", f"{cpu}: oneDNN INT8 kernels (PyTorch's x86 engine would pick fbgemm here)"
         if "onnx-int8" in avail:
             return "onnx-int8", f"{cpu}: no x86 INT8 engine in PyTorch here; ONNX Runtime INT8"
@@ -136,6 +139,8 @@ def resolve_engine(requested: str | None, model_dir: Path, cfg: dict, device: st
 
     dev = "cuda" if device == "cuda" or (device == "auto" and cfg.get("quantized") != "int8"
                                          and cuda_available()) else "cpu"
+    if dev == "cuda" and cfg.get("quantized") == "int8":
+        raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     if requested in (None, ""):
         return default_engine(cfg, dev)
     check_engine(requested, model_dir, cfg, dev)
