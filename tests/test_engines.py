@@ -92,12 +92,6 @@ def test_engine_that_cannot_run_is_one_line(monkeypatch):
         EC.resolve_engine("onnx-int8", DEFAULT, read_model_config(DEFAULT), "cpu")
 
 
-def test_cli_engine_names():
-    from wsi_nuc.cli import _ENGINES
-
-    assert _ENGINES == EC.CHOICES
-
-
 def test_cli_refuses_an_engine_before_any_cluster(slides, tmp_path, capsys):
     from wsi_nuc.cli import main
 

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .errors import InputError, one_line
+from .model.engine_choice import CHOICES as ENGINE_CHOICES
 
 
 def _train(a) -> int:
@@ -72,9 +73,6 @@ def _add_output_options(p) -> None:
                         "'wsi-nuc[dashboard]')")
 
 
-_ENGINES = ("auto", "torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
-
-
 def _settings(a):
     """RunSettings from the flags, checked (one owner: ``validate_settings``); roundings are noted."""
     from .pipeline import RunSettings
@@ -90,8 +88,7 @@ def _settings(a):
 
     from .model.engine_choice import resolve_engine
 
-    model_dir = resolve_model_dir(st.model, st.device)
-    mcfg = read_model_config(model_dir)
+    mcfg = read_model_config(model_dir := resolve_model_dir(st.model, st.device))
     resolve_engine(st.engine, model_dir, mcfg, st.device)     # an engine that cannot run here: one line, exit 2
     st, notes = validate_settings(st, tile_align(mcfg))
     for n in notes:
@@ -257,8 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     r.add_argument("--batch", type=_positive_int, default=None,
                    help="tiles per forward pass (default 1 on CPU, 8 on CUDA)")
-    r.add_argument("--engine", choices=_ENGINES, default="auto",
-                   help="what runs the network (default auto: the fastest here for the model; see README)")
+    r.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="what runs the network (default auto)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _output_flags(r)
     r.add_argument("--no-types", action="store_true",
@@ -288,8 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parallel-slides", type=_positive_int, metavar="K",
                    help="slides in flight at once (default: 2, up to 8 on clusters with many threads)")
     b.add_argument("--force", action="store_true", help="redo slides that are already done")
-    b.add_argument("--engine", choices=_ENGINES, default="auto",
-                   help="what runs the network (default auto: the fastest here for the model; see README)")
+    b.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="what runs the network (default auto)")
     b.add_argument("--quiet", action="store_true", help="no progress line")
     _output_flags(b)
     b.add_argument("--no-types", action="store_true",
