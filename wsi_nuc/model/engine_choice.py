@@ -6,10 +6,10 @@ not results.
 
 - An INT8 model folder on Linux x86-64: ``torch-int8-onednn``, PyTorch's INT8 graph on oneDNN's kernels.
   On a CPU with AVX512-VNNI or AMX that is what PyTorch's x86 quantized engine (``torch-int8``) runs anyway,
-  and the fastest engine measured there (ONNX Runtime INT8 1.8x, fbgemm 2.3x, fp32 3.8x slower per network
+  and the fastest engine measured there (ONNX Runtime INT8 1.7x, fbgemm 2.5x, fp32 3.9x slower per network
   call, one thread). On other x86 CPUs (AVX2-only: AMD EPYC/Ryzen before Zen 4, Intel before Cascade Lake;
-  AVX512 without VNNI; Alder Lake's AVX-VNNI) PyTorch's x86 engine picks fbgemm, whose kernels took 1.56x
-  (AVX2) and 1.74x (AVX512 without VNNI) the time of oneDNN's for this network (ISAs forced on the AVX512
+  AVX512 without VNNI; Alder Lake's AVX-VNNI) PyTorch's x86 engine picks fbgemm, whose kernels took 1.38x
+  (AVX2) and 1.78x (AVX512 without VNNI) the time of oneDNN's for this network (ISAs forced on the AVX512
   machine); the two libraries give the same nuclei (F1 1.000 at AVX2 on CMU-1-Small-Region, 0.9995 against
   the native run). Naming oneDNN also keeps a cluster right whose workers' CPUs differ from the driver's,
   where the choice is made. Other x86 systems: ``torch-int8`` (PyTorch uses fbgemm off Linux).
