@@ -14,7 +14,7 @@ window's stain statistics as ``run`` recolours with the slide's.
 - *network*: ``Predictor.maps`` on one 640² window (512 core + 64 halo), as ``run`` calls it: recolouring,
   the network, LTS calibration and activations; ``net`` is the network call alone. Per thread count.
   Engines: torch-int8 with PyTorch's x86 quantized engine (what ships; oneDNN convolutions where the CPU
-  has AVX512-VNNI, fbgemm elsewhere) and forced to ``onednn`` / ``fbgemm``; torch-fp32 (BatchNorm folded,
+  has AVX512-VNNI, fbgemm elsewhere) and torch-int8-onednn / -fbgemm; torch-fp32 (BatchNorm folded,
   channels-last); onnx-int8 / onnx-fp32 (ONNX Runtime CPU provider; a model folder without the ONNX files
   gets them exported into a temporary copy: fp32 always, INT8 only with ``--dataset``).
 - *layouts*: whole tiles (maps + watershed + outlines + measurements) per second with 1 worker x 2 torch
@@ -118,8 +118,7 @@ def with_onnx(model: str, tmp: Path, dataset: str | None) -> Path:
 
 def candidates(models, engines, threads: int, tmp: Path, dataset) -> dict:
     """{label: Predictor} for every (model, engine) that runs here, built for ``threads`` torch/ORT threads."""
-    from wsi_nuc.model.engines import OnnxNet, build_engine, ONNX_FILES
-    from wsi_nuc.model.int8 import load_int8
+    from wsi_nuc.model.engines import QENGINES, build_engine, ONNX_FILES
     from wsi_nuc.model.io import read_model_config
     from wsi_nuc.predict import Predictor
     from wsi_nuc.refine import load_lts
@@ -133,18 +132,10 @@ def candidates(models, engines, threads: int, tmp: Path, dataset) -> dict:
         lts = load_lts(d, cfg)
         int8 = cfg.get("quantized") == "int8"
         for e in engines:
-            base, _, qe = e.partition(":")
-            if base == "torch-int8" and not int8:
+            if (e in QENGINES and not int8) or (e in ONNX_FILES and not (d / ONNX_FILES[e]).is_file()):
                 continue
-            if base.startswith("onnx") and not (d / ONNX_FILES[base]).is_file():
-                continue
-            if base == "torch-int8":
-                net = load_int8(d, "cpu", qe or "x86")
-            elif base.startswith("onnx"):
-                net = OnnxNet(d / ONNX_FILES[base], 8, threads)
-            else:
-                net = build_engine(base, d, cfg, torch.device("cpu"))
-            out[f"{m} {e}"] = Predictor(net, cfg, torch.device("cpu"), lts, base)
+            net = build_engine(e, d, cfg, torch.device("cpu"))     # ONNX Runtime sessions take `threads`
+            out[f"{m} {e}"] = Predictor(net, cfg, torch.device("cpu"), lts, e)
     return out
 
 
@@ -367,12 +358,19 @@ def print_report(res: dict) -> None:
     print(f"\nCPU: {m['cpu']} ({m['cores']} cores), torch capability {m['capability']}, flags {' '.join(m['flags'])}")
     print(f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, env {m['env'] or '-'}; "
           f"load (1/5/15 min) at start {res['load_start']}, end {res['load_end']}; {res['rounds']} rounds, medians")
+    if m["env"] and "avx512_vnni" in m["flags"]:
+        print("NOTE: ISA forced on a VNNI CPU. PyTorch's x86 quantized engine picks oneDNN by the CPU's VNNI flag, "
+              "which no variable hides, so here torch-int8 = torch-int8-onednn at the forced ISA; an AVX2-only CPU's "
+              "torch-int8 runs fbgemm: read torch-int8-fbgemm for it. ONNX Runtime (MLAS) cannot be forced: its "
+              "rows are this CPU's own ISA.")
     if net:
         print("\nNetwork, one 640² window: maps() as run calls it (recolour + network + calibration + activations) "
-              "and the network call alone; ms wall / CPU; 'vs default' = default model torch-int8 maps CPU / this")
+              "and the network call alone; ms wall / CPU; 'vs default' = default model torch-int8 maps CPU / this (torch-int8-onednn where torch-int8 was not run)")
         rows = sorted({k.split(" @")[0] + " @" + k.split(" @")[1].split()[0] for k in net})
-        ref = {r.split(" @")[1]: med(net[f"{r} maps cpu"]) for r in rows
-               if r.split(" @")[0] == f"{res['default_model']} torch-int8"}
+        ref = {}
+        for eng in ("torch-int8-onednn", "torch-int8:onednn", "torch-int8"):   # the reference: torch-int8 if run
+            ref.update({r.split(" @")[1]: med(net[f"{r} maps cpu"]) for r in rows
+                        if r.split(" @")[0] == f"{res['default_model']} {eng}"})
         print(f"  {'model engine @threads':44s} {'maps wall':>9s} {'maps cpu':>9s} {'net wall':>9s} {'net cpu':>9s} "
               f"{'vs default':>10s}")
         for r in rows:
@@ -405,13 +403,14 @@ def print_report(res: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["he-student-int8", "he-student", "he-teacher"])
-    ap.add_argument("--engines", nargs="+", default=["torch-int8", "torch-int8:onednn", "torch-int8:fbgemm",
+    ap.add_argument("--engines", nargs="+", default=["torch-int8", "torch-int8-onednn", "torch-int8-fbgemm",
                                                      "torch-fp32", "onnx-int8", "onnx-fp32"])
     ap.add_argument("--threads", nargs="+", type=int, default=[2, 1])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--parts", nargs="+", default=["network", "layouts", "post", "tiles"],
                     choices=["network", "layouts", "post", "tiles"])
-    ap.add_argument("--layout-engines", nargs="+", default=["torch-int8", "torch-fp32", "onnx-int8", "onnx-fp32"])
+    ap.add_argument("--layout-engines", nargs="+", default=["torch-int8", "torch-int8-fbgemm", "onnx-int8"],
+                    help="engines of the layout and tile-size parts (default: the INT8 ones)")
     ap.add_argument("--cores", nargs="+", type=int, default=[512, 768, 1024])
     ap.add_argument("--tile-threads", type=int, default=1, help="threads for the tile-size part (default 1, "
                                                                  "as each of 2 workers runs)")
@@ -420,7 +419,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
                     help="save the samples (default benchmarks/results/cpu-<capability>[-TAG].json)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--show", nargs="+", metavar="JSON", help="print the tables of saved results and stop")
     a = ap.parse_args(argv)
+    if a.show:
+        for path in a.show:
+            print(f"\n=== {path}")
+            print_report(json.loads(Path(path).read_text()))
+        return 0
     dataset = a.dataset if a.dataset and Path(a.dataset).is_dir() else None
     default = a.models[0]
     res = {"machine": machine(), "load_start": load(), "rounds": a.rounds, "default_model": default,

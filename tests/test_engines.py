@@ -59,9 +59,16 @@ def test_auto_rule(monkeypatch):
     cfg = read_model_config(DEFAULT)
     monkeypatch.setattr(EC, "onnxruntime_available", lambda: True)
     monkeypatch.setattr(EC.platform, "machine", lambda: "x86_64")
-    for flags in ({"avx2", "avx512f", "avx512_vnni"}, {"avx2", "fma"}):
+    monkeypatch.setattr(EC.platform, "system", lambda: "Linux")
+    for flags, want in (({"avx2", "avx512f", "avx512_vnni"}, "torch-int8-onednn"), ({"avx2", "amx_int8"}, "torch-int8-onednn"),
+                        ({"avx2", "fma"}, "torch-int8-onednn"), ({"avx2", "avx_vnni"}, "torch-int8-onednn"),
+                        ({"avx2", "avx512f", "avx512bw"}, "torch-int8-onednn")):
         monkeypatch.setattr(EC, "cpu_flags", lambda f=frozenset(flags): f)
-        assert EC.choose_engine(DEFAULT, cfg) == "torch-int8"
+        assert EC.choose_engine(DEFAULT, cfg) == want, flags
+        assert EC.choose_engine(resolve_model_dir("he-student"), read_model_config(resolve_model_dir("he-student"))) \
+            == "torch-fp32"
+    monkeypatch.setattr(EC.platform, "system", lambda: "Windows")
+    assert EC.choose_engine(DEFAULT, cfg) == "torch-int8"
     monkeypatch.setattr(EC.platform, "machine", lambda: "aarch64")       # no x86 INT8 engine in PyTorch
     assert EC.choose_engine(DEFAULT, cfg) == "onnx-int8"
     monkeypatch.setattr(EC, "onnxruntime_available", lambda: False)
@@ -83,12 +90,6 @@ def test_engine_that_cannot_run_is_one_line(monkeypatch):
     monkeypatch.setattr(EC, "onnxruntime_available", lambda: False)
     with pytest.raises(InputError, match=r"onnxruntime is not installed \(pip install 'wsi-nuc\[onnx\]'\)"):
         EC.resolve_engine("onnx-int8", DEFAULT, read_model_config(DEFAULT), "cpu")
-
-
-def test_cli_engine_names():
-    from wsi_nuc.cli import _ENGINES
-
-    assert _ENGINES == EC.CHOICES
 
 
 def test_cli_refuses_an_engine_before_any_cluster(slides, tmp_path, capsys):
@@ -152,3 +153,48 @@ def test_cmu_nuclei_of_every_engine(slides, tmp_path, client):
     assert f1("auto", "torch-int8") >= 0.99
     assert f1("torch-fp32", "onnx-fp32") >= 0.99
     assert f1("torch-int8", "onnx-int8") >= 0.98
+
+
+FORCED = r"""
+import sys, numpy as np, torch
+from wsi_nuc.instances import InstanceParams
+from wsi_nuc.predict import get_predictor
+from wsi_nuc.segment import segment_maps, tiled_maps
+from wsi_nuc.stainnorm import lab_stats
+img = np.load(sys.argv[1])
+p = get_predictor("he-student-int8", "cpu", engine=sys.argv[2])
+lab = segment_maps(tiled_maps(img, p, tile=512, halo=64, stain=lab_stats(img)),
+                   InstanceParams.from_dict(p.config["postprocess"]))
+np.save(sys.argv[3], lab)
+print(torch.backends.cpu.get_cpu_capability())
+"""
+
+
+def test_avx2_kernels_find_the_same_nuclei(slides, tmp_path):
+    """An AVX2-only CPU's INT8 paths (oneDNN at AVX2, which auto picks there, and fbgemm at AVX2, PyTorch's own
+    pick there), forced on this machine: the same nuclei as the native default (F1 >= 0.99 at IoU 0.5)."""
+    import os
+    import subprocess
+    import sys
+
+    from wsi_nuc.instances import InstanceParams
+    from wsi_nuc.metrics import f1_at
+    from wsi_nuc.predict import get_predictor
+    from wsi_nuc.segment import segment_maps, tiled_maps
+    from wsi_nuc.stainnorm import lab_stats
+
+    img = _cmu_window(slides, 1024)
+    np.save(tmp_path / "img.npy", img)
+    p = get_predictor("he-student-int8", "cpu", engine="torch-int8")
+    ref = segment_maps(tiled_maps(img, p, tile=512, halo=64, stain=lab_stats(img)),
+                       InstanceParams.from_dict(p.config["postprocess"]))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", DNNL_MAX_CPU_ISA="AVX2", FBGEMM_ENABLE_INSTRUCTIONS="AVX2")
+    for engine in ("torch-int8-onednn", "torch-int8-fbgemm"):
+        out = tmp_path / f"{engine}.npy"
+        r = subprocess.run([sys.executable, "-c", FORCED, str(tmp_path / "img.npy"), engine, str(out)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        if "avx512" in EC.cpu_flags():
+            assert r.stdout.strip().splitlines()[-1] == "AVX2"
+        f1 = f1_at(ref.astype(np.int64), np.load(out).astype(np.int64), 0.5)
+        assert f1 >= 0.99, (engine, f1)

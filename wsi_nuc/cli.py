@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .errors import InputError, one_line
+from .model.engine_choice import CHOICES as _ENGINES
 
 
 def _train(a) -> int:
@@ -50,7 +51,6 @@ def _calibrate(a) -> int:
     return 0
 
 
-_ENGINES = ("auto", "torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
 
 
 def _settings(a):

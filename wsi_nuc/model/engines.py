@@ -130,6 +130,9 @@ def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device):
     if engine in QENGINES:
         from .int8 import load_int8
 
+        if QENGINES[engine] not in torch.backends.quantized.supported_engines:
+            raise InputError(f"--engine {engine}: this PyTorch build has no {QENGINES[engine]} quantized engine "
+                             f"(it has {', '.join(torch.backends.quantized.supported_engines)})")
         return load_int8(model_dir, device, QENGINES[engine])
     if engine == "torch-fp32":
         if device.type != "cpu":
