@@ -149,3 +149,41 @@ def test_mobile_student_from_mobile_teacher_with_types(shared, tmp_path):
     t_state = teacher.encoder.state_dict()
     moved = sum(not torch.allclose(v, t_state[k]) for k, v in net.encoder.state_dict().items())
     assert moved > 0                       # the copied encoder was trained on
+
+
+def test_type_branch_on_frozen_trunk_leaves_the_nuclei_alone(shared, tmp_path):
+    """``trainable: type_branch``: two steps train the type branch only; the trunk (weights and BatchNorm
+    statistics) and so every instance output stay those of the model it started from, and its config keeps
+    that model's post-processing and scale rule."""
+    from wsi_nuc.dataset import list_stems, load_sample
+
+    torch.manual_seed(0)
+    trunk_cfg = NetConfig(base=4, depth=4, max_channels=8)
+    trunk = UNet(trunk_cfg)
+    post = {"fg_threshold": 0.45, "min_confidence": 0.55}
+    save_model(trunk, tmp_path / "trunk", {"name": "trunk", "mpp": 0.5, "norm": {"mean": 0.5, "std": 0.25},
+                                            "postprocess": post, "nucleus_area_um2": 19.5})
+    typed = UNet(NetConfig(base=4, depth=4, max_channels=8, types=("a", "b", "c", "d")))
+    save_model(typed, tmp_path / "types", {"name": "tt", "mpp": 0.5, "norm": {"mean": 0.5, "std": 0.25},
+                                            "types": ["a", "b", "c", "d"]})
+    cfg = yaml.safe_load((REPO / "configs" / "he-types-v04.yaml").read_text())
+    cfg["teacher"] = str(tmp_path / "trunk")
+    cfg["data"]["roots"] = [{"path": str(dataset_view(shared, tmp_path / "data")), "weight": 1},
+                            {"path": str(shared / "data" / "consep-train"), "weight": 1}]
+    cfg["data"].pop("stain_target")
+    cfg["model"] = {"base": 4, "depth": 4, "max_channels": 8, "types": ["a", "b", "c", "d"], "type_branch": 4}
+    cfg["train"].update(steps=2, batch=2, crop=128, val_every=100, snapshot_every=1000, warmup=1, threads=1)
+    cfg["distill"].update(init_student_from=str(tmp_path / "trunk"), type_teacher=str(tmp_path / "types"))
+    model_dir = distill(cfg, tmp_path / "run", log=lambda m: None)
+    net, mcfg = load_model(model_dir)
+    assert mcfg["postprocess"] == post and mcfg["nucleus_area_um2"] == 19.5
+    before, after = trunk.state_dict(), net.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())      # BN running stats included
+    fresh = UNet(net.cfg).state_dict()
+    assert any(not torch.equal(v, fresh[k]) for k, v in after.items() if k.startswith("type_branch."))
+    root = shared / "data" / "consep-train"
+    img = load_sample(root, list_stems(root, "val")[0], with_labels=False).image[:128, :128]
+    x = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        out, ref = net.eval()(x), trunk.eval()(x)
+    assert out.shape[1] == 6 + 5 and torch.equal(out[:, :6], ref)

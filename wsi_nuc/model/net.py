@@ -127,8 +127,8 @@ class UNet(nn.Module):
         self.type_branch = None
         self.trunk_frozen = False   # training only the type branch: the trunk's BatchNorm stays in eval
         if cfg.head_channels < cfg.out_channels:
-            if cfg.depth < 3:
-                raise ValueError("a type branch needs depth >= 3")
+            if cfg.depth < 4:
+                raise ValueError("a type branch needs depth >= 4 (decoder features at 1/4 and 1/2)")
             self.type_branch = TypeBranch(ch[2], ch[1], cfg.type_branch, len(cfg.types) + 1)
         with torch.no_grad():  # sparse heads start near their prior (CenterNet-style bias init)
             for name, b in (("boundary", -2.0), ("centre", -4.0)):
