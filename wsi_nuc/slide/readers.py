@@ -38,7 +38,10 @@ def _to_rgb8(a: np.ndarray) -> np.ndarray:
                 f = f * 255
             a = np.clip(np.nan_to_num(f), 0, 255).round().astype(np.uint8)
     c = a.shape[2]
-    if c in (2, 4):  # gray+alpha or RGBA
+    if c in (2, 4) and a[:, :, -1].min() == 255:  # opaque (inside a slide, always): the alpha goes
+        a = a[:, :, :-1]
+        c -= 1
+    elif c in (2, 4):  # gray+alpha or RGBA
         alpha = a[:, :, -1:].astype(np.uint16)
         col = a[:, :, :-1].astype(np.uint16)
         col = (col * alpha + 255 * (255 - alpha) + 127) // 255
