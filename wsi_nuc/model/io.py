@@ -78,7 +78,9 @@ def expected_shapes(arch: dict, quantized: bool = False) -> dict:
     cin, heads = int(arch.get("in_channels", 3)), len(arch.get("heads", ("fg", "boundary", "dist", "hv_x",
                                                                          "hv_y", "centre")))
     types = arch.get("types") or ()
-    heads += len(types) + 1 if types else 0          # a type head: one logit per type plus "no type"
+    branch = int(arch.get("type_branch", 0)) if types else 0
+    n_types = len(types) + 1 if types else 0          # one logit per type plus "no type"
+    heads += 0 if branch else n_types                 # the 1x1 head gives them unless a type branch does
     if base < 1 or depth < 1 or maxc < 1 or cin < 1 or heads < 1:
         raise ValueError("non-positive sizes")
     ch = [min(base * 2 ** i, maxc) for i in range(depth)]
@@ -104,6 +106,20 @@ def expected_shapes(arch: dict, quantized: bool = False) -> dict:
     pre = "net." if quantized else ""
     out[f"{pre}head.weight"] = (heads, ch[0], 1, 1)
     out[f"{pre}head.bias"] = (heads,)
+    if branch:
+        if depth < 4:
+            raise ValueError("a type branch needs depth >= 4")
+        for name, c_in, k in (("quarter.0", ch[2], 3), ("quarter.1", branch, 3), ("join", branch + ch[1], 1)):
+            if quantized:
+                out[f"net.type_branch.{name}.0.0.weight"] = (branch, c_in, k, k)
+                out[f"net.type_branch.{name}.0.0.bias"] = (branch,)
+                continue
+            out[f"type_branch.{name}.0.weight"] = (branch, c_in, k, k)
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                out[f"type_branch.{name}.1.{p}"] = (branch,)
+            out[f"type_branch.{name}.1.num_batches_tracked"] = ()
+        out[f"{pre}type_branch.logits.weight"] = (n_types, branch, 1, 1)
+        out[f"{pre}type_branch.logits.bias"] = (n_types,)
     return out
 
 
