@@ -36,8 +36,8 @@ def _distill(a) -> int:
 def _quantize(a) -> int:
     from .train.quantize import quantize_model
 
-    out = quantize_model(a.model, a.dataset, a.out, n_crops=a.crops, batch=a.batch,
-                         reduce_range=not a.full_range, log=lambda m: print(m, flush=True))
+    out = quantize_model(a.model, a.dataset, a.out, n_crops=a.crops, batch=a.batch, reduce_range=not a.full_range,
+                         observers_from=a.observers_from, log=lambda m: print(m, flush=True))
     print(f"INT8 model written to {out}")
     return 0
 
@@ -318,6 +318,7 @@ def _add_training(sub) -> None:
     q.add_argument("--batch", type=_positive_int, default=8, help="calibration batch (default 8)")
     q.add_argument("--full-range", action="store_true",
                    help="8-bit activations (needs AVX512-VNNI or newer CPUs; default 7-bit reduce_range)")
+    q.add_argument("--observers-from", metavar="INT8", help="keep this INT8 model's observers where the graphs agree")
     q.set_defaults(func=_quantize)
 
     c = sub.add_parser("calibrate", help="fit Local Temperature Scaling of the fg head, stored in the model")

@@ -64,6 +64,16 @@ def qconfig_mapping(reduce_range: bool = True):
     return QConfigMapping().set_global(qc)
 
 
+def _mapping_for(net: nn.Module, reduce_range: bool):
+    """The global qconfig; with a type branch, the last concatenation (instance maps + type logits) stays in
+    float: a quantised one would requantise the instance maps to a scale shared with the type logits, so the
+    trunk's outputs would no longer be those of the same network without the branch."""
+    mapping = qconfig_mapping(reduce_range)
+    if getattr(net, "type_branch", None) is not None:
+        mapping.set_module_name_object_type_order("net", torch.cat, net.cfg.depth - 1, None)
+    return mapping
+
+
 def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
     """The observed (prepared) FX graph of an fp32 net, BN folded."""
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -79,7 +89,7 @@ def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return prepare_fx(_Plain(net.eval()), qconfig_mapping(reduce_range), example)
+            return prepare_fx(_Plain(net.eval()), _mapping_for(net, reduce_range), example)
     finally:
         fx_config.do_not_emit_stack_traces = keep
 

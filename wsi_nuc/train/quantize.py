@@ -55,16 +55,50 @@ def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: i
 
 @torch.no_grad()
 def quantize_net(net: nn.Module, crops: np.ndarray, batch: int = 8, norm: dict | None = None,
-                 reduce_range: bool = True) -> tuple[dict, Int8UNet]:
-    """Calibrate on crops (n, H, W, 3) uint8; returns (prepared-graph state: folded weights + observer
-    state, int8 model)."""
+                 reduce_range: bool = True, observers_from=None) -> tuple[dict, Int8UNet]:
+    """Calibrate on crops (n, H, W, 3) uint8 (then :func:`adopt_observers` from ``observers_from``);
+    returns (prepared-graph state: folded weights + observer state, int8 model)."""
     norm = norm or {"mean": 0.5, "std": 0.25}
     prepared = prepare(net, reduce_range)
     for i in range(0, len(crops), int(batch)):
         prepared(to_input(crops[i:i + batch], norm))
+    if observers_from:
+        adopt_observers(prepared, observers_from)
     # convert_fx may reuse the prepared modules: snapshot the state to save first
     state = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
     return state, convert(prepared, net.cfg, net.stride)
+
+
+def _observed(prepared) -> dict[str, str]:
+    """{name of the node an activation observer watches: the observer's module name} of a prepared graph."""
+    return {node.args[0].name: node.target for node in prepared.graph.nodes
+            if node.op == "call_module" and "activation_post_process" in str(node.target)}
+
+
+def adopt_observers(prepared: nn.Module, source) -> int:
+    """Copy the activation observers of the INT8 model folder ``source`` into ``prepared`` wherever both
+    graphs observe a node of the same name with the same weights around it (a type branch added to a trunk
+    quantised before: the trunk's activations keep that model's scales, so its INT8 outputs stay bit for bit
+    those of ``source``). Returns how many observers were copied; raises if shared weights differ."""
+    from safetensors.torch import load_file
+
+    from ..model.folders import read_model_config, resolve_model_dir
+    from ..model.net import build_net
+
+    src_dir = resolve_model_dir(source)
+    src_cfg = read_model_config(src_dir)
+    src = prepare(build_net(src_cfg["arch"]), (src_cfg.get("quantization") or {}).get("reduce_range", True))
+    src.load_state_dict(load_file(str(src_dir / "model.safetensors")), strict=False)
+    mine, theirs = prepared.state_dict(), src.state_dict()
+    shared = [k for k in theirs if "activation_post_process" not in k and k in mine]
+    if not shared or any(not torch.equal(mine[k], theirs[k]) for k in shared):
+        raise InputError(f"{src_dir}: its weights are not this model's (cannot adopt its observers)")
+    src_obs, n = _observed(src), 0
+    for node_name, target in _observed(prepared).items():
+        if node_name in src_obs:
+            prepared.get_submodule(target).load_state_dict(src.get_submodule(src_obs[node_name]).state_dict())
+            n += 1
+    return n
 
 
 @torch.no_grad()
@@ -103,7 +137,8 @@ def time_forward(net, x, iters: int = 3) -> float:
 
 
 def quantize_model(model_dir, dataset_cfg, out_dir, n_crops: int = 80, batch: int = 8, crop: int = 256,
-                   seed: int = 0, reduce_range: bool = True, bench: bool = True, log=print) -> Path:
+                   seed: int = 0, reduce_range: bool = True, bench: bool = True, log=print,
+                   observers_from=None) -> Path:
     """Quantise a model folder to INT8, calibrated on ``n_crops`` train crops at batch ``batch``.
 
     ``dataset_cfg``: a dataset folder or a config ``data`` mapping (``roots``). The check (fp32 vs int8 on
@@ -114,13 +149,14 @@ def quantize_model(model_dir, dataset_cfg, out_dir, n_crops: int = 80, batch: in
     net, cfg = load_model(model_dir, "cpu")
     norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
     crops = calibration_crops(dataset_cfg, cfg.get("mpp"), n_crops, crop, seed, cfg.get("stain_norm"))
-    state, qnet = quantize_net(net, crops, batch, norm, reduce_range)
+    state, qnet = quantize_net(net, crops, batch, norm, reduce_range, observers_from)
     check_x = to_input(calibration_crops(dataset_cfg, cfg.get("mpp"), 4, crop, seed + 1,
                                           cfg.get("stain_norm")), norm)
     info = {"backend": BACKEND, "mode": "fx static", "weights": "int8 per-channel symmetric",
             "activations": "quint8 HistogramObserver" + (" (reduce_range)" if reduce_range else ""),
             "reduce_range": bool(reduce_range), "calibration_crops": int(n_crops), "batch": int(batch),
-            "crop": int(crop), "seed": int(seed), "source": str(cfg.get("path")), "torch": torch.__version__}
+            "crop": int(crop), "seed": int(seed), "source": str(cfg.get("path")), "torch": torch.__version__,
+            **({"observers_from": str(observers_from)} if observers_from else {})}
     info["check"] = compare(net, qnet, check_x)
     out = save_int8(state, cfg, out_dir, info)
     reloaded = load_int8(out)
