@@ -65,3 +65,30 @@ def test_int8_from_safetensors_matches_fp32(shared, tmp_path):
     assert q1.stride == 4
     with pytest.raises(Exception):
         load_int8(src)                                        # not an INT8 folder
+
+
+def test_type_branch_int8_keeps_the_trunks_outputs(shared, tmp_path):
+    """A type branch on the shipped default's trunk, quantised with ``observers_from`` the default: the six
+    instance maps of the INT8 graph are bit for bit the default's (the last concatenation stays in float and
+    the trunk keeps its activation scales), so the nuclei are the default's; the branch's logits follow."""
+    from wsi_nuc.train.distill import warm_start
+
+    torch.set_num_threads(1)
+    root = dataset(shared)
+    torch.manual_seed(0)
+    net = UNet(NetConfig(base=16, depth=4, max_channels=96, types=("a", "b", "c", "d"), type_branch=8))
+    warm_start(net, "he-student")
+    _, meta = load_model("he-student")
+    src = save_model(net.eval(), tmp_path / "fp32", {k: meta[k] for k in ("name", "mpp", "norm", "stain_norm")}
+                     | {"types": ["a", "b", "c", "d"]})
+    out = quantize_model(src, str(root), tmp_path / "int8", n_crops=8, batch=4, crop=64, bench=False, log=None,
+                         observers_from="he-student-int8")
+    assert json.loads((out / "config.json").read_text())["quantization"]["observers_from"] == "he-student-int8"
+    x = torch.from_numpy(calibration_crops(str(root), 0.5, 2, 128, seed=5).astype(np.float32))
+    x = (x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
+    with torch.no_grad():
+        typed, plain = load_int8(out)(x), load_int8("he-student-int8")(x)
+    assert typed.shape[1] == 6 + 5 and torch.equal(typed[:, :6], plain)
+    with pytest.raises(Exception, match="not this model's"):
+        quantize_model(small_model(tmp_path, root), str(root), tmp_path / "bad", n_crops=4, batch=4, crop=64,
+                       bench=False, log=None, observers_from="he-student-int8")

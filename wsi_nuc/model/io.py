@@ -109,7 +109,8 @@ def expected_shapes(arch: dict, quantized: bool = False) -> dict:
     if branch:
         if depth < 4:
             raise ValueError("a type branch needs depth >= 4")
-        for name, c_in, k in (("quarter.0", ch[2], 3), ("quarter.1", branch, 3), ("join", branch + ch[1], 1)):
+        for name, c_in, k in (("deep", ch[-1], 3), ("quarter.0", branch + ch[2], 3), ("quarter.1", branch, 3),
+                              ("join", branch + ch[1], 1)):
             if quantized:
                 out[f"net.type_branch.{name}.0.0.weight"] = (branch, c_in, k, k)
                 out[f"net.type_branch.{name}.0.0.bias"] = (branch,)

@@ -9,9 +9,10 @@ Heads (channels of the output tensor, in this order):
 - ``centre``   logit of a small Gaussian blob at each nucleus centroid
 
 A typed net appends ``len(types) + 1`` type logits (background first). Either the 1x1 head gives them
-(``type_branch: 0``, v0.3.1), or a light **type branch** (``type_branch: C``): two 3x3 convs of C channels on
-the decoder's quarter-resolution features, joined with its half-resolution features by a 1x1 conv, then
-1x1 to the logits at half resolution, upsampled. The branch reads the trunk and never writes to it, so a
+(``type_branch: 0``, v0.3.1), or a light **type branch** (``type_branch: C``): a 3x3 conv of C channels on the
+encoder's deepest features, upsampled and joined with the decoder's quarter-resolution features by two 3x3
+convs, upsampled and joined with its half-resolution features by a 1x1 conv, then 1x1 to the logits at half
+resolution, upsampled. The branch reads the trunk and never writes to it, so a
 branch trained on a frozen trunk leaves the instance outputs bit for bit those of the trunk it was given.
 
 BatchNorm is used (not GroupNorm): batch 8 of 256-px crops gives stable statistics, and BatchNorm folds
@@ -91,16 +92,20 @@ def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class TypeBranch(nn.Module):
-    """Type logits at half resolution from the decoder's quarter- and half-resolution features."""
+    """Type logits at half resolution: the encoder's deepest features (the widest context) up to the decoder's
+    quarter-resolution features, then its half-resolution ones."""
 
-    def __init__(self, quarter: int, half: int, c: int, n_out: int):
+    def __init__(self, deep: int, quarter: int, half: int, c: int, n_out: int):
         super().__init__()
-        self.quarter = nn.Sequential(_conv_bn(quarter, c, 3), _conv_bn(c, c, 3))
+        self.deep = _conv_bn(deep, c, 3)
+        self.quarter = nn.Sequential(_conv_bn(c + quarter, c, 3), _conv_bn(c, c, 3))
         self.join = _conv_bn(c + half, c, 1)
         self.logits = nn.Conv2d(c, n_out, 1)
 
-    def forward(self, f_quarter: torch.Tensor, f_half: torch.Tensor) -> torch.Tensor:
-        q = F.interpolate(self.quarter(f_quarter), size=f_half.shape[-2:], mode="bilinear", align_corners=False)
+    def forward(self, f_deep: torch.Tensor, f_quarter: torch.Tensor, f_half: torch.Tensor) -> torch.Tensor:
+        d = F.interpolate(self.deep(f_deep), size=f_quarter.shape[-2:], mode="bilinear", align_corners=False)
+        q = self.quarter(torch.cat([d, f_quarter], dim=1))
+        q = F.interpolate(q, size=f_half.shape[-2:], mode="bilinear", align_corners=False)
         return self.logits(self.join(torch.cat([q, f_half], dim=1)))
 
 
@@ -129,7 +134,7 @@ class UNet(nn.Module):
         if cfg.head_channels < cfg.out_channels:
             if cfg.depth < 4:
                 raise ValueError("a type branch needs depth >= 4 (decoder features at 1/4 and 1/2)")
-            self.type_branch = TypeBranch(ch[2], ch[1], cfg.type_branch, len(cfg.types) + 1)
+            self.type_branch = TypeBranch(ch[-1], ch[2], ch[1], cfg.type_branch, len(cfg.types) + 1)
         with torch.no_grad():  # sparse heads start near their prior (CenterNet-style bias init)
             for name, b in (("boundary", -2.0), ("centre", -4.0)):
                 if name in cfg.heads:
@@ -154,7 +159,7 @@ class UNet(nn.Module):
             feats.append(x)
         out = self.head(x)
         if self.type_branch is not None:
-            t = self.type_branch(feats[-3], feats[-2])
+            t = self.type_branch(skips[-1], feats[-3], feats[-2])
             t = F.interpolate(t, size=x.shape[-2:], mode="bilinear", align_corners=False)
             out = torch.cat([out, t], dim=1)
         return (out, feats) if return_features else out
@@ -195,7 +200,8 @@ def macs_per_pixel(cfg: NetConfig) -> float:
     total += ch[0] * cfg.head_channels
     if cfg.head_channels < cfg.out_channels:   # the type branch (convs at 1/4 and 1/2 resolution)
         c = cfg.type_branch
-        total += 9 * (ch[2] * c + c * c) / 16 + ((c + ch[1]) * c + c * (len(cfg.types) + 1)) / 4
+        total += 9 * ch[-1] * c / 4 ** (cfg.depth - 1) + 9 * ((c + ch[2]) * c + c * c) / 16
+        total += ((c + ch[1]) * c + c * (len(cfg.types) + 1)) / 4
     return total
 
 
