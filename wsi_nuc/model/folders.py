@@ -11,10 +11,11 @@ from pathlib import Path
 from ..errors import InputError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
-# The default is the best accuracy per CPU-second (see the README's model table): the INT8 student on a
-# CPU (val a-AJI within 0.01 of the teacher's at about a fifth of its network cost); on a CUDA device the
-# fp32 teacher (with fp16 autocast), since INT8 kernels are CPU kernels and the GPU makes its cost small.
-DEFAULT_MODEL = "he-student-int8"
+# The default is the best accuracy per CPU-second (see the README's model table): on a CPU the INT8 student
+# with its nucleus-type branch (he-types-int8 v0.4: he-student-int8 v0.2's nuclei bit for bit, plus types);
+# on a CUDA device the fp32 teacher (with fp16 autocast, no types), since INT8 kernels are CPU kernels and
+# the GPU makes its cost small.
+DEFAULT_MODEL = "he-types-int8"
 CUDA_DEFAULT_MODEL = "he-teacher"
 
 
