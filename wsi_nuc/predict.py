@@ -9,12 +9,13 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .model.heads import HEADS
 from .model.inputs import to_input
 from .model.io import read_model_config, resolve_model_dir
 from .refine import RefineParams, calibrated_fg, load_lts, refine_maps
 
 # Output channels of ``Predictor.maps`` (after the activations).
-MAP_CHANNELS = ("fg", "boundary", "dist", "hv_x", "hv_y", "centre")
+MAP_CHANNELS = HEADS  # the instance heads (wsi_nuc.model.heads owns their names and order)
 N_MAPS = len(MAP_CHANNELS)  # a type head's softmax (background + K types) follows these
 _HV_X, _HV_Y = MAP_CHANNELS.index("hv_x"), MAP_CHANNELS.index("hv_y")
 

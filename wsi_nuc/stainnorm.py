@@ -56,6 +56,9 @@ class LabStats:
             return None
         if d.get("method", "reinhard-lab") != "reinhard-lab":
             raise ValueError(f"unknown stain normalisation method {d.get('method')!r}")
+        unknown = set(d) - {"method", "mean", "std"}
+        if unknown:
+            raise ValueError(f"unknown stain normalisation keys {sorted(unknown)} (known: method, mean, std)")
         return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
 
 

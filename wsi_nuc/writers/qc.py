@@ -43,22 +43,18 @@ _CMAP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 
                   [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
 
 
-def _colormap_exact(v: np.ndarray) -> np.ndarray:
-    v = np.clip(np.nan_to_num(np.asarray(v, np.float64)), 0.0, 1.0) * (len(_CMAP) - 1)
+def _ramp(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0.0, 1.0) * (len(_CMAP) - 1)
     i = np.minimum(np.floor(v).astype(int), len(_CMAP) - 2)
-    t = (v - i)[..., None]
-    return np.round(_CMAP[i] * (1 - t) + _CMAP[i + 1] * t).astype(np.uint8)
+    return np.round(_CMAP[i] * (1 - (v - i)[..., None]) + _CMAP[i + 1] * (v - i)[..., None]).astype(np.uint8)
 
 
-_LUT_LEVELS = 4096
-_LUT = _colormap_exact(np.linspace(0.0, 1.0, _LUT_LEVELS))
+_LUT = _ramp(np.linspace(0.0, 1.0, 4096))
 
 
 def colormap(v: np.ndarray) -> np.ndarray:
-    """Map values in 0..1 to uint8 RGB (piecewise-linear through the anchors), through a 4096-step table:
-    within one grey level of the exact ramp, ten times faster on a whole thumbnail."""
-    v = np.clip(np.nan_to_num(np.asarray(v, np.float32)), 0.0, 1.0)
-    return _LUT[np.rint(v * (_LUT_LEVELS - 1)).astype(np.intp)]
+    """Map values in 0..1 to uint8 RGB (piecewise-linear through the anchors; a 4096-step table)."""
+    return _LUT[np.rint(np.clip(np.nan_to_num(np.asarray(v, np.float32)), 0.0, 1.0) * 4095).astype(np.intp)]
 
 
 def _font():
