@@ -1,10 +1,11 @@
 """End-to-end `wsi-nuc run` timings of several models on one slide, in one benchmark run.
 
-    python benchmarks/bench_e2e.py SLIDE --models default he-teacher [--out DIR] [--json FILE]
+    python benchmarks/bench_e2e.py SLIDE --models default he-teacher [--rounds N] [--json FILE]
 
 Each model runs the full pipeline (LocalCluster, default settings) through benchmarks/peak_rss.py, so
 the wall time includes cluster start-up, tissue detection, stitching and writing. Mpx/s is tissue area at
-the working resolution (0.5 µm/px) per wall-clock second.
+the working resolution (0.5 µm/px) per wall-clock second. ``--rounds N`` runs the models N times,
+interleaved (model order alternating), and prints each model's median wall time.
 """
 from __future__ import annotations
 
@@ -45,19 +46,30 @@ def main():
     ap.add_argument("slide")
     ap.add_argument("--models", nargs="+", default=["default", "he-teacher"])
     ap.add_argument("--json")
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `wsi-nuc run` flags")
     a = ap.parse_args()
+    import statistics
+
+    import torch
+
     rows = []
-    for m in a.models:
-        with tempfile.TemporaryDirectory() as d:
-            r = run_one(a.slide, m, Path(d), a.extra)
-        rows.append(r)
-        print(f"{m:<18} ({r['resolved']}) wall {r['wall_s']:.1f} s  {r['tissue_mpx_per_s']:.2f} Mpx/s tissue  "
-              f"peak RSS {r['peak_rss_gib']:.2f} GiB  nuclei {r['nuclei']}", flush=True)
-    base = next((r for r in rows if r["model"] == "he-teacher"), None)
-    if base:
-        for r in rows:
-            print(f"speed-up of {r['model']} over he-teacher: {base['wall_s'] / r['wall_s']:.2f}x")
+    for k in range(a.rounds):
+        for m in (a.models if k % 2 == 0 else a.models[::-1]):
+            with tempfile.TemporaryDirectory() as d:
+                r = run_one(a.slide, m, Path(d), a.extra)
+            r["round"] = k
+            rows.append(r)
+            print(f"{m:<18} ({r['resolved']}) wall {r['wall_s']:.1f} s  {r['tissue_mpx_per_s']:.2f} Mpx/s tissue  "
+                  f"peak RSS {r['peak_rss_gib']:.2f} GiB  nuclei {r['nuclei']}", flush=True)
+    med = {m: statistics.median(r["wall_s"] for r in rows if r["model"] == m) for m in a.models}
+    print("median wall: " + ", ".join(f"{m} {v:.2f} s" for m, v in med.items()) +
+          f"  (CPU capability {torch.backends.cpu.get_cpu_capability()})")
+    rows = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": a.rounds,
+            "median_wall_s": med, "runs": rows}
+    if "he-teacher" in med:
+        for m, v in med.items():
+            print(f"speed-up of {m} over he-teacher: {med['he-teacher'] / v:.2f}x")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -166,7 +166,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
 
     from ..model.engines import folded_fp32
     from ..model.io import read_model_config, resolve_model_dir
-    from .quantize import _to_input, calibration_crops
+    from ..model.inputs import to_input
+    from .quantize import calibration_crops
 
     model_dir = resolve_model_dir(model_dir)
     cfg = read_model_config(model_dir)
@@ -177,8 +178,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
     net = folded_fp32(model_dir, cfg)
     crops = calibration_crops(dataset, cfg.get("mpp"), n_crops, crop, seed, cfg.get("stain_norm"))
-    x = _to_input(crops, norm).numpy()
-    check_x = _to_input(calibration_crops(dataset, cfg.get("mpp"), 4, crop, seed + 1, cfg.get("stain_norm")),
+    x = to_input(crops, norm).numpy()
+    check_x = to_input(calibration_crops(dataset, cfg.get("mpp"), 4, crop, seed + 1, cfg.get("stain_norm")),
                         norm).numpy()
     f32 = export_fp32(net, model_dir / "model.onnx")
     overrides = torch_int8_overrides(model_dir, f32) if qparams == "torch" else None
