@@ -76,7 +76,7 @@ def test_shipped_model_keeps_six_maps_and_no_types(consep):
     from wsi_nuc.predict import get_predictor
     from wsi_nuc.segment import segment_image, segment_image_typed
 
-    pr = get_predictor(None, "cpu")
+    pr = get_predictor("he-student-int8", "cpu")    # v0.2: six maps, no types (the default has types)
     assert pr.types == ()
     s = load_sample(consep, STEMS[0])
     assert pr.maps(s.image[None, :64, :64]).shape == (1, 6, 64, 64)
@@ -148,7 +148,8 @@ def test_eval_reports_types_and_writes_class_maps(tiny_model, tiny_dataset, tmp_
 
 def test_eval_without_types_reports_detection_only(tiny_dataset, tmp_path, capsys):
     pred = tmp_path / "pred"
-    assert main(["eval", str(tiny_dataset), "--device", "cpu", "--json", "--save-predictions", str(pred)]) == 0
+    assert main(["eval", str(tiny_dataset), "--device", "cpu", "--json", "--save-predictions", str(pred),
+                 "--model", "he-student-int8"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 < res["f_d"] <= 1
     assert not any(k.startswith("f_c_") for k in res) and "type_confusion" not in res
