@@ -320,7 +320,6 @@ def test_full_disk(inputs, tmp_path, scheduler):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-@pytest.mark.slow  # session 5: fails in the full default run on a loaded 2-core machine, passes alone and by file; to be understood (see the closing note)
 def test_ctrl_c_then_planted_pickle_is_not_run(inputs, tmp_path, scheduler):
     """Ctrl-C (to the whole process group, as a terminal sends it) while tiles are being spooled: one line,
     exit 130, no worker tracebacks, the spool kept. Then a pickle that would run a command, a damaged
