@@ -71,6 +71,7 @@ def test_type_branch_int8_keeps_the_trunks_outputs(shared, tmp_path):
     """A type branch on the shipped default's trunk, quantised with ``observers_from`` the default: the six
     instance maps of the INT8 graph are bit for bit the default's (the last concatenation stays in float and
     the trunk keeps its activation scales), so the nuclei are the default's; the branch's logits follow."""
+    from wsi_nuc.model.io import resolve_model_dir
     from wsi_nuc.train.distill import warm_start
 
     torch.set_num_threads(1)
@@ -83,7 +84,11 @@ def test_type_branch_int8_keeps_the_trunks_outputs(shared, tmp_path):
                      | {"types": ["a", "b", "c", "d"]})
     out = quantize_model(src, str(root), tmp_path / "int8", n_crops=8, batch=4, crop=64, bench=False, log=None,
                          observers_from="he-student-int8")
-    assert json.loads((out / "config.json").read_text())["quantization"]["observers_from"] == "he-student-int8"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization"]["observers_from"] == "he-student-int8"
+    src_cal = json.loads((resolve_model_dir("he-student-int8") / "config.json").read_text())["calibration"]
+    assert cfg["calibration"]["ece_after"] == src_cal["ece_after"]   # v0.2's LTS carried over, same logits
+    assert (out / "lts.safetensors").read_bytes() == (resolve_model_dir("he-student-int8") / "lts.safetensors").read_bytes()
     x = torch.from_numpy(calibration_crops(str(root), 0.5, 2, 128, seed=5).astype(np.float32))
     x = (x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
     with torch.no_grad():

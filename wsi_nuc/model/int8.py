@@ -110,12 +110,10 @@ def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND) -> In
         return Int8UNet(convert_fx(prepared), cfg, stride, qengine).eval()
 
 
-def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND) -> Int8UNet:
-    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
+def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
+    """(prepared graph with the folder's weights and observer state, its fp32 net, config) of an INT8 folder."""
     from safetensors.torch import load_file
 
-    if torch.device(device).type != "cpu":
-        raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     model_dir = resolve_model_dir(model_dir)
     cfg = read_model_config(model_dir)
     if cfg.get("quantized") != "int8":
@@ -129,4 +127,12 @@ def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACK
         raise InputError(f"{model_dir}: INT8 state does not match the traced graph (torch "
                          f"{torch.__version__}, saved with {q.get('torch')}): missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
+    return prepared, fp32, cfg
+
+
+def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND) -> Int8UNet:
+    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
+    if torch.device(device).type != "cpu":
+        raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
+    prepared, fp32, _ = prepared_from_folder(model_dir)
     return convert(prepared, fp32.cfg, fp32.stride, qengine)

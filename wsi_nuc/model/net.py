@@ -198,7 +198,7 @@ def macs_per_pixel(cfg: NetConfig) -> float:
     for i in range(len(ch) - 2, -1, -1):
         total += 9 * ((ch[i + 1] + ch[i]) * ch[i] + ch[i] * ch[i]) / 4**i
     total += ch[0] * cfg.head_channels
-    if cfg.head_channels < cfg.out_channels:   # the type branch (convs at 1/4 and 1/2 resolution)
+    if cfg.head_channels < cfg.out_channels:   # the type branch (convs at 1/8, 1/4 and 1/2 resolution)
         c = cfg.type_branch
         total += 9 * ch[-1] * c / 4 ** (cfg.depth - 1) + 9 * ((c + ch[2]) * c + c * c) / 16
         total += ((c + ch[1]) * c + c * (len(cfg.types) + 1)) / 4

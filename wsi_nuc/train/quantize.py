@@ -80,15 +80,11 @@ def adopt_observers(prepared: nn.Module, source) -> int:
     graphs observe a node of the same name with the same weights around it (a type branch added to a trunk
     quantised before: the trunk's activations keep that model's scales, so its INT8 outputs stay bit for bit
     those of ``source``). Returns how many observers were copied; raises if shared weights differ."""
-    from safetensors.torch import load_file
-
-    from ..model.folders import read_model_config, resolve_model_dir
-    from ..model.net import build_net
+    from ..model.folders import resolve_model_dir
+    from ..model.int8 import prepared_from_folder
 
     src_dir = resolve_model_dir(source)
-    src_cfg = read_model_config(src_dir)
-    src = prepare(build_net(src_cfg["arch"]), (src_cfg.get("quantization") or {}).get("reduce_range", True))
-    src.load_state_dict(load_file(str(src_dir / "model.safetensors")), strict=False)
+    src, _, _ = prepared_from_folder(src_dir)
     mine, theirs = prepared.state_dict(), src.state_dict()
     shared = [k for k in theirs if "activation_post_process" not in k and k in mine]
     if not shared or any(not torch.equal(mine[k], theirs[k]) for k in shared):
@@ -169,6 +165,25 @@ def quantize_model(model_dir, dataset_cfg, out_dir, n_crops: int = 80, batch: in
                          "int8_s": round(time_forward(reloaded, check_x), 4)}
         info["speed"]["speedup"] = round(info["speed"]["fp32_s"] / info["speed"]["int8_s"], 3)
         save_int8(state, cfg, out_dir, info)
+    if observers_from:
+        carry_calibration(observers_from, out)
     if log:
         log(f"int8 vs fp32: {info['check']}" + (f"; speed {info['speed']}" if bench else ""))
     return out
+
+
+def carry_calibration(source, out: Path) -> None:
+    """With the observers of ``source`` adopted, the foreground logits are ``source``'s: its local temperature
+    scaling (file and ``calibration`` entry) applies unchanged, and refitting it would only add round-off."""
+    import shutil
+
+    from ..model.folders import read_model_config, resolve_model_dir
+
+    src_dir = resolve_model_dir(source)
+    cal = read_model_config(src_dir).get("calibration")
+    if not cal or not (src_dir / cal.get("file", "lts.safetensors")).is_file():
+        return
+    shutil.copyfile(src_dir / cal.get("file", "lts.safetensors"), out / cal.get("file", "lts.safetensors"))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["calibration"] = dict(cal, note=f"{src_dir.name}'s, unchanged: the calibrated logits are bit-identical")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
