@@ -133,3 +133,29 @@ def test_refine_changes_only_ambiguous_pixels(shared):
     rm = refine_maps(maps, 0.5, params)
     assert isinstance(rm, np.ndarray) and np.array_equal(rm[1:], maps[1:])
     assert np.array_equal(rm[0], out[0].numpy())
+
+
+def test_lts_weighs_each_source_the_same(shared):
+    """With ``groups``, a source's weight does not grow with its pixel count: repeating one source's images
+    fits the same head; without groups it does not."""
+    torch.set_num_threads(1)
+    a, b = real_pairs(shared, VAL[:1], 96), real_pairs(shared, VAL[1:], 96)
+    b = [(255 - (255 - rgb) // 2, lab) for rgb, lab in b]            # a paler source: other temperatures
+    logit, _ = network_logits(OverConfident(), b[0][0])
+
+    def fit(pairs, groups):          # the fitted temperature map on one image
+        with torch.no_grad():
+            return fit_lts(OverConfident(), pairs, steps=8, groups=groups).temperature(logit, None)
+
+    once = fit(a + b, ["a", "b"])
+    assert torch.allclose(fit(a * 3 + b, ["a"] * 3 + ["b"]), once, rtol=1e-3)
+    assert not torch.allclose(fit(a * 3 + b, None), once, rtol=1e-3)
+
+
+def test_dataset_spec(shared, tmp_path):
+    from wsi_nuc.train.calibrate import dataset_spec
+
+    dsb = shared / "data" / "dsb2018-stage1-train"
+    assert dataset_spec(f"{dsb}:colour_brightfield") == (dsb, "colour_brightfield")
+    assert dataset_spec(str(dsb)) == (dsb, None)
+    assert dataset_spec(str(tmp_path / "no:such")) == (tmp_path / "no:such", None)

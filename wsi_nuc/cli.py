@@ -46,7 +46,7 @@ def _calibrate(a) -> int:
     from .train.calibrate import calibrate_model
 
     cal = calibrate_model(a.model, a.dataset, a.split, use_rgb=a.rgb, steps=a.steps)
-    print(f"LTS fitted on {cal['n_images']} {a.split} images: ECE {cal['ece_before']:.4f} -> "
+    print(f"LTS fitted on {cal['n_images']} {a.split} images of {len(a.dataset)} source(s): ECE {cal['ece_before']:.4f} -> "
           f"{cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
     return 0
 
@@ -323,7 +323,8 @@ def _add_training(sub) -> None:
 
     c = sub.add_parser("calibrate", help="fit Local Temperature Scaling of the fg head, stored in the model")
     c.add_argument("model", help="shipped model name or model folder (written to)")
-    c.add_argument("--dataset", required=True, help="annotated dataset folder")
+    c.add_argument("--dataset", required=True, action="append",
+                   help="annotated dataset folder; repeat to fit on several sources, each weighing the same")
     c.add_argument("--split", choices=("val", "train", "all"), default="val")
     c.add_argument("--rgb", action="store_true", help="the temperature head also sees the RGB input")
     c.add_argument("--steps", type=_positive_int, default=30, help="L-BFGS iterations (default 30)")

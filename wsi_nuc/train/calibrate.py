@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..model.inputs import to_input
 from ..refine import LTS_FILE, LTSHead, calibrated_fg
 
@@ -51,13 +52,15 @@ def network_logits(net, rgb: np.ndarray, norm: dict | None = None, stride: int |
 
 def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_min: float = 0.05,
             steps: int = 30, norm: dict | None = None, bins: int = 15, seed: int = 0,
-            log=None) -> LTSHead:
+            log=None, groups=None) -> LTSHead:
     """Fit an LTS head on (RGB uint8 (H, W, 3), instance or binary labels (H, W)) pairs, network frozen.
 
     ``net`` maps a normalised (B, 3, H, W) input to raw outputs whose channel 0 is the fg logit; it runs
     once per image. The head (~100 parameters) then minimises the mean BCE of ``sigmoid(logit / T)`` on
-    the fg labels over all pixels with full-batch L-BFGS (``steps`` iterations, strong-Wolfe line search).
-    ``head.stats`` holds ECE and NLL before/after over the same pixels (the val split: in-sample).
+    the fg labels with full-batch L-BFGS (``steps`` iterations, strong-Wolfe line search): over all pixels,
+    or, with ``groups`` (a source name per pair), the mean over sources of each source's per-pixel mean, so
+    that no source weighs by its pixel count alone. ``head.stats`` holds ECE and NLL before/after over the
+    same pixels (the val split: in-sample).
     """
     was_training = getattr(net, "training", False)
     if hasattr(net, "eval"):
@@ -74,14 +77,22 @@ def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_mi
     torch.manual_seed(int(seed))
     head = LTSHead(use_rgb, hidden, t_min)
     n_px = sum(y.numel() for _, _, y in data)
+    groups = list(groups) if groups is not None else ["all"] * len(data)
+    if len(groups) != len(data):
+        raise ValueError("fit_lts: one group per image")
+    group_px = {g: 0 for g in groups}
+    for g, (_, _, y) in zip(groups, data):
+        group_px[g] += y.numel()
+    # each pixel's weight in the loss: 1/(its source's pixels x the number of sources)
+    px_weight = [1.0 / (group_px[g] * len(group_px)) for g in groups]
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=int(steps), history_size=20,
                             line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad(set_to_none=True)
         loss = 0.0
-        for logit, x, y in data:
-            loss = loss + F.binary_cross_entropy_with_logits(head(logit, x), y, reduction="sum") / n_px
+        for (logit, x, y), w in zip(data, px_weight):
+            loss = loss + F.binary_cross_entropy_with_logits(head(logit, x), y, reduction="sum") * w
         loss.backward()
         return loss
 
@@ -97,6 +108,7 @@ def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_mi
     head.stats = {"ece_before": expected_calibration_error(p0, y, bins),
                   "ece_after": expected_calibration_error(p1, y, bins),
                   "nll_before": nll0, "nll_after": nll1, "bins": bins, "n_images": len(data),
+                  "sources": len(group_px),
                   "n_pixels": int(n_px), "temperature_mean": float(temps.mean()),
                   "temperature_p5": float(temps.quantile(0.05)) if temps.numel() < 2**24 else None,
                   "temperature_p95": float(temps.quantile(0.95)) if temps.numel() < 2**24 else None}
@@ -119,13 +131,14 @@ def save_lts(head: LTSHead, model_dir: str | Path, extra: dict | None = None) ->
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def calibrate_model(model, dataset_dir: str | Path, split: str = "val", use_rgb: bool = False,
+def calibrate_model(model, dataset_dir, split: str = "val", use_rgb: bool = False,
                     steps: int = 30, log=None) -> dict:
-    """Fit LTS for a model folder on a dataset split and store it in the folder; returns the
-    ``"calibration"`` entry (ECE before/after ...)."""
-    from ..dataset import list_stems, load_at_mpp, read_index
+    """Fit LTS for a model folder on a dataset split (or on several datasets' splits, each source weighing
+    the same) and store it in the folder; returns the ``"calibration"`` entry (ECE before/after ...).
+
+    Images without a scale (DSB) are brought to the working scale that :func:`wsi_nuc.scale.estimate_mpp`
+    finds for them, as ``wsi-nuc eval`` segments them."""
     from ..model.io import read_model_config, resolve_model_dir
-    from ..stainnorm import normalise_to
 
     model_dir = resolve_model_dir(model)
     cfg = read_model_config(model_dir)
@@ -137,14 +150,71 @@ def calibrate_model(model, dataset_dir: str | Path, split: str = "val", use_rgb:
         from ..model.io import load_model
 
         net, cfg = load_model(model_dir, "cpu")
-    root = Path(dataset_dir)
+    specs = [str(d) for d in ([dataset_dir] if isinstance(dataset_dir, (str, Path)) else dataset_dir)]
+    pairs, groups = [], []
+    for spec in specs:
+        root, modality = dataset_spec(spec)
+        got = _pairs_at_scale(root, split, cfg, model_dir, modality)
+        if not got:
+            raise InputError(f"{spec}: no labelled images in its {split} split")
+        pairs += got
+        groups += [spec] * len(got)
+    head = fit_lts(net, pairs, use_rgb=use_rgb, steps=steps, norm=cfg.get("norm"), log=log, groups=groups)
+    where = {"dataset": specs[0]} if len(specs) == 1 else {"datasets": specs}
+    save_lts(head, model_dir, {**where, "split": split})
+    return read_model_config(model_dir)["calibration"]
+
+
+def dataset_spec(spec: str) -> tuple[Path, str | None]:
+    """``FOLDER`` or ``FOLDER:MODALITY`` (only the images of that ``dataset.json`` modality, e.g.
+    ``dsb2018-stage1-train:colour_brightfield``) -> (folder, modality or None)."""
+    head, sep, tail = str(spec).rpartition(":")
+    if sep and tail and "/" not in tail and Path(head).is_dir():
+        return Path(head), tail
+    return Path(spec), None
+
+
+def _pairs_at_scale(root: Path, split: str, cfg: dict, model_dir, modality: str | None = None) -> list:
+    """(stain-normalised RGB, labels) of a dataset split (of one modality) at the model's working scale."""
+    from ..dataset import list_stems, load_at_mpp, load_sample, read_index
+    from ..stainnorm import normalise_to
+
     meta = read_index(root)
     stems = list_stems(root, split if meta.get("split") else "all")
     pairs = []
     for stem in stems:
-        s = load_at_mpp(root, stem, cfg.get("mpp"), meta)
-        if s.labels is not None:
-            pairs.append((normalise_to(s.image, cfg.get("stain_norm")), s.labels))
-    head = fit_lts(net, pairs, use_rgb=use_rgb, steps=steps, norm=cfg.get("norm"), log=log)
-    save_lts(head, model_dir, {"dataset": str(root), "split": split})
-    return read_model_config(model_dir)["calibration"]
+        if modality and (meta.get("images", {}).get(stem) or {}).get("modality") != modality:
+            continue
+        s = load_sample(root, stem, meta)
+        if s.labels is None:
+            continue
+        mpp = s.mpp or _estimated_mpp(s.image, model_dir)
+        s = load_at_mpp(root, stem, cfg.get("mpp"), meta) if s.mpp else _rescaled(s, mpp, cfg.get("mpp"))
+        pairs.append((normalise_to(s.image, cfg.get("stain_norm")), s.labels))
+    return pairs
+
+
+def _estimated_mpp(image, model_dir) -> float | None:
+    from ..evaluate import segment_at_scale
+    from ..predict import get_predictor
+    from ..instances import InstanceParams
+
+    pred = get_predictor(str(model_dir), "cpu")
+    params = InstanceParams.from_dict(pred.config.get("postprocess") or {})
+    return segment_at_scale(image, None, pred, params, True)[1]
+
+
+def _rescaled(s, mpp, work_mpp):
+    """A sample of scale ``mpp`` (None: left as it is) resampled to ``work_mpp``."""
+    from skimage.segmentation import relabel_sequential
+
+    from ..dataset import resample_factor, resize_image, resize_labels
+
+    if not mpp or not work_mpp:
+        return s
+    f = resample_factor(mpp, work_mpp)
+    if abs(f - 1) > 1e-3:
+        shape = (max(1, round(s.image.shape[0] * f)), max(1, round(s.image.shape[1] * f)))
+        s.image = resize_image(s.image, shape)
+        s.labels = relabel_sequential(resize_labels(s.labels, shape))[0].astype(np.int32)
+    return s
