@@ -187,3 +187,37 @@ def test_type_branch_on_frozen_trunk_leaves_the_nuclei_alone(shared, tmp_path):
     with torch.no_grad():
         out, ref = net.eval()(x), trunk.eval()(x)
     assert out.shape[1] == 6 + 5 and torch.equal(out[:, :6], ref)
+
+
+def test_merge_interpolates_weights_and_refuses_mismatches(tmp_path):
+    """WiSE-FT merge of two fp32 folders: alpha 0 and 1 give the two models back, 0.5 the midpoint of every
+    float tensor (integer counters from the fine-tuned one), the LTS entry is dropped, and mismatched
+    architectures, INT8 folders and an existing output folder are refused."""
+    from safetensors.torch import load_file
+
+    from wsi_nuc.errors import InputError
+    from wsi_nuc.train.merge import merge_folders
+
+    cfg = NetConfig(base=4, depth=2, max_channels=8)
+    torch.manual_seed(0)
+    a = save_model(UNet(cfg), tmp_path / "a", {"name": "a", "mpp": 0.5, "calibration": {"method": "lts"}})
+    b = save_model(UNet(cfg), tmp_path / "b", {"name": "b", "mpp": 0.5})
+    sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for alpha in (0.0, 0.5, 1.0):
+        out = merge_folders(a, b, alpha, tmp_path / f"m{alpha}")
+        sm = load_file(str(out / "model.safetensors"))
+        for k in sa:
+            want = alpha * sa[k].float() + (1 - alpha) * sb[k].float() if sa[k].is_floating_point() else sa[k]
+            assert torch.allclose(sm[k].float(), want.float(), atol=1e-6), k
+        meta = json.loads((out / "config.json").read_text())
+        assert meta["merge"]["alpha"] == alpha and "calibration" not in meta
+    assert not torch.equal(sa["enc.0.0.weight"], sb["enc.0.0.weight"])
+    net, _ = load_model(tmp_path / "m0.5")                  # loads as a model folder
+    assert net(torch.zeros(1, 3, 16, 16)).shape[1] == 6
+    other = save_model(UNet(NetConfig(base=8, depth=2, max_channels=8)), tmp_path / "c", {"name": "c", "mpp": 0.5})
+    with pytest.raises(InputError, match="architectures"):
+        merge_folders(a, other, 0.5, tmp_path / "x")
+    with pytest.raises(InputError, match="exists"):
+        merge_folders(a, b, 0.5, tmp_path / "m0.5")
+    with pytest.raises(InputError, match="INT8"):
+        merge_folders("he-student-int8", b, 0.5, tmp_path / "y")
