@@ -97,3 +97,33 @@ def test_type_branch_int8_keeps_the_trunks_outputs(shared, tmp_path):
     with pytest.raises(Exception, match="not this model's"):
         quantize_model(small_model(tmp_path, root), str(root), tmp_path / "bad", n_crops=4, batch=4, crop=64,
                        bench=False, log=None, observers_from="he-student-int8")
+
+
+def test_fast_upsample_matches_pytorch_and_agrees_across_engines():
+    """The INT8 graph's ×2 bilinear upsampling: within one quantisation step of PyTorch's kernel everywhere
+    (border included), on a real-looking range of shapes, and the same bytes on oneDNN and fbgemm."""
+    import torch.nn.functional as F
+
+    from wsi_nuc.model.int8 import interpolate_q, upsample2x_bilinear_q
+
+    torch.manual_seed(0)
+    before = torch.backends.quantized.engine
+    try:
+        for c, h, w in ((32, 40, 43), (5, 7, 2), (96, 2, 9)):
+            x = torch.quantize_per_tensor(torch.rand(1, c, h, w) * 2.5, 0.02, 3, torch.quint8)
+            x = x.contiguous(memory_format=torch.channels_last)
+            ref = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False).int_repr().int()
+            outs = []
+            for engine in ("onednn", "fbgemm"):
+                torch.backends.quantized.engine = engine
+                y = upsample2x_bilinear_q(x)
+                assert y.shape == (1, c, 2 * h, 2 * w) and y.q_scale() == x.q_scale()
+                assert int((y.int_repr().int() - ref).abs().max()) <= 1
+                outs.append(y.int_repr())
+            assert torch.equal(outs[0], outs[1])
+            # other resizes go to PyTorch's kernel unchanged
+            odd = interpolate_q(x, size=(2 * h + 1, 2 * w), mode="bilinear", align_corners=False)
+            assert torch.equal(odd.int_repr(), F.interpolate(x, size=(2 * h + 1, 2 * w), mode="bilinear",
+                                                             align_corners=False).int_repr())
+    finally:
+        torch.backends.quantized.engine = before
