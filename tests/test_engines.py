@@ -172,7 +172,9 @@ print(torch.backends.cpu.get_cpu_capability())
 
 def test_avx2_kernels_find_the_same_nuclei(slides, tmp_path):
     """An AVX2-only CPU's INT8 paths (oneDNN at AVX2, which auto picks there, and fbgemm at AVX2, PyTorch's own
-    pick there), forced on this machine: the same nuclei as the native default (F1 >= 0.99 at IoU 0.5)."""
+    pick there), forced on this machine: the same nuclei as the native default (F1 >= 0.99 at IoU 0.5 on
+    CMU-1-Small-Region). fbgemm runs PyTorch's quantised up-sampling kernel, oneDNN the graph's faster one
+    (``int8.upsample2x_bilinear_q``), which rounds a few exact halves otherwise: 0.9936 and 0.9996 here."""
     import os
     import subprocess
     import sys
@@ -183,7 +185,14 @@ def test_avx2_kernels_find_the_same_nuclei(slides, tmp_path):
     from wsi_nuc.segment import segment_maps, tiled_maps
     from wsi_nuc.stainnorm import lab_stats
 
-    img = _cmu_window(slides, 1024)
+    # the whole slide at 0.5 µm/px (about 2,800 nuclei), as the issue defines it: a 1024² window's few
+    # hundred nuclei made one changed nucleus 0.2 % of F1
+    from wsi_nuc.slide import open_slide, read_region
+
+    r = open_slide(str(slides / "CMU-1-Small-Region.svs"))
+    f = 0.5 / r.info.mpp
+    img = read_region(r, 0, 0, r.info.width, r.info.height, round(r.info.width / f), round(r.info.height / f))
+    r.close()
     np.save(tmp_path / "img.npy", img)
     p = get_predictor("he-student-int8", "cpu", engine="torch-int8")
     ref = segment_maps(tiled_maps(img, p, tile=512, halo=64, stain=lab_stats(img)),

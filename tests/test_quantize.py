@@ -99,29 +99,33 @@ def test_type_branch_int8_keeps_the_trunks_outputs(shared, tmp_path):
                        bench=False, log=None, observers_from="he-student-int8")
 
 
-def test_fast_upsample_matches_pytorch_and_agrees_across_engines():
+def test_fast_upsample_matches_pytorch_on_every_engine():
     """The INT8 graph's ×2 bilinear upsampling: within one quantisation step of PyTorch's kernel everywhere
-    (border included), on a real-looking range of shapes, and the same bytes on oneDNN and fbgemm."""
+    (border included) and equal on all but a few values, over a range of shapes; the same bytes whatever the
+    quantised engine (its filter is always oneDNN's); other resizes take PyTorch's kernel."""
     import torch.nn.functional as F
 
-    from wsi_nuc.model.int8 import interpolate_q, upsample2x_bilinear_q
+    from wsi_nuc.model.int8 import fast_upsample_here, interpolate_q, upsample2x_bilinear_q
 
     torch.manual_seed(0)
     before = torch.backends.quantized.engine
+    assert fast_upsample_here()
     try:
         for c, h, w in ((32, 40, 43), (5, 7, 2), (96, 2, 9)):
             x = torch.quantize_per_tensor(torch.rand(1, c, h, w) * 2.5, 0.02, 3, torch.quint8)
             x = x.contiguous(memory_format=torch.channels_last)
             ref = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False).int_repr().int()
             outs = []
-            for engine in ("onednn", "fbgemm"):
+            for engine in ("fbgemm", "onednn", "x86"):
                 torch.backends.quantized.engine = engine
                 y = upsample2x_bilinear_q(x)
                 assert y.shape == (1, c, 2 * h, 2 * w) and y.q_scale() == x.q_scale()
-                assert int((y.int_repr().int() - ref).abs().max()) <= 1
+                diff = (y.int_repr().int() - ref).abs()
+                assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.02
                 outs.append(y.int_repr())
-            assert torch.equal(outs[0], outs[1])
-            # other resizes go to PyTorch's kernel unchanged
+                assert torch.equal(interpolate_q(x, size=(2 * h, 2 * w), mode="bilinear",
+                                                 align_corners=False).int_repr(), outs[-1])
+            assert all(torch.equal(outs[0], o) for o in outs[1:])
             odd = interpolate_q(x, size=(2 * h + 1, 2 * w), mode="bilinear", align_corners=False)
             assert torch.equal(odd.int_repr(), F.interpolate(x, size=(2 * h + 1, 2 * w), mode="bilinear",
                                                              align_corners=False).int_repr())
