@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import InputError
 
-from .engine_choice import (CHOICES, ENGINES, ONNX_FILES, QENGINES, available_engines, check_engine,  # noqa: F401
+from .engine_choice import (CHOICES, ENGINES, FAST_UPSAMPLE, ONNX_FILES, QENGINES, available_engines, check_engine,  # noqa: F401
                             default_engine)
 
 
@@ -133,7 +133,7 @@ def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device):
         if QENGINES[engine] not in torch.backends.quantized.supported_engines:
             raise InputError(f"--engine {engine}: this PyTorch build has no {QENGINES[engine]} quantized engine "
                              f"(it has {', '.join(torch.backends.quantized.supported_engines)})")
-        return load_int8(model_dir, device, QENGINES[engine])
+        return load_int8(model_dir, device, QENGINES[engine], fast_upsample=engine in FAST_UPSAMPLE)
     if engine == "torch-fp32":
         if device.type != "cpu":
             return load_model(model_dir, device)[0]

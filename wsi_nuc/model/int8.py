@@ -100,20 +100,21 @@ def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
         fx_config.do_not_emit_stack_traces = keep
 
 
-def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND) -> Int8UNet:
+def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_upsample: bool = False) -> Int8UNet:
     """The INT8 graph, its weights packed for ``qengine`` (x86: oneDNN or fbgemm kernels chosen by PyTorch per
-    CPU; onednn or fbgemm: that library only); its ×2 bilinear upsamplings on quantised tensors run as
-    :func:`upsample2x_bilinear_q`."""
+    CPU; onednn or fbgemm: that library only); with ``fast_upsample`` its ×2 bilinear upsamplings of
+    quantised tensors run as :func:`upsample2x_bilinear_q` (``--engine torch-int8-fast``)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
     torch.backends.quantized.engine = qengine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = convert_fx(prepared)
-    for node in graph.graph.nodes:
-        if node.op == "call_function" and node.target is torch.nn.functional.interpolate:
-            node.target = interpolate_q
-    graph.recompile()
+    if fast_upsample:
+        for node in graph.graph.nodes:
+            if node.op == "call_function" and node.target is torch.nn.functional.interpolate:
+                node.target = interpolate_q
+        graph.recompile()
     return Int8UNet(graph, cfg, stride, qengine).eval()
 
 
@@ -212,9 +213,10 @@ def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
     return prepared, fp32, cfg
 
 
-def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND) -> Int8UNet:
+def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND,
+              fast_upsample: bool = False) -> Int8UNet:
     """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     prepared, fp32, _ = prepared_from_folder(model_dir)
-    return convert(prepared, fp32.cfg, fp32.stride, qengine)
+    return convert(prepared, fp32.cfg, fp32.stride, qengine, fast_upsample)
