@@ -323,8 +323,7 @@ def _add_training(sub) -> None:
 
     c = sub.add_parser("calibrate", help="fit Local Temperature Scaling of the fg head, stored in the model")
     c.add_argument("model", help="shipped model name or model folder (written to)")
-    c.add_argument("--dataset", required=True, action="append",
-                   help="annotated dataset folder; repeat to fit on several sources, each weighing the same")
+    c.add_argument("--dataset", required=True, action="append", help="annotated dataset folder[:MODALITY]; repeat: sources weigh the same")
     c.add_argument("--split", choices=("val", "train", "all"), default="val")
     c.add_argument("--rgb", action="store_true", help="the temperature head also sees the RGB input")
     c.add_argument("--steps", type=_positive_int, default=30, help="L-BFGS iterations (default 30)")

@@ -77,14 +77,7 @@ def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_mi
     torch.manual_seed(int(seed))
     head = LTSHead(use_rgb, hidden, t_min)
     n_px = sum(y.numel() for _, _, y in data)
-    groups = list(groups) if groups is not None else ["all"] * len(data)
-    if len(groups) != len(data):
-        raise ValueError("fit_lts: one group per image")
-    group_px = {g: 0 for g in groups}
-    for g, (_, _, y) in zip(groups, data):
-        group_px[g] += y.numel()
-    # each pixel's weight in the loss: 1/(its source's pixels x the number of sources)
-    px_weight = [1.0 / (group_px[g] * len(group_px)) for g in groups]
+    px_weight, n_groups = _pixel_weights([y.numel() for _, _, y in data], groups)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=int(steps), history_size=20,
                             line_search_fn="strong_wolfe")
 
@@ -108,7 +101,7 @@ def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_mi
     head.stats = {"ece_before": expected_calibration_error(p0, y, bins),
                   "ece_after": expected_calibration_error(p1, y, bins),
                   "nll_before": nll0, "nll_after": nll1, "bins": bins, "n_images": len(data),
-                  "sources": len(group_px),
+                  "sources": n_groups,
                   "n_pixels": int(n_px), "temperature_mean": float(temps.mean()),
                   "temperature_p5": float(temps.quantile(0.05)) if temps.numel() < 2**24 else None,
                   "temperature_p95": float(temps.quantile(0.95)) if temps.numel() < 2**24 else None}
@@ -116,6 +109,18 @@ def fit_lts(net, val_images_labels, use_rgb: bool = False, hidden: int = 8, t_mi
         log(f"lts: ECE {head.stats['ece_before']:.4f} -> {head.stats['ece_after']:.4f}, "
             f"NLL {nll0:.4f} -> {nll1:.4f}")
     return head
+
+
+def _pixel_weights(sizes: list[int], groups=None) -> tuple[list[float], int]:
+    """Each image's per-pixel weight in the LTS loss, 1 / (its source's pixels × the number of sources), so
+    the sources weigh the same (one source without ``groups``); and the number of sources."""
+    groups = list(groups) if groups is not None else ["all"] * len(sizes)
+    if len(groups) != len(sizes):
+        raise ValueError("fit_lts: one group per image")
+    group_px = {g: 0 for g in groups}
+    for g, n in zip(groups, sizes):
+        group_px[g] += n
+    return [1.0 / (group_px[g] * len(group_px)) for g in groups], len(group_px)
 
 
 def save_lts(head: LTSHead, model_dir: str | Path, extra: dict | None = None) -> None:
