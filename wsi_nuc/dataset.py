@@ -160,9 +160,13 @@ def resize_labels(lab: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def load_at_mpp(root, stem, work_mpp, meta=None) -> Sample:
     """A sample resampled to the working scale (labels relabelled sequentially)."""
+    return at_mpp(load_sample(root, stem, meta), work_mpp)
+
+
+def at_mpp(s: Sample, work_mpp) -> Sample:
+    """``s`` resampled from its ``mpp`` to ``work_mpp`` (either None: left as it is), in place."""
     from skimage.segmentation import relabel_sequential
 
-    s = load_sample(root, stem, meta)
     f = resample_factor(s.mpp, work_mpp)
     if abs(f - 1) > 1e-3:
         shape = (max(1, round(s.image.shape[0] * f)), max(1, round(s.image.shape[1] * f)))

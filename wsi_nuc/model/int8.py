@@ -186,14 +186,14 @@ def upsample2x_bilinear_q(x: torch.Tensor) -> torch.Tensor:
 def interpolate_q(x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
                   antialias=False):
     """``F.interpolate`` in a converted INT8 graph: a ×2 bilinear upsampling of a quantised tensor takes
-    :func:`upsample2x_bilinear_q` where :func:`fast_upsample_here`, everything else PyTorch's kernel."""
+    :func:`upsample2x_bilinear_q`, everything else PyTorch's kernel (built only for ``--engine
+    torch-int8-fast``, whose oneDNN kernels were checked when the engine was built)."""
     import torch.nn.functional as F
 
     if (x.is_quantized and x.qscheme() == torch.per_tensor_affine and mode == "bilinear" and not align_corners
             and not antialias and x.dim() == 4 and min(x.shape[-2:]) >= 2):
         want = tuple(size) if size is not None else None
-        if ((want == (2 * x.shape[-2], 2 * x.shape[-1]) or (size is None and scale_factor in (2, 2.0, (2, 2))))
-                and fast_upsample_here()):
+        if want == (2 * x.shape[-2], 2 * x.shape[-1]) or (size is None and scale_factor in (2, 2.0, (2, 2))):
             return upsample2x_bilinear_q(x)
     return F.interpolate(x, size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
                          recompute_scale_factor=recompute_scale_factor, antialias=antialias)

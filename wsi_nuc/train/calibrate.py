@@ -181,7 +181,7 @@ def dataset_spec(spec: str) -> tuple[Path, str | None]:
 
 def _pairs_at_scale(root: Path, split: str, cfg: dict, model_dir, modality: str | None = None) -> list:
     """(stain-normalised RGB, labels) of a dataset split (of one modality) at the model's working scale."""
-    from ..dataset import list_stems, load_at_mpp, load_sample, read_index
+    from ..dataset import at_mpp, list_stems, load_sample, read_index
     from ..stainnorm import normalise_to
 
     meta = read_index(root)
@@ -193,33 +193,18 @@ def _pairs_at_scale(root: Path, split: str, cfg: dict, model_dir, modality: str 
         s = load_sample(root, stem, meta)
         if s.labels is None:
             continue
-        mpp = s.mpp or _estimated_mpp(s.image, model_dir)
-        s = load_at_mpp(root, stem, cfg.get("mpp"), meta) if s.mpp else _rescaled(s, mpp, cfg.get("mpp"))
+        s.mpp = s.mpp or _estimated_mpp(s.image, model_dir)
+        s = at_mpp(s, cfg.get("mpp"))
         pairs.append((normalise_to(s.image, cfg.get("stain_norm")), s.labels))
     return pairs
 
 
 def _estimated_mpp(image, model_dir) -> float | None:
+    """The scale `wsi-nuc eval` segments an image of unknown scale at (:func:`wsi_nuc.scale.estimate_mpp`)."""
     from ..evaluate import segment_at_scale
-    from ..predict import get_predictor
     from ..instances import InstanceParams
+    from ..predict import get_predictor
 
     pred = get_predictor(str(model_dir), "cpu")
     params = InstanceParams.from_dict(pred.config.get("postprocess") or {})
     return segment_at_scale(image, None, pred, params, True)[1]
-
-
-def _rescaled(s, mpp, work_mpp):
-    """A sample of scale ``mpp`` (None: left as it is) resampled to ``work_mpp``."""
-    from skimage.segmentation import relabel_sequential
-
-    from ..dataset import resample_factor, resize_image, resize_labels
-
-    if not mpp or not work_mpp:
-        return s
-    f = resample_factor(mpp, work_mpp)
-    if abs(f - 1) > 1e-3:
-        shape = (max(1, round(s.image.shape[0] * f)), max(1, round(s.image.shape[1] * f)))
-        s.image = resize_image(s.image, shape)
-        s.labels = relabel_sequential(resize_labels(s.labels, shape))[0].astype(np.int32)
-    return s
