@@ -69,7 +69,10 @@ class LTSHead(nn.Module):
             if x is None:
                 raise ValueError("this LTS head also needs the normalised RGB input")
             z = torch.cat([z, x.to(z.dtype)], dim=1)
-        h = F.relu(self.conv1(z))
+        # conv2 reads channels-last: with ``hidden`` channels in and one out, PyTorch's NCHW path took about
+        # 28 ms a 640² tile on a CPU without AVX-512 (forced AVX2) against 7 in NHWC; natively the same
+        # (session 8; the temperatures agree to 1e-6, float summation order)
+        h = F.relu(self.conv1(z)).contiguous(memory_format=torch.channels_last)
         return (F.softplus(self.conv2(h)) + self.t_min)[:, 0]
 
     def forward(self, logit: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
