@@ -67,6 +67,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
     """Yield a ``distributed.Client``: connected to ``scheduler``, or to a fresh LocalCluster."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker",
@@ -86,7 +87,9 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
             client.close()
         return
     n = workers or default_workers()
-    with _ctrl_c_ignored():   # worker processes inherit it: Ctrl-C stops the driver, which stops them
+    # Dask's own sampling profiler wakes every worker every 10 ms (about 1-2 % of a worker's CPU in a py-spy
+    # profile of a mosaic run, session 8) for a dashboard page this tool does not show by default
+    with _ctrl_c_ignored(), dask.config.set({"distributed.worker.profile.enabled": bool(dashboard)}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)
     client = Client(cluster)

@@ -251,7 +251,7 @@ def _segment(run: SlideRun, plan: SlidePlan, client, stack: ExitStack, spool, pr
     from .cluster import dask_client
     from .graph import run_tiles
 
-    ctx = nullcontext(client) if client is not None else dask_client(st.scheduler, st.workers)
+    ctx = nullcontext(client) if client is not None else dask_client(st.scheduler, st.workers, st.dashboard)
     with run.timer("segment"):
         cl = stack.enter_context(ctx)
         if st.dashboard and client is None:

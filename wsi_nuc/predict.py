@@ -150,7 +150,7 @@ class Predictor:
             act[:, N_MAPS:N_MAPS + 1 + nt] = torch.softmax(out[:, N_MAPS:N_MAPS + 1 + nt], dim=1)
             act = act[:, :N_MAPS + 1 + nt]
             if self.config.get("type_weights"):
-                act = reweight_types(act, self.config["type_weights"])
+                act = reweight_types(act, self.config["type_weights"], inplace=True)
         else:
             act = act[:, :N_MAPS]
         act = act[:, :, :h, :w]
@@ -160,14 +160,15 @@ class Predictor:
         return act.cpu().numpy()
 
 
-def reweight_types(maps, weights):
+def reweight_types(maps, weights, inplace: bool = False):
     """Maps (B, 6 + 1 + K, H, W) with the type softmax re-weighted for other class priors: the probability
     of type k is multiplied by ``weights[k]`` (K values; background keeps 1) and the 1 + K renormalised.
 
     This is logit adjustment (adding ``log w_k`` to type k's logit; Menon et al. 2021, "Long-tail learning
     via logit adjustment"): the head was trained on CoNSeP's class frequencies, and a weight above 1 gives
     a rare type ("other") the pixels it loses to common ones at equal evidence. A model's ``config.json``
-    may carry ``type_weights``, fitted on val with ``benchmarks/tune_types.py``. Tensor or array.
+    may carry ``type_weights``, fitted on val with ``benchmarks/tune_types.py``. Tensor or array; ``inplace``
+    writes into ``maps`` instead of a copy of all its channels.
 
     >>> import numpy as np
     >>> m = np.zeros((1, 9, 1, 1)); m[0, 6:] = [[[0.2]], [[0.5]], [[0.3]]]
@@ -181,7 +182,7 @@ def reweight_types(maps, weights):
         t = maps[:, N_MAPS:N_MAPS + len(w)] * np.asarray(w, dtype=maps.dtype).reshape(1, -1, 1, 1)
     if t.shape[1] != len(w):
         raise ValueError(f"type_weights: {len(w) - 1} weights for {t.shape[1] - 1} types")
-    out = maps.clone() if isinstance(maps, torch.Tensor) else maps.copy()
+    out = maps if inplace else maps.clone() if isinstance(maps, torch.Tensor) else maps.copy()
     out[:, N_MAPS:N_MAPS + len(w)] = t / t.sum(1, keepdims=True)
     return out
 
