@@ -86,6 +86,29 @@ def test_shipped_model_keeps_six_maps_and_no_types(consep):
     assert np.array_equal(lab, segment_image(s.image, pr, params, s.mpp))
 
 
+@pytest.mark.parametrize("engine", ["torch-int8-onednn", "torch-fp32"])
+def test_no_types_runs_the_trunk_alone_with_the_same_maps(consep, engine):
+    """--no-types builds the default's graph without its type branch: the six instance maps are the typed
+    graph's to the bit (real CoNSeP crop, the shipped default), the type channels are gone."""
+    import torch
+
+    from wsi_nuc.dataset import load_sample
+    from wsi_nuc.predict import get_predictor
+
+    if "onednn" in engine and "onednn" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no oneDNN quantized engine in this PyTorch build")
+    img = load_sample(consep, STEMS[0]).image[None, :128, :128]
+    typed = get_predictor("he-types-int8", "cpu", None, engine)
+    trunk = get_predictor("he-types-int8", "cpu", None, engine, types=False)
+    assert typed.types and trunk.types == () and trunk is not typed
+    a, b = typed.maps(img), trunk.maps(img)
+    assert a.shape[1] > 6 and b.shape == (1, 6, 128, 128)
+    assert np.array_equal(a[:, :6], b)
+    if engine.startswith("torch-int8"):
+        code = trunk.net.graph.code
+        assert "type_branch" not in code and "type_branch" in typed.net.graph.code
+
+
 def test_type_channels_are_a_softmax_and_flow_through(tiny_model, consep):
     from wsi_nuc.dataset import load_sample
     from wsi_nuc.instances import InstanceParams

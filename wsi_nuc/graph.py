@@ -107,7 +107,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     from .slide import read_region
 
     reader = _reader(geom.slide, geom.slide_mpp)
-    predictor = get_predictor(ts.model, ts.device, ts.threads, ts.engine)
+    predictor = get_predictor(ts.model, ts.device, ts.threads, ts.engine, ts.types)  # no types: trunk only
     params = InstanceParams.from_dict(ts.params)
     images = np.stack([read_region(reader, *geom.scale.window(t.read), t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
@@ -204,7 +204,7 @@ def here_threads(workers: int | None = None) -> tuple[int, int]:
 _FROZEN = threading.Event()
 
 
-def load_here(model: str | None, device: str, engine: str | None = None):
+def load_here(model: str | None, device: str, engine: str | None = None, types: bool = True):
     """Load the model in this process for :func:`run_tiles_here` (once; later calls reuse it), for the engine
     the tile tasks will ask for (``TaskSettings.engine``: the same predictor, not a second load).
 
@@ -215,7 +215,7 @@ def load_here(model: str | None, device: str, engine: str | None = None):
 
     from .predict import get_predictor
 
-    predictor = get_predictor(model, device, None, engine)
+    predictor = get_predictor(model, device, None, engine, types)
     if not _FROZEN.is_set():
         _FROZEN.set()
         gc.freeze()
@@ -226,15 +226,15 @@ class Preload:
     """The model loading in a background thread while the driver finds tissue and stain statistics;
     :meth:`wait` returns the predictor (or raises what loading raised)."""
 
-    def __init__(self, model: str | None, device: str, engine: str | None = None):
+    def __init__(self, model: str | None, device: str, engine: str | None = None, types: bool = True):
         self._result, self._error = None, None
-        self._thread = threading.Thread(target=self._load, args=(model, device, engine), name="wsi-nuc-model",
+        self._thread = threading.Thread(target=self._load, args=(model, device, engine, types), name="wsi-nuc-model",
                                         daemon=True)
         self._thread.start()
 
-    def _load(self, model, device, engine) -> None:
+    def _load(self, model, device, engine, types) -> None:
         try:
-            self._result = load_here(model, device, engine)
+            self._result = load_here(model, device, engine, types)
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits
             self._error = e
 

@@ -193,7 +193,7 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
         if here and todo:
             with run.timer("model"):              # a handful of tiles: this process, the model loaded once
                 preload.wait() if preload is not None else load_here(plan.task.model, plan.task.device,
-                                                                     plan.task.engine)
+                                                                     plan.task.engine, plan.task.types)
         if hasattr(progress, "start_tiles"):      # our own SlideProgress (a cohort passes a plain callable)
             progress.start_tiles(len(plan.grid), starting=None if here else "starting workers, loading the model")
             progress = progress.update
@@ -225,7 +225,8 @@ def _preload(run: SlideRun):
     from .model.engine_choice import resolve_engine
 
     st = run.settings
-    return Preload(str(run.model_dir), st.device, resolve_engine(st.engine, run.model_dir, run.mcfg, st.device))
+    return Preload(str(run.model_dir), st.device, resolve_engine(st.engine, run.model_dir, run.mcfg, st.device),
+                   st.types)
 
 
 def _max_tiles(run: SlideRun) -> int:

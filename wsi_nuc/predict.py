@@ -191,7 +191,7 @@ _CACHE: dict = {}
 
 
 def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None,
-                  engine: str | None = None) -> Predictor:
+                  engine: str | None = None, types: bool = True) -> Predictor:
     """The process's predictor for (model, device, engine): loaded once per worker process, then reused.
 
     ``engine``: None runs the model as it is stored (an INT8 folder by torch-int8, an fp32 one by
@@ -213,11 +213,14 @@ def get_predictor(model: str | None = None, device: str = "auto", threads: int |
         from .model.engine_choice import choose_engine
 
         engine = choose_engine(Path(model), cfg, dev.type)
-    key = (str(model), str(dev), engine, os.getpid())
+    trunk_only = not types and bool(cfg.get("types"))
+    key = (str(model), str(dev), engine, trunk_only, os.getpid())
     if key not in _CACHE:
         from .model.engines import build_engine
 
-        net = build_engine(engine, Path(model), cfg, dev)
+        net = build_engine(engine, Path(model), cfg, dev, trunk_only)
+        if trunk_only:   # a predictor of the instance maps alone: no type channels, no type weights
+            cfg = {k: v for k, v in cfg.items() if k not in ("types", "type_weights")}
         cfg = dict(cfg, path=str(model))
         cfg.setdefault("name", Path(model).name)
         lts = load_lts(cfg["path"], cfg)

@@ -118,8 +118,11 @@ class OnnxNet:
         return torch.from_numpy(self.session.run(None, {self.input: a})[0])
 
 
-def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device):
-    """The network of ``model_dir`` as ``engine`` runs it (a callable with ``stride``); concrete names only."""
+def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device, trunk_only: bool = False):
+    """The network of ``model_dir`` as ``engine`` runs it (a callable with ``stride``); concrete names only.
+
+    ``trunk_only`` (``--no-types``): a typed net without its type branch where the engine allows (PyTorch's
+    graphs; ONNX Runtime runs the whole file and the caller drops the type channels)."""
     from .io import load_model
     from .net import build_net
 
@@ -133,9 +136,11 @@ def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device):
         if QENGINES[engine] not in torch.backends.quantized.supported_engines:
             raise InputError(f"--engine {engine}: this PyTorch build has no {QENGINES[engine]} quantized engine "
                              f"(it has {', '.join(torch.backends.quantized.supported_engines)})")
-        return load_int8(model_dir, device, QENGINES[engine], fast_upsample=engine in FAST_UPSAMPLE)
+        return load_int8(model_dir, device, QENGINES[engine], fast_upsample=engine in FAST_UPSAMPLE,
+                         trunk_only=trunk_only)
     if engine == "torch-fp32":
-        if device.type != "cpu":
-            return load_model(model_dir, device)[0]
-        return TorchFp32(folded_fp32(model_dir, cfg), cfg.get("arch"), stride).eval()
+        net = load_model(model_dir, device)[0] if device.type != "cpu" else folded_fp32(model_dir, cfg)
+        if trunk_only and getattr(net, "type_branch", None) is not None:
+            net.type_branch = None     # UNet.forward then returns the head's maps alone
+        return net if device.type != "cpu" else TorchFp32(net, cfg.get("arch"), stride).eval()
     return OnnxNet(Path(model_dir) / ONNX_FILES[engine], stride)

@@ -106,10 +106,12 @@ def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
         fx_config.do_not_emit_stack_traces = keep
 
 
-def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_upsample: bool = False) -> Int8UNet:
+def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_upsample: bool = False,
+            trunk_only: bool = False) -> Int8UNet:
     """The INT8 graph, its weights packed for ``qengine`` (x86: oneDNN or fbgemm kernels chosen by PyTorch per
     CPU; onednn or fbgemm: that library only); with ``fast_upsample`` its ×2 bilinear upsamplings of
-    quantised tensors run as :func:`upsample2x_bilinear_q` (``--engine torch-int8-fast``)."""
+    quantised tensors run as :func:`upsample2x_bilinear_q` (``--engine torch-int8-fast``); ``trunk_only``
+    drops a type branch (:func:`drop_type_branch`)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
     torch.backends.quantized.engine = qengine
@@ -121,8 +123,23 @@ def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_
             node.target = cat_q
         elif fast_upsample and node.op == "call_function" and node.target is torch.nn.functional.interpolate:
             node.target = interpolate_q
+    if trunk_only:
+        drop_type_branch(graph)
     graph.recompile()
     return Int8UNet(graph, cfg, stride, qengine).eval()
+
+
+def drop_type_branch(graph) -> None:
+    """Cut a typed net's converted graph down to its trunk (``--no-types``): the output becomes the first input
+    of the last concatenation (instance maps, type logits), which :func:`_mapping_for` keeps in float, and
+    every node only the type logits needed goes. The trunk's nodes and quantisation parameters are untouched,
+    so its outputs are those of the typed graph's first channels, bit for bit (a test)."""
+    out = next(n for n in graph.graph.nodes if n.op == "output")
+    cat = out.args[0]
+    if not (getattr(cat, "op", None) == "call_function" and cat.target in (torch.cat, cat_q)):
+        raise ValueError("drop_type_branch: the graph does not end in the type branch's concatenation")
+    out.args = (cat.args[0][0],)
+    graph.graph.eliminate_dead_code()
 
 
 _SMOOTH_121: dict = {}
@@ -235,9 +252,10 @@ def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
 
 
 def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND,
-              fast_upsample: bool = False) -> Int8UNet:
+              fast_upsample: bool = False, trunk_only: bool = False) -> Int8UNet:
     """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     prepared, fp32, _ = prepared_from_folder(model_dir)
-    return convert(prepared, fp32.cfg, fp32.stride, qengine, fast_upsample)
+    trunk_only = trunk_only and getattr(fp32, "type_branch", None) is not None
+    return convert(prepared, fp32.cfg, fp32.stride, qengine, fast_upsample, trunk_only)
