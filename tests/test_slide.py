@@ -270,3 +270,23 @@ def test_ome_physical_size_units():
     assert _ome_mpp(xml) == pytest.approx(0.25)
     assert _ome_mpp(xml.replace(' PhysicalSizeXUnit="nm"', "").replace('"250"', '"0.25"')) == pytest.approx(0.25)
     assert _ome_mpp("not xml") is None
+
+
+def test_small_level0_is_decoded_once_and_cut_exactly(slides, monkeypatch):
+    """A small single-level slide (CMU) is decoded whole once per process; every level-0 window cut from that
+    copy is the reader's own window, white outside the slide included."""
+    from wsi_nuc.slide import resample
+
+    monkeypatch.setattr(resample, "_WHOLE", {})
+    with open_slide(slides / CMU) as r:
+        calls = []
+        plain = r.read_level
+        monkeypatch.setattr(r, "read_level", lambda *a: calls.append(a) or plain(*a))
+        for x, y, w, h in [(0, 0, 64, 64), (-20, -7, 100, 50), (2900, 2180, 200, 90), (5000, 10, 8, 8), (1000, 1200, 640, 640)]:
+            assert np.array_equal(resample.level_window(r, 0, x, y, w, h), plain(0, x, y, w, h))
+        assert calls == [(0, 0, 0, 2220, 2967)]           # one whole-level decode, then cuts
+        t1 = read_thumbnail(r, 512)[0]
+    monkeypatch.setattr(resample, "_WHOLE", {})
+    with open_slide(slides / CMU) as r:
+        monkeypatch.setattr(resample, "_WHOLE_MAX_PX", 0)   # the plain path
+        assert np.array_equal(read_thumbnail(r, 512)[0], t1)

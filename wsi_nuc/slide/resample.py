@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import numpy as np
 
@@ -10,6 +12,36 @@ from .readers import _white
 # Largest level window (in level pixels) read in one piece by read_region; bigger requests are
 # read in chunks so that thumbnails of single-level gigapixel slides do not need gigabytes.
 _MAX_WINDOW_PX = 4096 * 4096
+
+
+# A slide whose level 0 is at most this many pixels (48 MiB as RGB) is decoded whole once per process and every
+# read of level 0 is cut from that copy: a single-level slide such as CMU-1-Small-Region was otherwise decoded
+# whole three times (tissue, stain statistics, the OME-Zarr thumbnail) and once more tile by tile.
+_WHOLE_MAX_PX = 16 * 1024 * 1024
+_WHOLE: dict = {}
+_WHOLE_LOCK = threading.Lock()
+
+
+def level_window(reader, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """``reader.read_level(level, x, y, w, h)``, the same pixels (white outside the slide); level 0 of a small
+    slide file comes from a copy of the whole level decoded once per process (one slide at a time)."""
+    info = reader.info
+    lw, lh = info.level_dimensions[level]
+    if level != 0 or lw * lh > _WHOLE_MAX_PX or info.reader not in ("openslide", "tiffslide"):
+        return reader.read_level(level, x, y, w, h)
+    st = os.stat(info.path)
+    key = (info.path, info.reader, st.st_size, st.st_mtime_ns, lw, lh)
+    with _WHOLE_LOCK:
+        whole = _WHOLE.get(key)
+        if whole is None:
+            whole = reader.read_level(0, 0, 0, lw, lh)
+            _WHOLE.clear()
+            _WHOLE[key] = whole
+    out = _white(h, w)
+    cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+    if cx1 > cx0 and cy1 > cy0:
+        out[cy0 - y:cy1 - y, cx0 - x:cx1 - x] = whole[cy0:cy1, cx0:cx1]
+    return out
 
 
 def best_level(reader, scale: float) -> int:
@@ -75,7 +107,7 @@ def _read_window(reader, level, x0, y0, sx, sy, out_w, out_h) -> np.ndarray:
     ox, oy = reader.level_origin(level, X), reader.level_origin(level, Y)
     ww = int(math.ceil(bx1 - ox)) + 2
     wh = int(math.ceil(by1 - oy)) + 2
-    win = reader.read_level(level, X, Y, ww, wh)
+    win = level_window(reader, level, X, Y, ww, wh)
     box = (bx0 - ox, by0 - oy, bx1 - ox, by1 - oy)
     kx, ky = sx / ds, sy / ds
     # exact 1:1 at integer offsets: plain crop
