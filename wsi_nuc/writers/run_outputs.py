@@ -22,22 +22,32 @@ def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei)
     """Write the outputs of the final nuclei (:func:`wsi_nuc.stitch.stitch`: size rule and region applied,
     ids given) into ``tmp``; return the summary (without the total time and ownership marker).
 
-    The vector outputs (GeoJSON, tables) are written in a second thread while this one writes the raster
-    ones (OME-Zarr, qc.png): they read the same final nuclei and write different files, and the raster
-    side spends much of its time in compression and numpy, outside the GIL (the 1.2-gigapixel mosaic:
-    about 90 s of writing instead of 170, peak memory within 2 GiB; see the README's performance section)."""
+    The vector outputs (GeoJSON, tables) are written in a second thread and qc.png in a third while this one
+    writes OME-Zarr: they read the same final nuclei and write different files, and the raster side spends
+    much of its time in compression and numpy, outside the GIL (the 1.2-gigapixel mosaic: about 90 s of
+    writing instead of 170, peak memory within 2 GiB; see the README's performance section)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import slide_outputs as so
 
+    from ..slide import read_thumbnail
+
     typed = so.has_types(final)
-    vector, raster = [], []
-    with ThreadPoolExecutor(1, thread_name_prefix="wsi-nuc-vector") as pool:
+    vector, raster, qc = [], [], []
+    with ThreadPoolExecutor(2, thread_name_prefix="wsi-nuc-writer") as pool:
         written = pool.submit(_write_vector, tmp, run, plan, final, typed, vector)
-        zinfo, thumb = _write_zarr(tmp, run, plan, final, typed, len(final), raster)
+        with run.timer("write_zarr"):
+            thumb = read_thumbnail(run.reader, 2048)   # OME-Zarr's and qc.png's
+        # qc.png beside OME-Zarr, unless OME-Zarr reads the slide too (--zarr-image): one reader, one thread
+        drawn = None if run.settings.zarr_image else pool.submit(_write_qc, tmp, run, plan, final, typed, thumb, qc)
+        zinfo = _write_zarr(tmp, run, plan, final, typed, len(final), raster, thumb)
         tissue_mm2, roi_info = _tissue_area(run, plan, len(final))
-        _write_qc(tmp, run, plan, final, typed, thumb, raster)
+        if drawn is None:
+            _write_qc(tmp, run, plan, final, typed, thumb, qc)
+        else:
+            drawn.result()
         n = written.result()
+    raster += qc
     if n != len(final):
         raise RuntimeError(f"GeoJSON holds {n} nuclei, the final set {len(final)}")
     summary = build_summary(run, plan, n, tissue_mm2, zinfo, vector + raster, cut=final.cut)
@@ -90,9 +100,8 @@ def _write_tables(tmp, run, final, typed, outputs) -> None:
             outputs.append("nuclei.parquet")
 
 
-def _write_zarr(tmp, run, plan, final, typed, n, outputs):
-    """nuclei.ome.zarr; returns its summary entry and the thumbnail (qc.png reuses it)."""
-    from ..slide import read_thumbnail
+def _write_zarr(tmp, run, plan, final, typed, n, outputs, thumb):
+    """nuclei.ome.zarr (``thumb``: the slide's (rgb, scale) thumbnail, for its image); returns its summary entry."""
     from . import slide_outputs as so
     from .final_index import FinalIndex
     from .ome_zarr import PROPERTIES_MAX, write_ome_zarr
@@ -100,7 +109,6 @@ def _write_zarr(tmp, run, plan, final, typed, n, outputs):
     geom, grid, own_image = plan.geom, plan.grid, run.settings.zarr_image
     with run.timer("write_zarr"):
         index = FinalIndex(final, geom.f)
-        thumb = read_thumbnail(run.reader, 2048)
         small = n <= PROPERTIES_MAX
         zinfo = write_ome_zarr(tmp / "nuclei.ome.zarr", (grid.height, grid.width), index, geom.f,
                                geom.level0_mpp, thumbnail=None if own_image else thumb,
@@ -110,7 +118,7 @@ def _write_zarr(tmp, run, plan, final, typed, n, outputs):
                                slide_name=_stem(run))
         zinfo["properties"] = small
         outputs.append("nuclei.ome.zarr")
-    return zinfo, thumb
+    return zinfo
 
 
 def _tissue_area(run, plan, n) -> tuple[float, dict | None]:
