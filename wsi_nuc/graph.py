@@ -112,7 +112,7 @@ def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[T
     images = np.stack([read_region(reader, *geom.scale.window(t.read), t.read.w, t.read.h) for t in tiles])
     bs = ts.batch or (8 if predictor.device.type == "cuda" else 1)  # batch 1 is fastest on CPU (cache)
     stain = LabStats.from_dict(ts.stain)
-    types = predictor.types if ts.types else ()
+    types = predictor.types   # () with --no-types: the predictor is the trunk alone
     out = []
     for s in range(0, len(tiles), bs):
         maps = predictor.maps(images[s:s + bs], stain, tta=ts.tta)

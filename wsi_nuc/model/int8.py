@@ -26,10 +26,11 @@ from .net import build_net
 
 BACKEND = "x86"
 
-# A concatenation whose inputs were observed apart (decoder features the type branch also reads) runs on
-# PyTorch's quantised cat, which requantises every input to the first one's scale and zero point and warns
-# once per process that this "may" be inaccurate. It is what the calibration check measured (fp32 vs INT8
-# foreground agreement 0.997 for he-types-int8 v0.5): the warning says nothing a user can act on.
+# Two concatenations' inputs were observed apart (decoder features the type branch also reads): they are
+# requantised to the first input's scale and zero point (:func:`cat_q` does it before PyTorch's cat sees
+# them; a graph run without it, e.g. a prepared-then-converted one elsewhere, gets PyTorch's own warning that
+# this "may" be inaccurate). It is what the calibration check measured (fp32 vs INT8 foreground agreement
+# 0.997 for he-types-int8 v0.5): the warning says nothing a user can act on.
 warnings.filterwarnings("ignore", message="All inputs of this cat operator must share the same quantization")
 
 
