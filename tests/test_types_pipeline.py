@@ -109,6 +109,30 @@ def test_no_types_runs_the_trunk_alone_with_the_same_maps(consep, engine):
         assert "type_branch" not in code and "type_branch" in typed.net.graph.code
 
 
+def test_cuda_default_is_the_typed_fp32_network_of_the_cpu_default(consep):
+    """On CUDA (INT8 graphs are CPU kernels) the default is he-types: the fp32 network that the CPU default
+    quantises, with the same types and settings. Run here on the CPU on a real CoNSeP crop, its maps agree
+    with the INT8 default's: foreground and, on the nuclei both find, the type they give."""
+    from wsi_nuc.dataset import load_sample
+    from wsi_nuc.model.io import default_model, read_model_config, resolve_model_dir
+    from wsi_nuc.predict import get_predictor
+
+    name = default_model("cuda")
+    fp32_cfg = read_model_config(resolve_model_dir(name))
+    int8_cfg = read_model_config(resolve_model_dir(default_model("cpu")))
+    assert name != default_model("cpu") and fp32_cfg.get("quantized") is None
+    for key in ("types", "type_weights", "postprocess", "stain_norm", "arch", "version"):
+        assert fp32_cfg[key] == int8_cfg[key], key
+    img = load_sample(consep, STEMS[0]).image[None]
+    a = get_predictor(name, "cpu", None, "torch-fp32").maps(img)[0]
+    b = get_predictor(default_model("cpu"), "cpu", None, "torch-int8").maps(img)[0]
+    assert a.shape == b.shape == (6 + 1 + len(fp32_cfg["types"]), *img.shape[1:3])
+    fa, fb = a[0] > 0.5, b[0] > 0.5
+    assert fa.mean() > 0.05 and (fa == fb).mean() > 0.97
+    both = fa & fb
+    assert (a[7:].argmax(0)[both] == b[7:].argmax(0)[both]).mean() > 0.9
+
+
 def test_type_channels_are_a_softmax_and_flow_through(tiny_model, consep):
     from wsi_nuc.dataset import load_sample
     from wsi_nuc.instances import InstanceParams
