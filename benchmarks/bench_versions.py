@@ -2,7 +2,7 @@
 
     git archive 198e24d | tar -x -C /tmp/base        # main when the issues 13-15 were filed
     python benchmarks/bench_versions.py SLIDE --baseline-src /tmp/base [--rounds 1] [--isa avx2]
-        [--baseline-qengine fbgemm] [--compare-labels] [--out DIR] [--json FILE]
+        [--baseline-qengine fbgemm] [--compare-labels] [--out DIR] [--json FILE] [--run-args "--roi R.geojson"]
 
 Each run is a whole `wsi-nuc run SLIDE` process (default settings, `--quiet`) of that tree, through
 ``bench_outputs.run_tree``: wall time, CPU time of the process tree and peak RSS summed over it. Mpx/s is the
@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-labels", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--run-args", default="", help="more arguments for both trees' `wsi-nuc run`, one string "
+                    "(e.g. \"--roi region.geojson --scheduler local\")")
     a = ap.parse_args(argv)
     import torch
 
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
             dst = out / f"{label}-{r}"
             if dst.exists():
                 shutil.rmtree(dst)
-            row = row_of(label, one_run(label, src, a.slide, dst, []))
+            row = row_of(label, one_run(label, src, a.slide, dst, shlex.split(a.run_args)))
             row["round"] = r
             rows.append(row)
             print(f"round {r} {label:9s} {row['wall_s']:8.1f} s wall {row['cpu_s']:8.1f} CPU-s "

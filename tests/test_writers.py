@@ -371,3 +371,18 @@ def test_qc_png_tiny_and_empty(tmp_path):
     write_qc_png(out, thumb, 1.0, np.ones((4, 4), bool), np.zeros((0, 2)), [])
     im = np.asarray(Image.open(out).convert("RGB"))
     assert im.shape[0] >= 16 and len(np.unique(im.reshape(-1, 3), axis=0)) > 2
+
+
+def test_qc_units_are_drawn_as_the_font_can():
+    """qc.png writes "µm" and "mm²" with a font that has those glyphs (a system DejaVu Sans or Arial where
+    installed), and "um" / "mm^2" with Pillow's own font, which draws a box for them."""
+    from PIL import ImageFont
+
+    from wsi_nuc.writers.qc import _font, _has_glyphs, _units
+
+    plain = ImageFont.load_default()
+    assert not _has_glyphs(plain)
+    assert _units("20 µm, 5,112/mm²", plain) == "20 um, 5,112/mm^2"
+    font = _font()
+    if _has_glyphs(font):
+        assert _units("20 µm, 5,112/mm²", font) == "20 µm, 5,112/mm²"

@@ -61,7 +61,7 @@ def forward_tta(net, x: torch.Tensor, n: int = 1) -> torch.Tensor:
             out = out.transpose(2, 3)
             out[:, [_HV_X, _HV_Y]] = out[:, [_HV_Y, _HV_X]].clone()
         acc = out if acc is None else acc + out
-    return acc / len(TTA_TRANSFORMS[n])
+    return acc if n == 1 else acc / len(TTA_TRANSFORMS[n])   # no pass over the maps to divide by 1
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -20,12 +20,11 @@ not results.
   nuclei as torch-fp32, F1 1.000; 1.2x faster at AVX512), else ``torch-fp32``. CUDA: ``torch-fp32``.
 
 ONNX Runtime INT8 is not picked on x86: it was slower where measured, its kernels could not be forced to
-AVX2 here, and its nuclei differ more (F1 0.987). Nor is ``torch-int8-fast`` (oneDNN with the graph's ×2
-up-samplings as a nearest copy and a fixed depthwise convolution, ``int8.upsample2x_bilinear_q``): 18 % less
-network time at forced AVX2 and 21 % natively, but it rounds some exact halves otherwise than PyTorch's
-up-sampling kernel, which moves about 1 % of the nuclei (F1 0.988-0.993 on CMU-1-Small-Region), past what
-``auto`` may change. The CPU is read from ``/proc/cpuinfo`` (no torch import in
-the driver); :func:`explain` says why.
+AVX2 here, and its nuclei differ more (F1 0.987). Every PyTorch INT8 engine runs the graph's ×2 up-samplings
+as a nearest copy and a fixed depthwise convolution on oneDNN's kernels (``int8.upsample2x_bilinear_q``),
+the same bytes as PyTorch's up-sampling kernel in less time; ``torch-int8-fast``, which ran them so before
+they were exact, is kept as another name for ``torch-int8-onednn``. The CPU is read from
+``/proc/cpuinfo`` (no torch import in the driver); :func:`explain` says why.
 """
 from __future__ import annotations
 
@@ -38,8 +37,6 @@ from ..errors import InputError
 ENGINES = ("torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-int8-fast", "torch-fp32", "onnx-int8",
            "onnx-fp32")
 QENGINES = {"torch-int8": "x86", "torch-int8-onednn": "onednn", "torch-int8-fbgemm": "fbgemm", "torch-int8-fast": "onednn"}
-# INT8 engines whose graph up-samples with int8.upsample2x_bilinear_q (faster, within one step of PyTorch's kernel)
-FAST_UPSAMPLE = ("torch-int8-fast",)
 CHOICES = ("auto", *ENGINES)
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import InputError
 
-from .engine_choice import (CHOICES, ENGINES, FAST_UPSAMPLE, ONNX_FILES, QENGINES, available_engines, check_engine,  # noqa: F401
+from .engine_choice import (CHOICES, ENGINES, ONNX_FILES, QENGINES, available_engines, check_engine,  # noqa: F401
                             default_engine)
 
 
@@ -136,8 +136,7 @@ def build_engine(engine: str, model_dir: Path, cfg: dict, device: torch.device, 
         if QENGINES[engine] not in torch.backends.quantized.supported_engines:
             raise InputError(f"--engine {engine}: this PyTorch build has no {QENGINES[engine]} quantized engine "
                              f"(it has {', '.join(torch.backends.quantized.supported_engines)})")
-        return load_int8(model_dir, device, QENGINES[engine], fast_upsample=engine in FAST_UPSAMPLE,
-                         trunk_only=trunk_only)
+        return load_int8(model_dir, device, QENGINES[engine], trunk_only=trunk_only)
     if engine == "torch-fp32":
         net = load_model(model_dir, device)[0] if device.type != "cpu" else folded_fp32(model_dir, cfg)
         if trunk_only and getattr(net, "type_branch", None) is not None:

@@ -111,7 +111,7 @@ def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_
             trunk_only: bool = False) -> Int8UNet:
     """The INT8 graph, its weights packed for ``qengine`` (x86: oneDNN or fbgemm kernels chosen by PyTorch per
     CPU; onednn or fbgemm: that library only); with ``fast_upsample`` its ×2 bilinear upsamplings of
-    quantised tensors run as :func:`upsample2x_bilinear_q` (``--engine torch-int8-fast``); ``trunk_only``
+    quantised tensors run as :func:`upsample2x_bilinear_q` (the same bytes, faster); ``trunk_only``
     drops a type branch (:func:`drop_type_branch`)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
@@ -151,8 +151,7 @@ def _smooth_121(channels: int):
     """Packed weights of a depthwise 3×3 convolution by [1, 2, 1]ᵀ[1, 2, 1] / 16 (int8 4, 8, 16 at scale
     1/64: exact), zero-padded, always packed for oneDNN's kernels whatever this process's quantised engine
     (a packed convolution runs on the library that packed it), so that every engine up-samples to the same
-    bytes: fbgemm rounds exact halves up, oneDNN nearly always to even as PyTorch's kernel does, and the two
-    would change 1 % of CMU-1-Small-Region's nuclei between them."""
+    bytes: oneDNN rounds exact halves to even as PyTorch's kernel does, fbgemm rounds them up."""
     with _SMOOTH_LOCK:
         if channels not in _SMOOTH_121:
             k = torch.tensor([1.0, 2.0, 1.0])
@@ -175,31 +174,38 @@ def fast_upsample_here() -> bool:
 
 
 def upsample2x_bilinear_q(x: torch.Tensor) -> torch.Tensor:
-    """×2 bilinear upsampling (``align_corners=False``) of a per-tensor quantised NCHW tensor on oneDNN's
-    kernels, as PyTorch's own kernel computes it to within one quantisation step (about 0.7 % of the values
-    differ: exact halves that oneDNN's float requantisation rounds down where PyTorch rounds to even), in a
-    third to a half of its time (see int8's notes in the README).
+    """×2 bilinear upsampling (``align_corners=False``) of a per-tensor quantised NCHW tensor: the same bytes
+    as PyTorch's own kernel (a test), on oneDNN's kernels, in about 0.7 of its time at forced AVX2.
 
-    Bilinear ×2 is nearest ×2 followed by the separable [1, 2, 1] / 4 filter with the border replicated:
-    output 2i takes x[i-1]/4 + 3x[i]/4, output 2i+1 takes 3x[i]/4 + x[i+1]/4, and so does the filter on the
+    For a ×2 upsampling PyTorch's quantised kernel works on the stored integers alone (input and output share
+    scale and zero point): output = round-half-to-even((9a + 3b + 3c + d) / 16) of the four nearest stored
+    values, whatever the scale and zero point (checked on random tensors). Bilinear ×2 is nearest ×2
+    followed by the separable [1, 2, 1] / 4 filter with the border replicated: output 2i takes
+    x[i-1]/4 + 3x[i]/4, output 2i+1 takes 3x[i]/4 + x[i+1]/4, and so does the filter on the
     nearest-upsampled row (whose entries 2i-1, 2i, 2i+1 are x[i-1], x[i], x[i]). The filter runs as a
-    quantised depthwise convolution with the input's scale and zero point; its zero padding is wrong only
-    on the outermost ring, which is recomputed from the input's edge rows and columns by PyTorch's kernel."""
+    quantised depthwise convolution on the stored integers read at scale 1 and zero point 0 (a copy of the
+    input), so that oneDNN's requantisation multiplies by exactly 1/64 and rounds halves to even as PyTorch
+    does (with the tensor's own scale it rounded about 0.3 % of the values otherwise: 1 % of the nuclei,
+    sessions 7-8); the result is read back with the input's scale and zero point (a copy). The zero padding
+    is wrong only on the outermost ring, which is recomputed from the input's edge rows and columns by
+    PyTorch's kernel."""
     import torch.nn.functional as F
 
     s, z = x.q_scale(), x.q_zero_point()
     h2, w2 = 2 * x.shape[-2], 2 * x.shape[-1]
-    y = torch.ops.quantized.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), _smooth_121(x.shape[1]), s, z)
+    x1 = torch._make_per_tensor_quantized_tensor(x.int_repr(), 1.0, 0)
+    y = torch.ops.quantized.conv2d(F.interpolate(x1, scale_factor=2, mode="nearest"), _smooth_121(x.shape[1]),
+                                   1.0, 0)
 
     def edge(t, size):
         return F.interpolate(t.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
                              align_corners=False)
 
-    y[:, :, :1, :].copy_(edge(x[:, :, :1, :], (1, w2)))
-    y[:, :, -1:, :].copy_(edge(x[:, :, -1:, :], (1, w2)))
-    y[:, :, :, :1].copy_(edge(x[:, :, :, :1], (h2, 1)))
-    y[:, :, :, -1:].copy_(edge(x[:, :, :, -1:], (h2, 1)))
-    return y
+    y[:, :, :1, :].copy_(edge(x1[:, :, :1, :], (1, w2)))
+    y[:, :, -1:, :].copy_(edge(x1[:, :, -1:, :], (1, w2)))
+    y[:, :, :, :1].copy_(edge(x1[:, :, :, :1], (h2, 1)))
+    y[:, :, :, -1:].copy_(edge(x1[:, :, :, -1:], (h2, 1)))
+    return torch._make_per_tensor_quantized_tensor(y.int_repr(), s, z)
 
 
 def cat_q(tensors, dim=0):
@@ -219,8 +225,7 @@ def cat_q(tensors, dim=0):
 def interpolate_q(x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
                   antialias=False):
     """``F.interpolate`` in a converted INT8 graph: a ×2 bilinear upsampling of a quantised tensor takes
-    :func:`upsample2x_bilinear_q`, everything else PyTorch's kernel (built only for ``--engine
-    torch-int8-fast``, whose oneDNN kernels were checked when the engine was built)."""
+    :func:`upsample2x_bilinear_q` (the same bytes as PyTorch's kernel), everything else PyTorch's kernel."""
     import torch.nn.functional as F
 
     if (x.is_quantized and x.qscheme() == torch.per_tensor_affine and mode == "bilinear" and not align_corners
@@ -253,8 +258,12 @@ def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
 
 
 def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND,
-              fast_upsample: bool = False, trunk_only: bool = False) -> Int8UNet:
-    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
+              fast_upsample: bool | None = None, trunk_only: bool = False) -> Int8UNet:
+    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx.
+    ``fast_upsample`` (default: where oneDNN's kernels exist) runs the ×2 up-samplings as
+    :func:`upsample2x_bilinear_q`, the same bytes as PyTorch's kernel."""
+    if fast_upsample is None:
+        fast_upsample = fast_upsample_here()
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     prepared, fp32, _ = prepared_from_folder(model_dir)

@@ -57,11 +57,40 @@ def colormap(v: np.ndarray) -> np.ndarray:
     return _LUT[np.rint(np.clip(np.nan_to_num(np.asarray(v, np.float32)), 0.0, 1.0) * 4095).astype(np.intp)]
 
 
+# A system font with "µ" and "²" where one is installed (DejaVu Sans: most Linux systems; Arial: macOS and
+# Windows); else Pillow's own font, which has neither, and the units are written "um" and "^2".
+_FONT_FILES = ("DejaVuSans.ttf", "Arial.ttf", "arial.ttf")
+_ASCII = str.maketrans({"µ": "u", "²": "^2"})
+
+
 def _font():
+    for name in _FONT_FILES:
+        try:
+            return ImageFont.truetype(name, 12)
+        except OSError:
+            continue
     try:
         return ImageFont.load_default(size=14)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
+
+
+def _has_glyphs(font, chars: str = "µ²") -> bool:
+    """Whether ``font`` draws these characters (not its missing-glyph box)."""
+    def mask(c):
+        m = font.getmask(c)
+        return m.size, np.asarray(m).tobytes() if m.size[0] and m.size[1] else b""
+
+    try:
+        missing = mask("\uffff")
+        return all(mask(c) != missing for c in chars)
+    except Exception:
+        return False
+
+
+def _units(text: str, font) -> str:
+    """``text`` as ``font`` can draw it: "µm" and "²" kept, or written "um" and "^2"."""
+    return text if _has_glyphs(font) else text.translate(_ASCII)
 
 
 def _as_rgb_uint8(a) -> np.ndarray:
@@ -116,8 +145,8 @@ def density_map(centroids_xy: np.ndarray, thumb_shape: tuple[int, int], thumb_sc
     dens = _smooth(counts, sigma)
     if level0_mpp:
         px_mm = thumb_scale * float(level0_mpp) / 1000.0  # thumbnail pixel side in mm
-        return dens / (px_mm * px_mm), "nuclei/mm^2"
-    return dens / (thumb_scale * thumb_scale) * 1e6, "nuclei/Mpx^2 (level-0)"
+        return dens / (px_mm * px_mm), "nuclei/mm²"
+    return dens / (thumb_scale * thumb_scale) * 1e6, "nuclei/Mpx² (level-0)"
 
 
 def _smooth(counts: np.ndarray, sigma: float) -> np.ndarray:
@@ -178,7 +207,7 @@ def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, ha
     if um <= 0:
         return
     L = um * px_per_um
-    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} um"
+    label = f"{um / 1000:g} mm" if um >= 1000 else _units(f"{um:g} µm", font)
     if halo:
         draw.rectangle([x - 3, y - 16, x + max(L, 40) + 3, y + 5], fill=(255, 255, 255))
     draw.rectangle([x, y, x + L, y + 3], fill=color)
@@ -186,12 +215,12 @@ def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, ha
 
 
 def _histogram(areas: np.ndarray, w: int, h: int, font, min_area: float | None) -> Image.Image:
-    """Nucleus-area histogram (um^2, 1 um^2 bins up to the 99.5th percentile) as a small image."""
+    """Nucleus-area histogram (µm², 1 µm² bins up to the 99.5th percentile) as a small image."""
     img = Image.new("RGB", (w, h), BG)
     d = ImageDraw.Draw(img)
     a = np.asarray(areas, np.float64)
     a = a[np.isfinite(a)]
-    d.text((4, 2), f"nucleus area (um^2), n = {len(a):,}", fill=TEXT, font=font)
+    d.text((4, 2), _units(f"nucleus area (µm²), n = {len(a):,}", font), fill=TEXT, font=font)
     if not len(a):
         return img
     hi = max(float(np.percentile(a, 99.5)), 1.0)
@@ -346,6 +375,7 @@ def _density_legend(canvas, draw, at: tuple[int, int], dw: int, vmax: float, uni
     canvas.paste(Image.fromarray(bar), (lx, ly))
     draw.rectangle([lx - 1, ly - 1, lx + bar_w, ly + 10], outline=TEXT)
     draw.text((lx, ly + 13), "0", fill=TEXT, font=font)
+    unit = _units(unit, font)
     draw.text((lx + bar_w + 6, ly - 2), f"{vmax:,.0f} {unit}" if vmax >= 10 else f"{vmax:.3g} {unit}",
               fill=TEXT, font=font)
 
@@ -380,7 +410,7 @@ def _draw_zooms(canvas, draw, zooms, zy: int, level0_mpp: float | None, font) ->
         canvas.paste(zimg, (zx, zy))
         draw.rectangle([zx - 1, zy - 1, zx + zw, zy + zh], outline=TEXT)
         if caption:
-            draw.text((zx, zy + zh + 2), str(caption), fill=TEXT, font=font)
+            draw.text((zx, zy + zh + 2), _units(str(caption), font), fill=TEXT, font=font)
 
 
 def _outline_legend(canvas, draw, at: tuple[int, int], legend, zooms, font) -> None:

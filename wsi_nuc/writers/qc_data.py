@@ -79,7 +79,7 @@ def qc_inputs(reader, final, level0_mpp: float, f: float, typed: bool) -> dict:
         dens = ""
         if level0_mpp:
             core_mm2 = tn.core.h * tn.core.w * (f * level0_mpp / 1000.0) ** 2
-            dens = f", {len(idx) / core_mm2:,.0f}/mm^2"
+            dens = f", {len(idx) / core_mm2:,.0f}/mm²"
         caption = f"{'densest' if q >= 1 else f'q{int(round(q * 100))}'} tile{dens}"
         zooms.append((crop, polys, colors, (x0, y0, side, side), caption))
     legend = None
