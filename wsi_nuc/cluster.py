@@ -16,6 +16,11 @@ from .errors import InputError, quiet_libraries
 from .graph import AUTO, IN_PROCESS, LOCAL
 
 
+# dask.config: no MALLOC_TRIM_THRESHOLD_ in the environment of the worker processes a nanny starts (None unsets
+# a key of ``distributed.nanny.pre-spawn-environ``); one set in the user's own environment is still inherited
+NO_MALLOC_TRIM = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 2))
 
@@ -88,8 +93,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
         return
     n = workers or default_workers()
     # Dask's own sampling profiler wakes every worker every 10 ms (about 1-2 % of a worker's CPU in a py-spy
-    # profile of a mosaic run, session 8) for a dashboard page this tool does not show by default
-    with _ctrl_c_ignored(), dask.config.set({"distributed.worker.profile.enabled": bool(dashboard)}):
+    # profile of a mosaic run, session 8) for a dashboard page this tool does not show by default.
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536; setting it turns off glibc's adaptive
+    # mmap threshold, so every tensor above 128 KiB is mapped fresh and page-faulted in on each use: the
+    # network of a 640² tile took 1.9x its time (542-574 against 293 ms, forced AVX2, session 9). Workers
+    # keep glibc's defaults, as a `wsi-nuc run` in one process does (NO_MALLOC_TRIM).
+    with _ctrl_c_ignored(), dask.config.set({"distributed.worker.profile.enabled": bool(dashboard),
+                                            **NO_MALLOC_TRIM}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)
     client = Client(cluster)
