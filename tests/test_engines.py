@@ -121,6 +121,18 @@ def client():
         yield c
 
 
+def test_local_cluster_workers_keep_glibcs_malloc_defaults(client):
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive
+    mmap threshold and nearly doubled the network's time in a worker (session 9): ours start without it
+    (unless the user's own environment sets it), and keep the thread limits Dask sets."""
+    import os
+
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        pytest.skip("MALLOC_TRIM_THRESHOLD_ is set in this environment (workers inherit it)")
+    env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
+    assert env and all(e == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"} for e in env.values()), env
+
+
 def test_cmu_same_nuclei_on_every_cpu_kind(slides, tmp_path, client):
     """Issue 14: the same nuclei whatever the engine. torch-int8 runs oneDNN kernels on a VNNI CPU and fbgemm
     kernels on an AVX2-only one: both on CMU here, F1 >= 0.99 at IoU 0.5; the engine is in summary.json."""
