@@ -10,6 +10,8 @@
 set -euo pipefail
 sched="${1:?usage: worker-gpu.sh tcp://host:8786 [N_GPUS]}"
 n="${2:-$(nvidia-smi -L | wc -l)}"
+# workers without Dask's MALLOC_TRIM_THRESHOLD_ (1.9x the network time per tile with it; see wsi-nuc-dask.yaml)
+export DASK_CONFIG="${DASK_CONFIG:-$(cd "$(dirname "$0")" && pwd)/wsi-nuc-dask.yaml}"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
 for ((i = 0; i < n; i++)); do
