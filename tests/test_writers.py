@@ -378,11 +378,11 @@ def test_qc_units_are_drawn_as_the_font_can():
     installed), and "um" / "mm^2" with Pillow's own font, which draws a box for them."""
     from PIL import ImageFont
 
-    from wsi_nuc.writers.qc import _font, _has_glyphs, _units
+    from wsi_nuc.writers.qc_text import has_glyphs, qc_font, units_for
 
     plain = ImageFont.load_default()
-    assert not _has_glyphs(plain)
-    assert _units("20 µm, 5,112/mm²", plain) == "20 um, 5,112/mm^2"
-    font = _font()
-    if _has_glyphs(font):
-        assert _units("20 µm, 5,112/mm²", font) == "20 µm, 5,112/mm²"
+    assert not has_glyphs(plain)
+    assert units_for("20 µm, 5,112/mm²", plain) == "20 um, 5,112/mm^2"
+    font = qc_font()
+    if has_glyphs(font):
+        assert units_for("20 µm, 5,112/mm²", font) == "20 µm, 5,112/mm²"

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from .atomic import atomic_file
+from .qc_text import qc_font, units_for
 
 PANEL = 512          # longest side of each of the two top panels, in pixels
 ZOOM = 256           # side of each zoom tile
@@ -55,42 +56,6 @@ _LUT = _ramp(np.linspace(0.0, 1.0, 4096))
 def colormap(v: np.ndarray) -> np.ndarray:
     """Map values in 0..1 to uint8 RGB (piecewise-linear through the anchors; a 4096-step table)."""
     return _LUT[np.rint(np.clip(np.nan_to_num(np.asarray(v, np.float32)), 0.0, 1.0) * 4095).astype(np.intp)]
-
-
-# A system font with "µ" and "²" where one is installed (DejaVu Sans: most Linux systems; Arial: macOS and
-# Windows); else Pillow's own font, which has neither, and the units are written "um" and "^2".
-_FONT_FILES = ("DejaVuSans.ttf", "Arial.ttf", "arial.ttf")
-_ASCII = str.maketrans({"µ": "u", "²": "^2"})
-
-
-def _font():
-    for name in _FONT_FILES:
-        try:
-            return ImageFont.truetype(name, 12)
-        except OSError:
-            continue
-    try:
-        return ImageFont.load_default(size=14)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _has_glyphs(font, chars: str = "µ²") -> bool:
-    """Whether ``font`` draws these characters (not its missing-glyph box)."""
-    def mask(c):
-        m = font.getmask(c)
-        return m.size, np.asarray(m).tobytes() if m.size[0] and m.size[1] else b""
-
-    try:
-        missing = mask("\uffff")
-        return all(mask(c) != missing for c in chars)
-    except Exception:
-        return False
-
-
-def _units(text: str, font) -> str:
-    """``text`` as ``font`` can draw it: "µm" and "²" kept, or written "um" and "^2"."""
-    return text if _has_glyphs(font) else text.translate(_ASCII)
 
 
 def _as_rgb_uint8(a) -> np.ndarray:
@@ -207,7 +172,7 @@ def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, ha
     if um <= 0:
         return
     L = um * px_per_um
-    label = f"{um / 1000:g} mm" if um >= 1000 else _units(f"{um:g} µm", font)
+    label = f"{um / 1000:g} mm" if um >= 1000 else units_for(f"{um:g} µm", font)
     if halo:
         draw.rectangle([x - 3, y - 16, x + max(L, 40) + 3, y + 5], fill=(255, 255, 255))
     draw.rectangle([x, y, x + L, y + 3], fill=color)
@@ -220,7 +185,7 @@ def _histogram(areas: np.ndarray, w: int, h: int, font, min_area: float | None) 
     d = ImageDraw.Draw(img)
     a = np.asarray(areas, np.float64)
     a = a[np.isfinite(a)]
-    d.text((4, 2), _units(f"nucleus area (µm²), n = {len(a):,}", font), fill=TEXT, font=font)
+    d.text((4, 2), units_for(f"nucleus area (µm²), n = {len(a):,}", font), fill=TEXT, font=font)
     if not len(a):
         return img
     hi = max(float(np.percentile(a, 99.5)), 1.0)
@@ -281,7 +246,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     thumb = _as_rgb_uint8(thumb_rgb)
     th, tw = thumb.shape[:2]
     thumb_scale = float(thumb_scale) if thumb_scale and thumb_scale > 0 else 1.0
-    font = _font()
+    font = qc_font()
     n_nuclei = int(np.asarray(centroids_level0_xy).reshape(-1, 2).shape[0])
     zooms = [tuple(z) + (None,) * (5 - len(z)) for z in list(zooms)[:4]]
     left_img, right_img, vmax, unit = _panels(thumb, thumb_scale, tissue_mask_bool, centroids_level0_xy, zooms,
@@ -375,7 +340,7 @@ def _density_legend(canvas, draw, at: tuple[int, int], dw: int, vmax: float, uni
     canvas.paste(Image.fromarray(bar), (lx, ly))
     draw.rectangle([lx - 1, ly - 1, lx + bar_w, ly + 10], outline=TEXT)
     draw.text((lx, ly + 13), "0", fill=TEXT, font=font)
-    unit = _units(unit, font)
+    unit = units_for(unit, font)
     draw.text((lx + bar_w + 6, ly - 2), f"{vmax:,.0f} {unit}" if vmax >= 10 else f"{vmax:.3g} {unit}",
               fill=TEXT, font=font)
 
@@ -410,7 +375,7 @@ def _draw_zooms(canvas, draw, zooms, zy: int, level0_mpp: float | None, font) ->
         canvas.paste(zimg, (zx, zy))
         draw.rectangle([zx - 1, zy - 1, zx + zw, zy + zh], outline=TEXT)
         if caption:
-            draw.text((zx, zy + zh + 2), _units(str(caption), font), fill=TEXT, font=font)
+            draw.text((zx, zy + zh + 2), units_for(str(caption), font), fill=TEXT, font=font)
 
 
 def _outline_legend(canvas, draw, at: tuple[int, int], legend, zooms, font) -> None:
