@@ -15,12 +15,12 @@ not results.
   where the choice is made. Other x86 systems: ``torch-int8`` (PyTorch uses fbgemm off Linux).
 - An INT8 model folder where PyTorch has no x86 INT8 engine (ARM: Apple silicon, Graviton): ``onnx-int8``
   when onnxruntime is installed and the folder ships ``model.int8.onnx`` (the torch graph's quantisation;
-  F1 0.987 against torch-int8 on CMU), else ``torch-fp32``.
+  F1 0.987 against torch-int8 on CMU with v0.2, 0.978 with v0.5), else ``torch-fp32``.
 - An fp32 model folder: ``onnx-fp32`` when it ships ``model.onnx`` and onnxruntime is installed (the same
   nuclei as torch-fp32, F1 1.000; 1.2x faster at AVX512), else ``torch-fp32``. CUDA: ``torch-fp32``.
 
 ONNX Runtime INT8 is not picked on x86: it was slower where measured, its kernels could not be forced to
-AVX2 here, and its nuclei differ more (F1 0.987). Every PyTorch INT8 engine runs the graph's ×2 up-samplings
+AVX2 here, and its nuclei differ more (F1 0.978-0.987). Every PyTorch INT8 engine runs the graph's ×2 up-samplings
 as a nearest copy and a fixed depthwise convolution on oneDNN's kernels (``int8.upsample2x_bilinear_q``),
 the same bytes as PyTorch's up-sampling kernel in less time; ``torch-int8-fast``, which ran them so before
 they were exact, is kept as another name for ``torch-int8-onednn``. The CPU is read from
