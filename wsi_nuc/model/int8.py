@@ -107,13 +107,17 @@ def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
         fx_config.do_not_emit_stack_traces = keep
 
 
-def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_upsample: bool = False,
+def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_upsample: bool | None = None,
             trunk_only: bool = False) -> Int8UNet:
     """The INT8 graph, its weights packed for ``qengine`` (x86: oneDNN or fbgemm kernels chosen by PyTorch per
     CPU; onednn or fbgemm: that library only); with ``fast_upsample`` its ×2 bilinear upsamplings of
-    quantised tensors run as :func:`upsample2x_bilinear_q` (the same bytes, faster); ``trunk_only``
-    drops a type branch (:func:`drop_type_branch`)."""
+    quantised tensors run as :func:`upsample2x_bilinear_q` (the same bytes, faster; default: where oneDNN's
+    kernels exist, so every caller times and checks the graph that ships); ``trunk_only`` drops a type branch
+    (:func:`drop_type_branch`)."""
     from torch.ao.quantization.quantize_fx import convert_fx
+
+    if fast_upsample is None:
+        fast_upsample = fast_upsample_here()
 
     torch.backends.quantized.engine = qengine
     with warnings.catch_warnings():
@@ -265,11 +269,8 @@ def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
 
 def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND,
               fast_upsample: bool | None = None, trunk_only: bool = False) -> Int8UNet:
-    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx.
-    ``fast_upsample`` (default: where oneDNN's kernels exist) runs the ×2 up-samplings as
-    :func:`upsample2x_bilinear_q`, the same bytes as PyTorch's kernel."""
-    if fast_upsample is None:
-        fast_upsample = fast_upsample_here()
+    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx
+    (``fast_upsample``: see :func:`convert`)."""
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     prepared, fp32, _ = prepared_from_folder(model_dir)
