@@ -5,7 +5,7 @@ Python API (see README.md, "Python API")::
     labels, table = wsi_nuc.segment_image(rgb, mpp=0.25)        # one image in memory
     summary = wsi_nuc.run_slide("slide.svs", "out", quiet=True)  # one slide, as `wsi-nuc run`
 """
-__version__ = "0.1.0"
+__version__ = "0.7.0"   # pyproject.toml's; wsi_nuc.version.build_version() adds the git commit
 
 
 def segment_image(rgb, mpp, model=None, device="cpu", min_area_um2=3.0):

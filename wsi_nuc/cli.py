@@ -51,8 +51,6 @@ def _calibrate(a) -> int:
     return 0
 
 
-
-
 def _settings(a):
     """RunSettings from the flags, checked (one owner: ``validate_settings``); roundings are noted."""
     from .pipeline import RunSettings
@@ -63,6 +61,7 @@ def _settings(a):
                      batch=a.batch, quiet=a.quiet, types=not a.no_types, wait=a.wait, overwrite=a.overwrite,
                      geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
                      min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None),
+                     roi_class=a.roi_class,
                      tta=a.tta, engine=a.engine)
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
@@ -153,13 +152,14 @@ def _info(a) -> int:
 
 
 def _models(a) -> int:
+    from .licence import short_licence
     from .model.io import CUDA_DEFAULT_MODEL, DEFAULT_MODEL, read_model_config, resolve_model_dir, shipped_models
 
     def num(v, width: int, fmt: str = "") -> str:
         return format(format(v, fmt) if isinstance(v, (int, float)) else "–", f">{width}")
 
     print(f"  {'model':<18} {'version':<8} {'mpp':>4} {'a-AJI':>6} {'PQ':>6} {'F1':>6} {'DSB-HE':>6} "
-          f"{'params':>8} {'GMAC/Mpx':>9} {'ms/256²':>8} {'Mpx/s':>6}  stain")
+          f"{'params':>8} {'GMAC/Mpx':>9} {'ms/256²':>8} {'Mpx/s':>6}  {'stain':<8}  licence of the weights")
     for name in shipped_models():
         cfg = read_model_config(resolve_model_dir(name))
         val = cfg.get("metrics", {}).get("val", {})
@@ -171,11 +171,13 @@ def _models(a) -> int:
               f"{num(other.get('aji'), 6, '.3f')} "
               f"{num(cfg.get('params', 0) / 1e6, 6, '.2f')} M {num(cfg.get('gmac_per_mpx'), 9, '.1f')} "
               f"{num(speed.get('ms_per_256_tile'), 8, '.1f')} {num(speed.get('mpx_per_s'), 6, '.2f')}  "
-              f"{'Reinhard' if cfg.get('stain_norm') else '–'}")
+              f"{'Reinhard' if cfg.get('stain_norm') else '–':<8}  {short_licence(cfg)}")
     print("a-AJI/PQ/F1: MoNuSeg 2018 val (H&E models), DSB 2018 val (fluo-nuclei); DSB-HE: a-AJI on the 11 "
           "H&E-like DSB val images (another source); speeds: network only, 2 threads, this machine (see each "
           "model's card.md)")
     print("* default on CPU   + default on CUDA")
+    print("Licences: CC BY-NC-SA 4.0 = non-commercial, share-alike (MoNuSeg 2018); research use only = CoNSeP's "
+          "terms; the wsi-nuc code is Apache-2.0. Full terms: each model's config.json 'licence' and card.md")
     return 0
 
 
@@ -246,6 +248,8 @@ def _slide_options() -> argparse.ArgumentParser:
                    help="OME-Zarr parent image: the slide pyramid itself (default: a thumbnail)")
     p.add_argument("--min-area-um2", type=_non_negative, default=d.min_area_um2, metavar="A",
                    help=f"drop nuclei smaller than A µm² from every output (default {d.min_area_um2:g})")
+    p.add_argument("--roi-class", metavar="NAME", help="with a QuPath GeoJSON region: only the annotations of "
+                   "this class (Ignore* annotations are always subtracted)")
     p.add_argument("--dashboard", action="store_true",
                    help="print the Dask dashboard link (a local cluster needs bokeh: pip install "
                         "'wsi-nuc[dashboard]')")
@@ -332,12 +336,12 @@ def _add_training(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsi-nuc`` parser: every subcommand also takes ``--debug``; ``run`` and ``batch`` share one parent."""
-    from . import __version__
+    from .version import build_version
 
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p = _Parser(prog="wsi-nuc", description=__doc__.splitlines()[0], parents=[common])
-    p.add_argument("--version", action="version", version=f"wsi-nuc {__version__}")
+    p.add_argument("--version", action="version", version=f"wsi-nuc {build_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add = sub.add_parser
 

@@ -56,9 +56,10 @@ class Display:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.clock = clock
         self.t0 = clock()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
 
     def write(self, text: str) -> None:
+        """``text`` in one write (a line is never split by another thread's; callers hold :attr:`lock`)."""
         self.stream.write(text)
         self.stream.flush()
 
@@ -77,6 +78,7 @@ class SlideProgress(Display):
         self._last_t = self.t0
         self._last_frac = 0.0
         self._stage = None
+        self._said = set()                     # stage labels announced: each once a run
         self._stop = threading.Event()
         self._beat = None
         self.stage("open")
@@ -93,33 +95,45 @@ class SlideProgress(Display):
                     self._line(f"segmenting {self.done}/{self.total} tiles (still working)")
 
     def _line(self, msg: str) -> None:
+        """One whole line (callers hold :attr:`lock`, so the writer threads' lines never interleave)."""
         t = self.clock()
         text = f"[{t - self.t0:6.1f} s] {self.name}: {msg}"
         if self.bar is not None:
-            self.bar.write(text, file=self.stream)
+            self.bar.clear()
+            self.write(text + "\n")
+            self.bar.refresh()
         else:
-            print(text, file=self.stream, flush=True)
+            self.write(text + "\n")
 
     def stage(self, key: str) -> None:
-        """Announce a stage (a ``Timer`` stage name or free text)."""
+        """Announce a stage (a ``Timer`` stage name or free text), once: a stage entered again (the OME-Zarr
+        writer's levels) or from another writer thread is not repeated."""
+        with self.lock:
+            self._stage_locked(key)
+
+    def _stage_locked(self, key: str) -> None:
         if key == "stitch":
             self._stop.set()                       # the tiles are done: no more heartbeat
         label = STAGES.get(key, key)
-        if label == self._stage or key == "segment":
+        if label in self._said or key == "segment":
             return
+        self._said.add(label)
         self._stage = label
         if self.bar is not None:
             self.bar.set_description_str(f"{self.name}: {label}", refresh=True)
         elif not self.tty or self.total == 0:
             if self.tty:
-                self.stream.write(f"\r{self.name}: {label}...\033[K")
-                self.stream.flush()
+                self.write(f"\r{self.name}: {label}...\033[K")
             else:
                 self._line(label)
 
     def start_tiles(self, total: int, starting: str | None = "starting workers, loading the model") -> None:
         """The tile count is known: a bar on a terminal, a first line otherwise; ``starting``: what happens
         before the first tile can finish (None: nothing slow, e.g. the model is loaded already)."""
+        with self.lock:
+            self._start_tiles(total, starting)
+
+    def _start_tiles(self, total: int, starting: str | None) -> None:
         self.total = int(total)
         self._stage = "segmenting"
         note = f" ({starting})" if starting else ""
@@ -160,12 +174,15 @@ class SlideProgress(Display):
         if self._beat is not None:
             self._beat.join()
             self._beat = None
+        with self.lock:
+            self._close(msg)
+
+    def _close(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.set_description_str(f"{self.name}: {msg}", refresh=True)
             self.bar.close()
             self.bar = None
         elif self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+            self.write("\r\033[K")
         else:
             self._line(msg)

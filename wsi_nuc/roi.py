@@ -24,7 +24,6 @@ naming the file).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +110,9 @@ def _load_geojson(path: Path, info) -> Roi:
     import shapely
     from shapely.geometry import shape
 
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: ROI file is not text (GeoJSON) nor a known image type") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: ROI is not valid JSON (line {e.lineno}: {e.msg})") from None
+    from .json_in import read_json
+
+    doc = read_json(path, "ROI GeoJSON")        # size, depth and finite numbers checked (one owner)
     geoms = _polygons_of(doc)
     if not geoms:
         raise InputError(f"{path}: ROI GeoJSON has no Polygon or MultiPolygon")
@@ -129,40 +125,47 @@ def _load_geojson(path: Path, info) -> Roi:
     if region.is_empty or region.area <= 0:
         raise InputError(f"{path}: ROI polygons have no area")
     x0, y0, x1, y1 = region.bounds
-    if x1 <= 0 or y1 <= 0 or x0 >= info.width or y0 >= info.height:
+    region = region.intersection(shapely.box(0, 0, info.width, info.height))   # only the slide's part counts
+    if region.is_empty or region.area <= 0:
         raise InputError(f"{path}: ROI lies outside the slide (bounds {x0:.0f},{y0:.0f}-{x1:.0f},{y1:.0f} "
                          f"level-0 px; slide {info.width}x{info.height})")
     return Roi(str(path), geometry=region)
 
 
 def _load_mask(path: Path, info) -> Roi:
-    from PIL import Image
+    from .image_in import read_image
 
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            a = tifffile.imread(path)
-        else:
-            with Image.open(path) as im:
-                a = np.asarray(im.convert("L") if im.mode not in ("1", "L", "I", "I;16") else im)
-    except Exception as e:
-        raise InputError(f"{path}: ROI mask image cannot be read ({type(e).__name__}: {e})") from None
-    a = np.asarray(a)
+    a = read_image(path, "ROI mask", mode="L", keep=("1", "L", "I", "I;16"))   # size checked before decoding
     if a.ndim == 3:
-        a = a[..., :3].max(axis=-1) if a.shape[-1] in (3, 4) else a[0]
+        a = a[..., :3].max(axis=-1) if a.shape[-1] in (3, 4) else a[..., 0] if a.shape[-1] == 2 else a[0]
     if a.ndim != 2 or a.size == 0:
         raise InputError(f"{path}: ROI mask must be a 2-D image, got shape {a.shape}")
     mask = a > 0
     h, w = mask.shape
-    sx, sy = info.width / w, info.height / h
-    if abs(sx - sy) > max(sx, sy) * 0.02 + 1.0 / min(h, w) * max(sx, sy):
+    need = min(MIN_MASK_PX, info.width, info.height)
+    if min(h, w) < need:
+        raise InputError(f"{path}: ROI mask is {w}x{h} px: too small to place a region on the slide "
+                         f"({info.width}x{info.height}); it needs at least {need} px a side")
+    if not _same_downsample(info.width, info.height, w, h):
         raise InputError(f"{path}: ROI mask is {w}x{h}, not the slide's aspect ratio "
                          f"({info.width}x{info.height}): it must be the whole slide at some downsample")
     if not mask.any():
         raise InputError(f"{path}: ROI mask is empty (no non-zero pixel)")
-    s = (sx + sy) / 2.0
-    return Roi(str(path), mask=mask, scale=(s, s))
+    return Roi(str(path), mask=mask, scale=(info.width / w, info.height / h))   # per axis: rounding differs
+
+
+MIN_MASK_PX = 8     # a mask side below this cannot say where a region is
+
+
+def _same_downsample(W: int, H: int, w: int, h: int) -> bool:
+    """Whether a w x h mask is a W x H slide at one downsample d with each side rounded either way
+    (|W/d - w| < 1 and |H/d - h| < 1 for some d), or its two scales are within 2 %."""
+    sx, sy = W / w, H / h
+    if abs(sx - sy) <= 0.02 * max(sx, sy):
+        return True
+    lo = max(W / (w + 1), H / (h + 1))
+    hi = min(W / (w - 1) if w > 1 else float("inf"), H / (h - 1) if h > 1 else float("inf"))
+    return lo < hi
 
 
 def load_roi(path: str | Path, info) -> Roi:

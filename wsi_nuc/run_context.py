@@ -31,6 +31,7 @@ class RunSettings:
     min_area_um2: float = 3.0       # smaller nuclei are dropped from every output
     dashboard: bool = False         # print the Dask dashboard link
     roi: str | None = None          # region of interest: QuPath GeoJSON or mask image (wsi_nuc/roi.py)
+    roi_class: str | None = None    # only the ROI GeoJSON's annotations of this class (--roi-class)
     types: bool = True              # per-nucleus type and type_prob when the model has a type head (--no-types)
     wait: bool = False              # output locked by another run: wait for it (else InputError at once)
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
@@ -44,7 +45,7 @@ class RunSettings:
 # also compare the resolved model folder. The other fields (model as named, device, workers, scheduler,
 # batch, tiles_per_task, quiet, dashboard, wait, overwrite) change how a run goes, not what it makes.
 RESULT_SETTINGS = {"tile": "tiles", "halo": "tiles", "margin": "tiles", "mpp": "tiles", "types": "tiles", "tta": "tiles",
-                   "tissue_detection": "outputs", "roi": "outputs", "min_area_um2": "outputs",
+                   "tissue_detection": "outputs", "roi": "outputs", "roi_class": "outputs", "min_area_um2": "outputs",
                    "geojson_gz": "outputs", "simplify": "outputs", "table": "outputs", "zarr_image": "outputs"}
 
 

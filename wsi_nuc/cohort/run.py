@@ -193,7 +193,7 @@ def _run_one(run: _Run, slide: CohortSlide, why: str) -> None:
         progress.running += 1
     st = slide_settings(slide, settings)
     try:
-        summ = run.run_fn(slide.path, run.out, st, client=run.client, progress=progress.add_tiles)
+        summ = run.run_fn(slide.path, run.out, st, client=run.client, progress=progress.slide_progress())
         row = _row_from_summary(slide, run.out, DONE, summ, why)
         morph, err = _morph_row(slide, run.out, summ, progress), None
     except Exception as e:  # noqa: BLE001 - a broken slide fails alone

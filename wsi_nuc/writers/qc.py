@@ -38,6 +38,7 @@ BG = (255, 255, 255)
 TEXT = (20, 20, 20)
 OUTLINE_TISSUE = (0, 170, 0)
 OUTLINE_NUCLEUS = (255, 230, 0)
+OUTLINE_REGION = (210, 0, 210)   # --roi: the analysed region, magenta
 
 # "inferno"-like anchors, 0..1 -> RGB
 _CMAP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
@@ -220,7 +221,8 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
                  zooms: Sequence[tuple] = (),
                  level0_mpp: float | None = None, title: str | None = None,
                  areas_um2: np.ndarray | None = None, legend: Sequence[tuple[str, tuple]] | None = None,
-                 min_area_um2: float | None = None, subtitle: str | None = None) -> None:
+                 min_area_um2: float | None = None, subtitle: str | None = None,
+                 region_mask: np.ndarray | None = None, footer: str | None = None) -> None:
     """Write the QC PNG.
 
     thumb_rgb : (h, w, 3) thumbnail of the slide.
@@ -238,6 +240,9 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     legend : ``[(label, rgb), ...]`` for the outline colours (types); None: the confidence colour bar
         when the zooms have colours.
     subtitle : a second line (counts, tissue).
+    region_mask : with ``--roi``, the region on the thumbnail grid (bool (h, w)): outlined in magenta on
+        both panels.
+    footer : a last line of small print (the model's licence).
 
     >>> import tempfile, os
     >>> write_qc_png(os.path.join(tempfile.mkdtemp(), "qc.png"), np.full((20, 30, 3), 230, np.uint8),
@@ -250,14 +255,15 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     n_nuclei = int(np.asarray(centroids_level0_xy).reshape(-1, 2).shape[0])
     zooms = [tuple(z) + (None,) * (5 - len(z)) for z in list(zooms)[:4]]
     left_img, right_img, vmax, unit = _panels(thumb, thumb_scale, tissue_mask_bool, centroids_level0_xy, zooms,
-                                              level0_mpp, font)
+                                              level0_mpp, font, region_mask)
     dw, dh = left_img.size
 
     title_h, legend_h = 40, 44
     zoom_row_h = (ZOOM + MARGIN + 18) if zooms else 0
     hist_h = 170 if areas_um2 is not None else 0
     width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 560)
-    canvas = Image.new("RGB", (width, title_h + dh + legend_h + zoom_row_h + hist_h + 2 * MARGIN), BG)
+    foot_h = 18 if footer else 0
+    canvas = Image.new("RGB", (width, title_h + dh + legend_h + zoom_row_h + hist_h + foot_h + 2 * MARGIN), BG)
     draw = ImageDraw.Draw(canvas)
     draw.text((MARGIN, 3), title or "wsi-nuc QC", fill=TEXT, font=font)
     draw.text((MARGIN, 21), subtitle or f"{n_nuclei:,} nuclei  |  tissue outline (green), density (right)",
@@ -265,29 +271,34 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     canvas.paste(left_img, (MARGIN, title_h))
     canvas.paste(right_img, (2 * MARGIN + dw, title_h))
     _density_legend(canvas, draw, (2 * MARGIN + dw, title_h + dh + 6), dw, vmax, unit, font)
-    _thumbnail_notes(draw, (MARGIN, title_h + dh + 6), (th, tw), thumb_scale, zooms, font)
+    _thumbnail_notes(draw, (MARGIN, title_h + dh + 6), (th, tw), thumb_scale, zooms, font, region_mask is not None)
     zy = title_h + dh + legend_h + MARGIN
     _draw_zooms(canvas, draw, zooms, zy, level0_mpp, font)
     hy = zy + zoom_row_h
     if areas_um2 is not None:
         canvas.paste(_histogram(areas_um2, min(dw, 520), hist_h - MARGIN, font, min_area_um2), (MARGIN, hy))
     _outline_legend(canvas, draw, (MARGIN + min(dw, 520) + 2 * MARGIN, hy), legend, zooms, font)
+    if footer:
+        draw.text((MARGIN, hy + hist_h + MARGIN - 2), units_for(footer, font), fill=(90, 90, 90), font=font)
     path = Path(path)
     with atomic_file(path) as tmp:
         canvas.save(tmp, format="PNG", optimize=False)
 
 
-def _panels(thumb, thumb_scale: float, tissue_mask_bool, centroids_level0_xy, zooms, level0_mpp, font):
-    """The two thumbnail panels (tissue outline with a scale bar; density), the zoom boxes marked on both,
-    and the density's top and unit."""
+def _panels(thumb, thumb_scale: float, tissue_mask_bool, centroids_level0_xy, zooms, level0_mpp, font,
+            region_mask=None):
+    """The two thumbnail panels (tissue outline with a scale bar; density), the zoom boxes and the region
+    (``region_mask``, magenta) marked on both, and the density's top and unit."""
     th, tw = thumb.shape[:2]
     dw, dh, ds = _display_size(th, tw, PANEL)
     resample = Image.NEAREST if ds >= 2 else Image.BILINEAR
     base = Image.fromarray(thumb).resize((dw, dh), resample)
     disp_per_l0 = ds / thumb_scale          # display px per level-0 px
-    left_img = _tissue_panel(base, tissue_mask_bool, (th, tw))
+    left_img = _outlined(base.copy(), tissue_mask_bool, OUTLINE_TISSUE)
     dens, unit = density_map(centroids_level0_xy, (th, tw), thumb_scale, level0_mpp)
     right_img, vmax = _density_panel(base, dens, resample)
+    if region_mask is not None:
+        left_img, right_img = (_outlined(img, region_mask, OUTLINE_REGION) for img in (left_img, right_img))
     for img in (left_img, right_img):
         _mark_zooms(ImageDraw.Draw(img), zooms, disp_per_l0, font)
     if level0_mpp:
@@ -295,16 +306,16 @@ def _panels(thumb, thumb_scale: float, tissue_mask_bool, centroids_level0_xy, zo
     return left_img, right_img, vmax, unit
 
 
-def _tissue_panel(base: Image.Image, tissue_mask_bool: np.ndarray, thumb_shape: tuple[int, int]) -> Image.Image:
-    """The thumbnail with the tissue outline."""
-    dw, dh = base.size
-    mask = np.asarray(tissue_mask_bool).astype(bool)
-    if mask.ndim != 2 or mask.size == 0:
-        mask = np.zeros(thumb_shape, bool)
-    mask_disp = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((dw, dh), Image.NEAREST)) > 127
-    left = np.asarray(base).copy()
-    left[_outline(mask_disp, 2)] = OUTLINE_TISSUE
-    return Image.fromarray(left)
+def _outlined(img: Image.Image, mask, colour) -> Image.Image:
+    """``img`` with the outline of ``mask`` (any size over the same extent, resized to it) drawn in ``colour``."""
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim != 2 or not mask.any():
+        return img
+    dw, dh = img.size
+    disp = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((dw, dh), Image.NEAREST)) > 127
+    a = np.asarray(img).copy()
+    a[_outline(disp, 2)] = colour
+    return Image.fromarray(a)
 
 
 def _density_panel(base: Image.Image, dens: np.ndarray, resample) -> tuple[Image.Image, float]:
@@ -345,13 +356,16 @@ def _density_legend(canvas, draw, at: tuple[int, int], dw: int, vmax: float, uni
               fill=TEXT, font=font)
 
 
-def _thumbnail_notes(draw, at: tuple[int, int], thumb_shape, thumb_scale: float, zooms, font) -> None:
-    """Under the thumbnail: its size and scale, and what the blue boxes are."""
+def _thumbnail_notes(draw, at: tuple[int, int], thumb_shape, thumb_scale: float, zooms, font,
+                     region: bool = False) -> None:
+    """Under the thumbnail: its size and scale, what the blue boxes are and the magenta region line."""
     x, y = at
     th, tw = thumb_shape
     draw.text((x, y), f"thumbnail: {tw}x{th} px, 1 px = {thumb_scale:g} level-0 px", fill=TEXT, font=font)
     if zooms and any(z[3] is not None for z in zooms):
         draw.text((x, y + 16), "blue boxes: where zooms 1-4 come from", fill=(0, 60, 200), font=font)
+    if region:
+        draw.text((x + 270, y + 16), "magenta: the region (--roi)", fill=OUTLINE_REGION, font=font)
 
 
 def _draw_zooms(canvas, draw, zooms, zy: int, level0_mpp: float | None, font) -> None:

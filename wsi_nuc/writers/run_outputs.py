@@ -132,18 +132,22 @@ def _tissue_area(run, plan, n) -> tuple[float, dict | None]:
     roi_mm2 = roi.area_mm2(mpp)
     return tissue_mm2, {"path": roi.path, "kind": "polygons" if roi.geometry is not None else "mask",
                         "area_mm2": round(roi_mm2, 4), "tissue_area_mm2": round(tissue_mm2, 4),
-                        "nucleus_count": n, "nuclei_per_mm2": round(n / roi_mm2, 2) if roi_mm2 > 0 else None}
+                        "nucleus_count": n, "nuclei_per_mm2": round(n / roi_mm2, 2) if roi_mm2 > 0 else None,
+                        **({"roi_class": roi.roi_class} if getattr(roi, "roi_class", None) else {}),
+                        **(getattr(roi, "parts", None) or {})}
 
 
 def _write_qc(tmp, run, plan, final, typed, thumb, outputs) -> None:
-    from .. import __version__
+    from ..licence import qc_footer
+    from ..version import build_version
 
     mcfg = run.mcfg
     with run.timer("write_qc"):
         write_qc(tmp / "qc.png", run.reader, plan.tissue, final, run.info.mpp,
                  title=f"{_stem(run)}  |  model {mcfg.get('name', run.model_dir.name)} v{mcfg.get('version', '?')}"
-                       f"  |  wsi-nuc {__version__}",
-                 typed=typed, thumb=thumb, f=plan.geom.f, min_area_um2=run.settings.min_area_um2)
+                       f"  |  wsi-nuc {build_version()}",
+                 typed=typed, thumb=thumb, f=plan.geom.f, min_area_um2=run.settings.min_area_um2,
+                 roi=plan.roi, footer=qc_footer(mcfg))
         outputs.append("qc.png")
 
 
@@ -154,7 +158,8 @@ def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zin
     ``nuclei_cut_by_halo`` (``cut``): nuclei that the tile owning them saw cut by its read window, so larger
     than the halo allows; that tile dropped them (a neighbour may still have kept them whole). Non-zero:
     a larger ``--halo`` keeps them."""
-    from .. import __version__
+    from ..licence import licence_record
+    from ..version import software_record
 
     info, geom, grid, st, mcfg = run.info, plan.geom, plan.grid, run.settings, run.mcfg
     return {
@@ -172,8 +177,8 @@ def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zin
                      "level0_px_per_label_px": geom.f},
         "seconds": dict(run.timer.stages),
         "model": {"name": mcfg.get("name", run.model_dir.name), "version": mcfg.get("version"),
-                  "path": str(run.model_dir)},
-        "software": {"wsi_nuc": __version__, "python": platform.python_version(), **_versions()},
+                  "path": str(run.model_dir), "licence": licence_record(mcfg)},
+        "software": {**software_record(), "python": platform.python_version(), **_versions()},
         "settings": {k: v for k, v in asdict(st).items() if k not in ("quiet", "dashboard", "wait", "overwrite")},
         "outputs": outputs + ["summary.json"],
     }
@@ -195,13 +200,19 @@ def _versions() -> dict:
 
 
 def write_qc(path: Path, reader, tissue, final, level0_mpp: float, title: str | None = None,
-             typed: bool = False, thumb=None, f: float = 1.0, min_area_um2: float | None = None) -> None:
-    """qc.png from the surviving nuclei: zoom windows picked by ``writers.qc_data.pick_zooms``."""
+             typed: bool = False, thumb=None, f: float = 1.0, min_area_um2: float | None = None, roi=None,
+             footer: str | None = None) -> None:
+    """qc.png from the surviving nuclei: zoom windows picked by ``writers.qc_data.pick_zooms``; ``roi`` (a
+    :class:`wsi_nuc.roi.Roi`) outlined on the thumbnails; ``footer`` the licence line."""
     from ..slide import read_thumbnail
     from .qc import write_qc_png
     from .qc_data import qc_inputs
 
     thumb, scale = thumb if thumb is not None else read_thumbnail(reader, 1024)
     kw = qc_inputs(reader, final, level0_mpp, f, typed)
+    region = None
+    if roi is not None:            # the region on a grid of at most 512 px a side (the panels' size)
+        k = max(1, -(-max(thumb.shape[:2]) // 512))
+        region = roi.fraction_of(np.zeros((-(-thumb.shape[0] // k), -(-thumb.shape[1] // k)), bool), scale * k)
     write_qc_png(path, thumb, scale, tissue.mask, level0_mpp=level0_mpp, title=title,
-                 min_area_um2=min_area_um2, **kw)
+                 min_area_um2=min_area_um2, region_mask=region, footer=footer, **kw)
