@@ -154,7 +154,7 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
     if st.roi:
         from .roi import load_roi
 
-        roi = load_roi(st.roi, info)
+        roi = load_roi(st.roi, info, st.roi_class)
     scale = Scale(float(info.mpp), float(mcfg.get("mpp") or info.mpp))
     H, W = scale.work_shape(info.height, info.width)
     with run.timer("tissue"):

@@ -3,8 +3,10 @@
 ``--roi FILE`` takes either
 
 - GeoJSON (``.geojson`` / ``.json``, as QuPath's File → Export objects writes it): a FeatureCollection,
-  a Feature or a bare geometry; every Polygon and MultiPolygon in it counts (holes are respected,
-  overlapping shapes are merged), other geometry types are ignored. Coordinates are level-0 pixels.
+  a bare array of Features, a Feature or a bare geometry; its annotations make the region, ``Ignore*``-classed
+  annotations are subtracted, detections, cells and tiles are skipped, ``roi_class`` picks annotations by
+  class (:mod:`wsi_nuc.roi_qupath`). Polygons and MultiPolygons count (holes are respected, overlapping
+  shapes are merged), other geometry types are ignored. Coordinates are level-0 pixels.
 - a mask image (PNG, TIFF, JPEG, ...): non-zero pixels are the region; it may be at any downsample of
   level 0 (a 1:16 mask of a 40000 × 30000 slide is 2500 × 1875), found from the sizes, which must have the
   slide's aspect ratio.
@@ -42,6 +44,8 @@ class Roi:
     geometry: object = None           # shapely (Multi)Polygon, level-0 px
     mask: np.ndarray | None = None    # bool (h, w); pixel (r, c) covers level-0 [c sx, (c+1) sx) x ...
     scale: tuple[float, float] = (1.0, 1.0)   # level-0 px per mask px (x, y)
+    parts: dict | None = None         # GeoJSON: polygons used, Ignore* polygons subtracted, objects skipped
+    roi_class: str | None = None      # GeoJSON: the annotation class asked for (--roi-class)
 
     @property
     def area_px(self) -> float:
@@ -90,46 +94,52 @@ class Roi:
         return self.contains((xx.ravel() + 0.5) * scale, (yy.ravel() + 0.5) * scale).reshape(h, w)
 
 
-def _polygons_of(doc) -> list:
-    """Every Polygon / MultiPolygon geometry in a GeoJSON document (dict)."""
-    if not isinstance(doc, dict):
-        return []
-    t = doc.get("type")
-    if t == "FeatureCollection":
-        return [g for f in doc.get("features") or [] for g in _polygons_of(f)]
-    if t == "Feature":
-        return _polygons_of(doc.get("geometry"))
-    if t == "GeometryCollection":
-        return [g for x in doc.get("geometries") or [] for g in _polygons_of(x)]
-    if t in ("Polygon", "MultiPolygon"):
-        return [doc]
-    return []
-
-
-def _load_geojson(path: Path, info) -> Roi:
+def _load_geojson(path: Path, info, roi_class: str | None = None) -> Roi:
+    """The region of a QuPath export (see :mod:`wsi_nuc.roi_qupath`: annotations in, ``Ignore*`` out)."""
     import shapely
     from shapely.geometry import shape
+
+    from .roi_qupath import describe, select_region_parts
 
     from .json_in import read_json
 
     doc = read_json(path, "ROI GeoJSON")        # size, depth and finite numbers checked (one owner)
-    geoms = _polygons_of(doc)
-    if not geoms:
-        raise InputError(f"{path}: ROI GeoJSON has no Polygon or MultiPolygon")
+    parts = select_region_parts(doc, roi_class)
+    if not parts.include and (not parts.exclude or roi_class is not None):
+        raise InputError(_no_polygons(path, parts, roi_class))
     try:
-        parts = [shape(g) for g in geoms]
+        region = _union(parts.include, shape, shapely) if parts.include else shapely.box(0, 0, info.width, info.height)
+        if parts.exclude:
+            region = region.difference(_union(parts.exclude, shape, shapely))
     except Exception as e:
         raise InputError(f"{path}: ROI GeoJSON has a malformed polygon ({e})") from None
-    parts = [shapely.make_valid(p) if not p.is_valid else p for p in parts]
-    region = shapely.union_all(parts)
     if region.is_empty or region.area <= 0:
-        raise InputError(f"{path}: ROI polygons have no area")
+        raise InputError(f"{path}: ROI polygons have no area" + (" once the Ignore* annotations are subtracted"
+                                                                 if parts.exclude else ""))
     x0, y0, x1, y1 = region.bounds
     region = region.intersection(shapely.box(0, 0, info.width, info.height))   # only the slide's part counts
     if region.is_empty or region.area <= 0:
         raise InputError(f"{path}: ROI lies outside the slide (bounds {x0:.0f},{y0:.0f}-{x1:.0f},{y1:.0f} "
                          f"level-0 px; slide {info.width}x{info.height})")
-    return Roi(str(path), geometry=region)
+    return Roi(str(path), geometry=region, parts=describe(parts), roi_class=roi_class)
+
+
+def _union(geoms: list, shape, shapely):
+    parts = [shape(g) for g in geoms]
+    parts = [shapely.make_valid(p) if not p.is_valid else p for p in parts]
+    return shapely.union_all(parts)
+
+
+def _no_polygons(path: Path, parts, roi_class: str | None) -> str:
+    """Why a QuPath export gave no region, in one line."""
+    skipped = ", ".join(f"{n} {k}" for k, n in sorted(parts.skipped.items()))
+    if roi_class is not None:
+        have = ", ".join(parts.classes) or "none"
+        return f"{path}: ROI GeoJSON has no annotation of class {roi_class!r} (classes there: {have})"
+    if skipped:
+        return (f"{path}: ROI GeoJSON has no annotation polygon, only other objects ({skipped}); export the "
+                f"annotations")
+    return f"{path}: ROI GeoJSON has no Polygon or MultiPolygon"
 
 
 def _load_mask(path: Path, info) -> Roi:
@@ -168,8 +178,9 @@ def _same_downsample(W: int, H: int, w: int, h: int) -> bool:
     return lo < hi
 
 
-def load_roi(path: str | Path, info) -> Roi:
-    """Read a region of interest for a slide (``info``: width and height of level 0).
+def load_roi(path: str | Path, info, roi_class: str | None = None) -> Roi:
+    """Read a region of interest for a slide (``info``: width and height of level 0); ``roi_class``: only
+    the GeoJSON annotations of that class (``--roi-class``; a mask image has no classes).
 
     Raises ``InputError`` (one line naming the file) for a missing or unreadable file, JSON without
     polygons, a region outside the slide, an empty mask or a mask of another aspect ratio.
@@ -180,5 +191,7 @@ def load_roi(path: str | Path, info) -> Roi:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: ROI file is empty")
     if path.suffix.lower() in _IMAGE_SUFFIXES:
+        if roi_class is not None:
+            raise InputError(f"{path}: --roi-class {roi_class!r} needs a GeoJSON region; a mask image has no classes")
         return _load_mask(path, info)
-    return _load_geojson(path, info)
+    return _load_geojson(path, info, roi_class)
