@@ -5,7 +5,8 @@
 
 Sets: MoNuSeg 2018 val (5 exact tiles, 40x), CoNSeP val (80 crops of 5 tiles, 40x, colorectal, another
 hospital), DSB 2018 H&E-like val (11 images, another source, scale unknown: estimated as `wsi-nuc eval`
-does). Same code as `wsi-nuc eval`. ``--postprocess FILE.json`` overrides every model's post-processing
+does), NuInsSeg val (four whole organs: human bladder, kidney, lung and mouse heart; scale estimated at
+0.18 µm/px). Same code as `wsi-nuc eval`. ``--postprocess FILE.json`` overrides every model's post-processing
 (e.g. to score training snapshots with the shipped settings).
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ def val_sets(tmp: Path) -> dict[str, tuple[Path, str | None]]:
     subset(SHARED / "dsb2018-stage1-train", "val", "colour_brightfield", dsb)
     return {"monuseg_val": (SHARED / "monuseg2018-train", "val"),
             "consep_val": (SHARED / "consep-train", "val"),
-            "dsb_he_val": (dsb, None)}
+            "dsb_he_val": (dsb, None),
+            "nuinsseg_val": (SHARED / "nuinsseg-train", "val")}
 
 
 def score(model: str, sets: dict, params: dict | None, threads: int, tta: int = 1) -> dict:

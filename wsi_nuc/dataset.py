@@ -1,4 +1,4 @@
-"""Read annotated nucleus datasets in the shared layout (images/*.png, labels/*.tif, dataset.json)."""
+"""Read annotated nucleus datasets in the shared layout (images/*.png or *.jpg, labels/*.tif, dataset.json)."""
 from __future__ import annotations
 
 import json
@@ -39,9 +39,9 @@ def list_stems(root: str | Path, split: str = "all") -> list[str]:
     """Stems of the images in ``split`` ('train', 'val' or 'all'); a set without a split is all 'all'."""
     root = Path(root)
     meta = read_index(root)
-    stems = sorted(p.stem for p in (root / "images").glob("*.png"))
+    stems = sorted({p.stem for ext in IMAGE_EXTS for p in (root / "images").glob(f"*{ext}")})
     if not stems:
-        raise InputError(f"{root}: no images/*.png")
+        raise InputError(f"{root}: no images/*.png or images/*.jpg")
     splits = meta.get("split")
     if split == "all" or not splits:
         return stems
@@ -49,6 +49,18 @@ def list_stems(root: str | Path, split: str = "all") -> list[str]:
         raise InputError(f"{root}: dataset.json has no split named {split!r}")
     wanted = set(splits[split])
     return [s for s in stems if s in wanted]
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+
+
+def image_path(root: Path, stem: str) -> Path:
+    """``images/<stem>`` with the first extension of :data:`IMAGE_EXTS` that exists (.png if none)."""
+    for ext in IMAGE_EXTS:
+        p = root / "images" / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return root / "images" / f"{stem}.png"
 
 
 def image_mpp(meta: dict, stem: str) -> float | None:
@@ -62,7 +74,7 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
 
     root = Path(root)
     meta = meta if meta is not None else read_index(root)
-    img_path = root / "images" / f"{stem}.png"
+    img_path = image_path(root, stem)
     try:
         with Image.open(img_path) as im:
             image = np.asarray(im.convert("RGB"))

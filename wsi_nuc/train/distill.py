@@ -46,6 +46,7 @@ from ..model.net import build_net, count_params, net_macs_per_pixel
 from .driver import Job, input_norm, load_data, run_job, val_images
 from .loop import make_optimizer, model_meta
 from .losses import head_losses
+from .speed import fp32_losses, step_settings
 
 # Defaults of the ``distill:`` config section.
 DISTILL_DEFAULTS = {
@@ -133,6 +134,7 @@ def _wmean(loss: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (loss * w).sum() / w.sum().clamp(min=1e-6)
 
 
+@fp32_losses
 def kd_losses(s_out: torch.Tensor, t_out: torch.Tensor, pix_w: torch.Tensor, T: float,
               weights: dict) -> dict:
     """Head-wise KD terms (unweighted values) for the terms whose weight is non-zero."""
@@ -150,6 +152,7 @@ def kd_losses(s_out: torch.Tensor, t_out: torch.Tensor, pix_w: torch.Tensor, T: 
     return parts
 
 
+@fp32_losses
 def feature_loss(pairs, pix_w: torch.Tensor) -> torch.Tensor:
     """Mean over levels of the normalised, rare-pixel-weighted feature MSE."""
     total = 0.0
@@ -216,10 +219,10 @@ class TypeTeacher:
         from ..stainnorm import normalise
 
         rgb = (x * self.norm_in["std"] + self.norm_in["mean"]).clamp(0, 1).mul(255).round()
-        rgb = rgb.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        rgb = rgb.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         if self.stain_in is not None and self.stain_out is not None:
             rgb = normalise(rgb, self.stain_in, self.stain_out)
-        return self.net(to_input(rgb, self.norm_out))[:, 6:]
+        return self.net(to_input(rgb, self.norm_out, x.device))[:, 6:]
 
 
 INSTANCE_KD = ("kd_fg", "kd_boundary", "kd_centre", "kd_dist", "kd_hv", "feat")
@@ -261,7 +264,7 @@ def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None, ty
     """Per val source: the mean supervised loss (comparable with the teacher's) and total KD loss."""
     student.eval()
     out = {}
-    for name, items in val_images(data, getattr(student, "stride", 32)):
+    for name, items in val_images(data, getattr(student, "stride", 32), next(student.parameters()).device):
         sup, tot = [], []
         for x, t in items:
             total, parts = _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w, type_teacher)
@@ -329,6 +332,8 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     torch.set_num_threads(int(tc.get("threads", 2)))
     torch.manual_seed(int(tc.get("seed", 0)))
     teacher, tcfg = load_teacher(cfg)
+    speed = step_settings(tc)
+    teacher.to(speed.device, memory_format=speed.memory_format())
     student = build_student(cfg, teacher, d)
     budget = check_student(student, teacher, d)
     adapters = FeatureAdapters(student, teacher, d["feature_levels"]) if d["feat"] else None
@@ -340,6 +345,8 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     sup_w, type_w = tc.get("loss_weights", {}), tc.get("type_class_weights")
     data = load_data(cfg)
     type_teacher = TypeTeacher(d["type_teacher"], data.norm, data.stain) if d["type_teacher"] else None
+    if type_teacher is not None:
+        type_teacher.net.to(speed.device, memory_format=speed.memory_format())
     log(data.describe() + f"; teacher {tcfg.get('name')} ({budget['teacher_macs_per_px']:,.0f} MACs/px) -> "
         f"student params={budget['params']:,} MACs/px={budget['student_macs_per_px']:,.0f} "
         f"({budget['flop_ratio']:.2f}x fewer)")

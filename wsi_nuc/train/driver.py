@@ -5,12 +5,15 @@ thing ``train`` and ``distill`` do differently), a ``validate()`` function, extr
 (distillation adapters) and the ``config.json`` fields of the exported model. :func:`run_job`:
 
 1. resumes from ``OUT/checkpoint.pt`` when it exists (model, optimiser, extras, step, CPU seconds);
-2. per step: sets the warm-up + cosine learning rate (each parameter group times its ``lr_mult``), draws a
-   weighted multi-source batch (:mod:`wsi_nuc.train.sources`), and takes one optimiser step;
+2. per step: sets the warm-up + cosine learning rate (each parameter group times its ``lr_mult``), takes
+   the step's weighted multi-source batch (drawn from ``(seed, step)``, prepared ahead by a worker process:
+   :mod:`wsi_nuc.train.prefetch`), and takes one optimiser step on the device, precision and memory layout
+   of :mod:`wsi_nuc.train.speed` (bfloat16 autocast where the hardware has it, channels-last);
 3. every 10 steps appends a line to ``OUT/log.jsonl``; every ``val_every`` steps validates and prints a
    line a person can read; every ``checkpoint_minutes`` writes the checkpoint atomically; every
    ``snapshot_every`` steps exports a snapshot model folder;
-4. at the end exports ``OUT/model`` with the steps and CPU-hours.
+4. at the end exports ``OUT/model`` with the steps, samples and CPU-hours; ``train.stop_at: N`` instead
+   stops at step N with a checkpoint and a snapshot (equal-sample comparisons of runs on one schedule).
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ from torch import nn
 from ..model.io import save_model
 from ..stainnorm import LabStats, lab_stats, normalise
 from .augment import augment_config
-from .sources import Source, all_samples, load_sources, make_batch
+from .prefetch import Batches
+from .sources import Source, all_samples, load_sources
+from .speed import step_settings
 
 from ..model.inputs import DEFAULT_NORM, to_input  # noqa: F401 - to_input: the training batches' input
 
@@ -57,10 +62,6 @@ class TrainData:
     val: list[Source]
     norm: dict
     stain: LabStats | None = None
-
-    def batch(self, size: int, n: int, aug_cfg, rng) -> tuple[torch.Tensor, dict]:
-        imgs, tgts = make_batch(self.train, size, n, aug_cfg, rng)
-        return to_input(imgs, self.norm), stack_targets(tgts)
 
     def describe(self) -> str:
         return " / ".join(f"{s.name}: {len(s.samples)} train, {len(v.samples)} val (weight {s.weight})"
@@ -91,8 +92,9 @@ def load_data(cfg: dict) -> TrainData:
     return TrainData(train, val, input_norm(cfg), stain)
 
 
-def val_images(data: TrainData, stride: int = 32):
-    """Per val source: (name, [(x, targets)]) over whole images cropped to a multiple of ``stride``."""
+def val_images(data: TrainData, stride: int = 32, device="cpu"):
+    """Per val source: (name, [(x, targets)]) over whole images cropped to a multiple of ``stride``,
+    on ``device``."""
     from .sources import type_target
     from .targets import make_targets
 
@@ -105,7 +107,8 @@ def val_images(data: TrainData, stride: int = 32):
             lab = s.labels[:h, :w]
             t = make_targets(lab)
             t["types"] = type_target(lab, s.types)
-            items.append((to_input(s.image[None, :h, :w].astype(np.float32), data.norm), stack_targets([t])))
+            x = to_input(s.image[None, :h, :w].astype(np.float32), data.norm, device)
+            items.append((x, {k: v.to(device) for k, v in stack_targets([t]).items()}))
         yield src.name, items
 
 
@@ -127,7 +130,7 @@ def resume(ckpt: Path, net, opt, log=print, extra: dict | None = None) -> tuple[
     returns (step, cpu seconds so far)."""
     if not ckpt.exists():
         return 0, 0.0
-    state = torch.load(ckpt, weights_only=True)
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
     net.load_state_dict(state["model"])
     for key, module in (extra or {}).items():
         if module is not None and key in state:
@@ -149,49 +152,62 @@ def save_checkpoint(path: Path, net, opt, step, cpu_s, extra: dict | None = None
 def run_job(job: Job, log=print) -> Path:
     """Train ``job`` to ``train.steps`` (resuming); returns the exported model folder."""
     tc = job.cfg["train"]
+    speed = step_settings(tc)
+    modules = [job.net] + [m for m in job.extra.values() if m is not None]
+    for m in modules:
+        m.to(speed.device, memory_format=speed.memory_format())
     extra_state = lambda: {k: m.state_dict() for k, m in job.extra.items() if m is not None}  # noqa: E731
     ckpt = job.out / "checkpoint.pt"
     step, cpu_s = resume(ckpt, job.net, job.opt, log, job.extra)
-    rng = np.random.default_rng(int(tc.get("seed", 0)) + step)
     aug_cfg = augment_config(job.cfg)
     total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
+    stop = min(total, int(tc.get("stop_at") or total))
+    log(f"training step: {speed.describe()}; steps {step} -> {stop} of {total}")
     last_ckpt, t_cpu0, run_loss = time.time(), time.process_time(), None
-    with open(job.out / "log.jsonl", "a") as logf:
-        while step < total:
-            job.net.train()
-            for m in job.extra.values():
-                if m is not None:
-                    m.train()
+    t_wall, step0 = time.perf_counter(), step
+    batches = Batches(job.data.train, size, bs, aug_cfg, int(tc.get("seed", 0)), step, stop, speed.prefetch)
+    with batches, open(job.out / "log.jsonl", "a") as logf:
+        while step < stop:
+            for m in modules:
+                m.train()
             for g in job.opt.param_groups:
                 g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50))) * g.get("lr_mult", 1.0)
-            x, t = job.data.batch(size, bs, aug_cfg, rng)
-            loss, parts = job.step_loss(x, t)
+            imgs, tgts = batches.get(step)
+            x = to_input(imgs, job.data.norm, speed.device).contiguous(memory_format=speed.memory_format())
+            t = {k: v.to(speed.device) for k, v in stack_targets(tgts).items()}
+            with speed.autocast():
+                loss, parts = job.step_loss(x, t)
             job.opt.zero_grad(set_to_none=True)
             loss.backward()
             job.opt.step()
             step += 1
             lv = float(loss.detach())
             run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
-            cpu_now = cpu_s + time.process_time() - t_cpu0
-            if step % 10 == 0 or step == total:
+            cpu_now = cpu_s + time.process_time() - t_cpu0 + batches.worker_cpu_s()
+            if step % 10 == 0 or step == stop:
                 logf.write(json.dumps({"step": step, "loss": lv, "ema": run_loss,
                                        "lr": job.opt.param_groups[0]["lr"], "cpu_s": cpu_now,
                                        "time": time.time(), **parts}) + "\n")
                 logf.flush()
-            if step % int(tc.get("val_every", 100)) == 0 or step == total:
+            if step % int(tc.get("val_every", 100)) == 0 or step == stop:
+                rate = (step - step0) * bs / (time.perf_counter() - t_wall)
                 v = job.validate()
-                logf.write(json.dumps({"step": step, **v}) + "\n")
+                logf.write(json.dumps({"step": step, "samples_per_s": round(rate, 3), **v}) + "\n")
                 logf.flush()
-                log(f"step {step}/{total} loss {run_loss:.4f} " + " ".join(
+                log(f"step {step}/{total} loss {run_loss:.4f} {rate:.2f} samples/s " + " ".join(
                     f"{k} {val:.4f}" for k, val in _flat(v).items()))
-            if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == total:
+                t_wall, step0 = time.perf_counter(), step
+            if time.time() - last_ckpt > float(tc.get("checkpoint_minutes", 5)) * 60 or step == stop:
                 save_checkpoint(ckpt, job.net, job.opt, step, cpu_now, extra_state())
                 last_ckpt = time.time()
-            if step % int(tc.get("snapshot_every", 250)) == 0:
+            if step % int(tc.get("snapshot_every", 250)) == 0 or (step == stop < total):
                 save_model(job.net, job.out / "snapshots" / f"step{step:06d}", job.meta())
-    cpu_s += time.process_time() - t_cpu0
+    cpu_s += time.process_time() - t_cpu0 + batches.worker_cpu_s()
+    if step < total:
+        log(f"stopped at step {step} (train.stop_at); resume with a larger stop_at")
+        return job.out / "snapshots" / f"step{step:06d}"
     meta = job.meta()
-    meta["training"] = {"steps": step, "cpu_hours": round(cpu_s / 3600, 2)}
+    meta["training"] = {"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)}
     return save_model(job.net, job.out / "model", meta)
 
 

@@ -83,7 +83,7 @@ def validate(net, data: TrainData, weights: dict, type_w=None) -> dict:
     """Mean loss per val source over whole images (no augmentation), and their mean."""
     net.eval()
     per = {}
-    for name, items in val_images(data, getattr(net, "stride", 32)):
+    for name, items in val_images(data, getattr(net, "stride", 32), next(net.parameters()).device):
         losses = [float(head_losses(net(x), t, weights, type_w)[0]) for x, t in items]
         per[name] = float(np.mean(losses)) if losses else float("nan")
     return {"val_loss": float(np.nanmean(list(per.values()))) if per else float("nan"), "val": per}

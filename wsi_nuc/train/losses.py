@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .speed import fp32_losses
+
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     p = torch.sigmoid(logits)
@@ -51,6 +53,7 @@ def mse_grad(pred, target, mask) -> tuple[torch.Tensor, torch.Tensor]:
     return mse, g
 
 
+@fp32_losses
 def head_losses(out: torch.Tensor, t: dict, w: dict, type_weights=None) -> tuple[torch.Tensor, dict]:
     """Weighted sum of all head losses; ``out`` is (B, 6 [+ types + 1], H, W) in the order of
     ``net.HEADS`` then the type logits; ``t["types"]`` (when present) is the per-pixel type target."""

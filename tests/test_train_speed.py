@@ -1,0 +1,80 @@
+"""The training step's speed settings: batches from (seed, step) alone, prefetched or inline alike; bf16
+only where the hardware has it; fp32 losses under autocast; stop_at for equal-sample comparisons;
+NuInsSeg's JPEG images read."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_nuc.cli import main
+from wsi_nuc.dataset import list_stems, load_sample
+from wsi_nuc.train.augment import AugmentConfig
+from wsi_nuc.train.prefetch import Batches
+from wsi_nuc.train.sources import load_sources
+from wsi_nuc.train.speed import cpu_has_native_bf16, fp32_losses, step_settings
+
+
+def test_auto_settings_follow_the_hardware():
+    s = step_settings({})
+    assert s.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert s.bf16 == (s.device == "cuda" or cpu_has_native_bf16())
+    assert s.channels_last
+    assert not step_settings({"precision": "fp32", "channels_last": False, "prefetch": 0}).bf16
+    assert step_settings({"precision": "bf16", "device": "cpu"}).bf16
+    for bad in ({"precision": "fp16"}, {"prefetch": -1}, {"device": "tpu"}, {"channels_last": "maybe"}):
+        with pytest.raises(ValueError, match="train."):
+            step_settings(bad)
+
+
+def test_losses_run_in_fp32_under_bf16_autocast():
+    seen = {}
+
+    @fp32_losses
+    def loss(a, b):
+        seen["dtypes"] = (a.dtype, b.dtype, torch.mm(a, b).dtype)
+        return torch.mm(a, b).sum()
+
+    a = torch.ones(4, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss(a, torch.ones(4, 4))
+    assert seen["dtypes"] == (torch.float32,) * 3
+
+
+def test_prefetched_batches_equal_inline_batches(shared):
+    srcs = load_sources({"roots": [str(shared / "data" / "monuseg2018-train")], "mpp": 0.5}, "train")
+    cfg = AugmentConfig()
+    inline = Batches(srcs, 64, 2, cfg, seed=3, start=5, stop=8, ahead=0)
+    with Batches(srcs, 64, 2, cfg, seed=3, start=5, stop=8, ahead=2) as ahead:
+        for step in (5, 6, 7):
+            (i1, t1), (i2, t2) = inline.get(step), ahead.get(step)
+            assert np.array_equal(i1, i2)
+            assert all(np.array_equal(a[k], b[k]) for a, b in zip(t1, t2) for k in a)
+        assert ahead.worker_cpu_s() >= 0.0
+    assert not np.array_equal(inline.get(5)[0], inline.get(6)[0])
+
+
+def test_nuinsseg_jpeg_images_are_read(shared):
+    root = shared / "data" / "nuinsseg-train"
+    stems = list_stems(root, "val")
+    assert len(stems) > 20
+    s = load_sample(root, stems[0])
+    assert s.image.dtype == np.uint8 and s.image.shape[:2] == s.labels.shape and s.labels.max() > 0
+
+
+def test_stop_at_then_resume_to_the_end(shared, tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["--set", f"data.roots=[{shared / 'data' / 'monuseg2018-train'}]", "--set", "model.base=4",
+            "--set", "model.depth=3", "--set", "train.steps=3", "--set", "train.batch=2",
+            "--set", "train.crop=64", "--set", "train.val_every=1000", "--set", "train.threads=1",
+            "--set", "train.stop_at=2"]
+    assert main(["train", "configs/he-teacher.yaml", "--out", str(out), *sets]) == 0
+    assert (out / "snapshots" / "step000002" / "model.safetensors").exists()
+    assert not (out / "model").exists()
+    sets[-1] = "train.stop_at=0"
+    assert main(["train", "configs/he-teacher.yaml", "--out", str(out), *sets]) == 0
+    assert "resumed" in capsys.readouterr().out
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["training"]["steps"] == 3 and cfg["training"]["samples"] == 6
