@@ -113,6 +113,25 @@ def nucleus_types(labels: np.ndarray, type_prob: np.ndarray, ids=None) -> tuple[
     >>> t.tolist(), np.round(q, 2).tolist()
     ([1, 2], [0.7, 0.9])
     """
+    types, probs = nucleus_type_probs(labels, type_prob, ids)
+    rows = np.arange(len(types))
+    with np.errstate(invalid="ignore"):
+        prob = np.where(types > 0, probs[rows, np.maximum(types, 1) - 1], np.nan)
+    return types, prob
+
+
+def nucleus_type_probs(labels: np.ndarray, type_prob: np.ndarray, ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Type (1..K, as :func:`nucleus_types`) and the whole per-nucleus probability vector of each nucleus.
+
+    ``probs[i, k]`` is the mean over nucleus i's pixels of ``p_(k+1) / (p_1 + ... + p_K)`` (each row sums
+    to 1; NaN for an id with no pixel): the vector :mod:`wsi_nuc.type_trust` calibrates.
+
+    >>> lab = np.array([[1, 1, 2]])
+    >>> p = np.zeros((3, 1, 3)); p[1] = [0.8, 0.6, 0.1]; p[2] = 1 - p[1]
+    >>> t, q = nucleus_type_probs(lab, p)
+    >>> t.tolist(), np.round(q, 2).tolist()
+    ([1, 2], [[0.7, 0.3], [0.1, 0.9]])
+    """
     labels = np.asarray(labels)
     type_prob = np.asarray(type_prob)
     if type_prob.ndim != 3 or type_prob.shape[1:] != labels.shape or type_prob.shape[0] < 2:
@@ -132,11 +151,10 @@ def nucleus_types(labels: np.ndarray, type_prob: np.ndarray, ids=None) -> tuple[
     # votes are integers and the summed probability of a type is below the pixel count + 1, so adding
     # it scaled into [0, 1) breaks ties without changing a strict majority
     best = (votes + mass / (npx[:, None] + 1.0)).argmax(1)
-    rows = np.arange(n)
     types = np.where(npx > 0, best + 1, 0)[1:].astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        prob = np.where(npx > 0, mass[rows, best] / npx, np.nan)[1:]
-    return types, prob
+        probs = (mass / np.where(npx > 0, npx, np.nan)[:, None])[1:]
+    return types, probs
 
 
 def true_nucleus_types(labels: np.ndarray, classes: np.ndarray, ids=None) -> np.ndarray:
