@@ -46,8 +46,8 @@ def test_losses_run_in_fp32_under_bf16_autocast():
 def test_prefetched_batches_equal_inline_batches(shared):
     srcs = load_sources({"roots": [str(shared / "data" / "monuseg2018-train")], "mpp": 0.5}, "train")
     cfg = AugmentConfig()
-    inline = Batches(srcs, 64, 2, cfg, seed=3, start=5, stop=8, ahead=0)
-    with Batches(srcs, 64, 2, cfg, seed=3, start=5, stop=8, ahead=2) as ahead:
+    inline = Batches(srcs, 64, 2, cfg, seed=3, start=5, stop=8, workers=0)
+    with Batches(srcs, 64, 2, cfg, seed=3, start=5, stop=8, workers=2) as ahead:
         for step in (5, 6, 7):
             (i1, t1), (i2, t2) = inline.get(step), ahead.get(step)
             assert np.array_equal(i1, i2)
@@ -78,3 +78,30 @@ def test_stop_at_then_resume_to_the_end(shared, tmp_path, capsys):
     assert "resumed" in capsys.readouterr().out
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["training"]["steps"] == 3 and cfg["training"]["samples"] == 6
+
+
+def test_gpu_script_runs_for_its_minutes_and_leaves_a_resumable_checkpoint(shared, tmp_path):
+    """The prepared GPU script, on the CPU with a tiny config: it stops on its clock with a checkpoint and a
+    snapshot, and the run resumes from them."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    env = dict(os.environ, DEVICE="cpu", PYTHON=sys.executable, OUT=str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    tiny = ["--set", f"data.roots=[{shared / 'data' / 'monuseg2018-train'}]", "--set", "model.base=4",
+            "--set", "model.depth=3", "--set", "train.batch=2", "--set", "train.crop=64",
+            "--set", "train.val_every=100000", "--set", "train.threads=1", "--set", "train.prefetch=0"]
+    p = subprocess.run(["bash", "workflows/gpu/train-teacher-cuda.sh", "0.05", str(run), "configs/he-teacher.yaml",
+                        *tiny], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "stopped at step" in p.stdout and "device cpu" in p.stdout
+    assert (tmp_path / "out" / "checkpoint.pt").exists() and (tmp_path / "out" / "snapshot" / "model.safetensors").exists()
+    import torch
+
+    step = int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])
+    assert 0 < step < 1500
+    assert main(["train", "configs/he-teacher.yaml", "--out", str(run), *tiny,
+                 "--set", f"train.stop_at={step + 1}"]) == 0
+    assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == step + 1

@@ -13,7 +13,8 @@ thing ``train`` and ``distill`` do differently), a ``validate()`` function, extr
    line a person can read; every ``checkpoint_minutes`` writes the checkpoint atomically; every
    ``snapshot_every`` steps exports a snapshot model folder;
 4. at the end exports ``OUT/model`` with the steps, samples and CPU-hours; ``train.stop_at: N`` instead
-   stops at step N with a checkpoint and a snapshot (equal-sample comparisons of runs on one schedule).
+   stops at step N with a checkpoint and a snapshot (equal-sample comparisons of runs on one schedule), and
+   ``train.max_minutes: M`` after M minutes of training (a GPU lease of fixed length).
 """
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ def run_job(job: Job, log=print) -> Path:
     log(f"training step: {speed.describe()}; steps {step} -> {stop} of {total}")
     last_ckpt, t_cpu0, run_loss = time.time(), time.process_time(), None
     t_wall, step0 = time.perf_counter(), step
+    deadline = time.time() + float(tc["max_minutes"]) * 60 if tc.get("max_minutes") else None
     batches = Batches(job.data.train, size, bs, aug_cfg, int(tc.get("seed", 0)), step, stop, speed.prefetch)
     with batches, open(job.out / "log.jsonl", "a") as logf:
         while step < stop:
@@ -181,6 +183,8 @@ def run_job(job: Job, log=print) -> Path:
             loss.backward()
             job.opt.step()
             step += 1
+            if deadline is not None and time.time() > deadline:
+                stop = step
             lv = float(loss.detach())
             run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
             cpu_now = cpu_s + time.process_time() - t_cpu0 + batches.worker_cpu_s()
@@ -204,7 +208,7 @@ def run_job(job: Job, log=print) -> Path:
                 save_model(job.net, job.out / "snapshots" / f"step{step:06d}", job.meta())
     cpu_s += time.process_time() - t_cpu0 + batches.worker_cpu_s()
     if step < total:
-        log(f"stopped at step {step} (train.stop_at); resume with a larger stop_at")
+        log(f"stopped at step {step} (train.stop_at / max_minutes); run again to resume")
         return job.out / "snapshots" / f"step{step:06d}"
     meta = job.meta()
     meta["training"] = {"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)}

@@ -1,9 +1,10 @@
-"""Training batches drawn from ``(seed, step)`` alone, inline or prepared ahead by a worker process.
+"""Training batches drawn from ``(seed, step)`` alone, inline or prepared ahead by worker processes.
 
 The batch of a step does not depend on what came before it, so a resumed run, an inline run and a
-prefetching run see the same batches. The worker (forked on Linux, so it shares the loaded images without
-copying them) runs NumPy/SciPy only: cropping, augmentation and targets; the main process turns its arrays
-into tensors.
+prefetching run see the same batches. With ``workers`` > 0, worker k prepares the steps ``step % workers ==
+k``, two ahead each (a GPU needs several to be fed; a 2-core CPU one). Workers are forked on Linux, so they
+share the loaded images without copying them, and run NumPy/SciPy only: cropping, augmentation and
+targets; the main process turns their arrays into tensors.
 """
 from __future__ import annotations
 
@@ -24,35 +25,41 @@ def draw(sources, size: int, n: int, aug_cfg, seed: int, step: int):
     return make_batch(sources, size, n, aug_cfg, batch_rng(seed, step))
 
 
-def _worker(sources, size, n, aug_cfg, seed, start, stop, q) -> None:
+def _worker(sources, size, n, aug_cfg, seed, start, stop, every, q) -> None:
     try:
-        for step in range(start, stop):
+        for step in range(start, stop, every):
             q.put((step, draw(sources, size, n, aug_cfg, seed, step)))
     except BaseException as e:  # noqa: BLE001 - handed to the trainer, which raises it
         q.put((-1, f"{type(e).__name__}: {e}"))
 
 
 class Batches:
-    """``get(step)`` -> (images, targets) arrays; ``ahead`` > 0 prepares them in a worker process."""
+    """``get(step)`` -> (images, targets) arrays; ``workers`` > 0 prepares them in worker processes."""
 
-    def __init__(self, sources, size: int, n: int, aug_cfg, seed: int, start: int, stop: int, ahead: int):
+    def __init__(self, sources, size: int, n: int, aug_cfg, seed: int, start: int, stop: int, workers: int):
         self.args = (sources, size, n, aug_cfg, seed)
-        self.proc = None
-        if ahead > 0 and start < stop:
+        self.procs, self.queues, self._cpu = [], [], {}
+        workers = max(0, min(int(workers), stop - start))
+        if workers:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self.q = ctx.Queue(maxsize=ahead)
-            self.proc = ctx.Process(target=_worker, args=(*self.args, start, stop, self.q), daemon=True)
-            self.proc.start()
+            for k in range(workers):
+                q = ctx.Queue(maxsize=2)
+                p = ctx.Process(target=_worker, args=(*self.args, start + k, stop, workers, q), daemon=True)
+                p.start()
+                self.procs.append(p)
+                self.queues.append(q)
+        self.start = start
 
     def get(self, step: int):
-        if self.proc is None:
+        if not self.procs:
             return draw(*self.args, step)
+        k = (step - self.start) % len(self.procs)
         while True:
             try:
-                got, item = self.q.get(timeout=5)
+                got, item = self.queues[k].get(timeout=5)
             except queue.Empty:
-                if not self.proc.is_alive():
-                    raise RuntimeError(f"batch worker died (exit code {self.proc.exitcode})") from None
+                if not self.procs[k].is_alive():
+                    raise RuntimeError(f"batch worker died (exit code {self.procs[k].exitcode})") from None
                 continue
             if got == -1:
                 raise RuntimeError(f"batch worker failed: {item}")
@@ -61,23 +68,25 @@ class Batches:
             return item
 
     def worker_cpu_s(self) -> float:
-        """CPU seconds the worker has used so far (its last reading once it has ended)."""
-        if self.proc is not None and self.proc.is_alive():
-            try:
-                import psutil
+        """CPU seconds the workers have used so far (each one's last reading once it has ended)."""
+        for p in self.procs:
+            if p.is_alive():
+                try:
+                    import psutil
 
-                t = psutil.Process(self.proc.pid).cpu_times()
-                self._cpu = float(t.user + t.system)
-            except Exception:  # noqa: BLE001 - psutil missing or the worker just ended: keep the last
-                pass
-        return getattr(self, "_cpu", 0.0)
+                    t = psutil.Process(p.pid).cpu_times()
+                    self._cpu[p.pid] = float(t.user + t.system)
+                except Exception:  # noqa: BLE001 - psutil missing or the worker just ended: keep the last
+                    pass
+        return sum(self._cpu.values())
 
     def close(self) -> None:
         self.worker_cpu_s()
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
-        self.proc = None
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        self.procs = []
 
     def __enter__(self):
         return self

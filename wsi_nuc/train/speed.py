@@ -9,8 +9,9 @@
   The losses are always computed in fp32 (:func:`fp32_losses`).
 - ``channels_last``: ``auto``/true = the network and its input in NHWC (oneDNN's native layout; the
   he-teacher step 7.4 -> 6.5 s on AVX2), false = contiguous NCHW.
-- ``prefetch``: batches prepared ahead in a forked worker process (``auto`` = 1 on a CPU with more than
-  one core, 0 = inline). Every batch is drawn from ``(seed, step)`` alone, so both give the same batches.
+- ``prefetch``: worker processes that prepare batches ahead (``auto``: 1 on a CPU with more than one core,
+  on CUDA one per spare core up to 8; 0 = inline). Every batch is drawn from ``(seed, step)`` alone, so
+  all give the same batches.
 """
 from __future__ import annotations
 
@@ -72,9 +73,10 @@ def step_settings(tc: dict) -> StepSettings:
     cl = _choice(tc.get("channels_last", "auto"), "channels_last", ("auto", "true", "false"))
     pf = tc.get("prefetch", "auto")
     if pf == "auto":
-        pf = 1 if (os.cpu_count() or 1) > 1 else 0
+        cores = os.cpu_count() or 1
+        pf = min(8, cores - 1) if dev == "cuda" else (1 if cores > 1 else 0)
     if isinstance(pf, bool) or not isinstance(pf, int) or pf < 0:
-        raise ValueError(f"train.prefetch: {pf!r} (auto, or a number of batches >= 0)")
+        raise ValueError(f"train.prefetch: {pf!r} (auto, or a number of worker processes >= 0)")
     return StepSettings(dev, prec == "bf16", cl != "false", int(pf))
 
 
