@@ -244,6 +244,11 @@ class Preload:
             raise self._error
         return self._result
 
+    def settle(self) -> None:
+        """Wait for the load to end, whatever it gave: a run that did not need the model (every tile spooled)
+        or failed must not exit while a thread is still building it (torch aborts at exit)."""
+        self._thread.join()
+
 
 def max_tiles(height: int, width: int, tile: int) -> int:
     """Tiles of a ``height`` x ``width`` (working px) slide if every tile had tissue: an upper bound."""

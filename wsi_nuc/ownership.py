@@ -118,6 +118,24 @@ def check_stem(path: str | Path, stem: str) -> None:
                          f"rename the slide")
 
 
+_WORK_MAX = 150      # bytes of a stem in working-file names: the longest suffix is 56 (".partial-" + 32 hex)
+
+
+def work_name(stem: str) -> str:
+    """The stem as it appears in the working files of a run (``.<work>.lock``, ``.<work>.partial-*``,
+    ``.<work>.tiles-*``): the stem itself, or for a stem too long to take a suffix within the 255-byte
+    limit of a file name, its start and a digest of the whole.
+
+    >>> work_name("CMU-1"), len(work_name("x" * 240))
+    ('CMU-1', 141)
+    """
+    raw = os.fsencode(stem)
+    if len(raw) <= _WORK_MAX:
+        return stem
+    head = os.fsdecode(raw[:120]).encode("utf-8", "ignore").decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:20]}"
+
+
 _WORK = re.compile(r"\.(partial|old)(-[0-9a-f]{32})?")
 _LOCK_WORK = re.compile(r"\.lock\.[0-9a-f]{32}\.(tmp|stale)")   # wsi_nuc.lock's short-lived names
 

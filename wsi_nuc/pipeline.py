@@ -28,13 +28,11 @@ __all__ = ["OUTPUT_FILES", "RunSettings", "SlidePlan", "SlideRun", "Timer", "is_
 
 
 def is_complete(folder: Path) -> bool:
-    """A slide folder is complete when every output its summary lists exists (outputs are moved into
-    place together; older summaries without the list are checked against the default outputs)."""
-    try:
-        names = json.loads((folder / "summary.json").read_text()).get("outputs") or OUTPUT_FILES
-    except (OSError, ValueError):
-        return False
-    return folder.is_dir() and all((folder / n).exists() for n in names)
+    """A slide folder is complete when every output its summary lists exists (see
+    :func:`wsi_nuc.results_folder.is_complete`)."""
+    from .results_folder import is_complete as complete
+
+    return complete(Path(folder))
 
 
 def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSettings(), client=None,
@@ -52,15 +50,17 @@ def run_slide(path: str | Path, out: str | Path, settings: RunSettings = RunSett
     with ``settings.overwrite``). A full disk is one InputError naming the folder.
     """
     from .lock import hold
-    from .ownership import check_slot, clean_stale_work
+    from .ownership import check_slot, clean_stale_work, work_name
 
     run = _check_inputs(Path(path), Path(out), settings, time.perf_counter())
     status = None
     try:
         st = run.settings
-        with hold(run.out / f".{run.final.name}.lock", str(run.final), "run", st.wait, None if st.quiet else _say):
+        work = work_name(run.final.name)
+        with hold(run.out / f".{work}.lock", str(run.final), "run", st.wait, None if st.quiet else _say):
             check_slot(run.final, run.identity, st.overwrite)
-            clean_stale_work(run.out, run.final.name)
+            _check_replaceable(run)
+            clean_stale_work(run.out, work)
             status = _status_line(run, progress)
             with _no_space_is_input_error(run.out):
                 summary = _segment_and_write(run, client, progress or status)
@@ -105,10 +105,35 @@ def _check_inputs(path: Path, out: Path, settings: RunSettings, t_start: float) 
             except ValueError as e:
                 raise InputError(f"{path}: {e}") from None
             identity = slide_identity(path)
+            roi = _load_roi(settings, reader.info)
     except BaseException:
         reader.close()
         raise
-    return SlideRun(path, out, final, identity, settings, reader, model_dir, mcfg, timer, t_start)
+    run = SlideRun(path, out, final, identity, settings, reader, model_dir, mcfg, timer, t_start, roi)
+    try:
+        _check_replaceable(run)
+    except BaseException:
+        reader.close()
+        raise
+    return run
+
+
+def _load_roi(settings: RunSettings, info):
+    """The region (``--roi``), read with the other inputs: a bad region file is one line before any progress."""
+    if not settings.roi:
+        return None
+    from .roi import load_roi
+
+    return load_roi(settings.roi, info, settings.roi_class)
+
+
+def _check_replaceable(run: SlideRun) -> None:
+    """Inputs are never among what this run may replace in ``OUT/<stem>/``; checked before the work and again
+    with the lock held (:mod:`wsi_nuc.results_folder`)."""
+    from .results_folder import check_foreign, check_inputs_outside, planned_outputs
+
+    check_inputs_outside(run.final, [run.path, run.settings.roi])
+    check_foreign(run.final, planned_outputs(run.settings))
 
 
 def _status_line(run: SlideRun, progress):
@@ -117,7 +142,9 @@ def _status_line(run: SlideRun, progress):
         return None
     from .progress import SlideProgress
 
-    status = SlideProgress(run.final.name)
+    from .errors import one_line
+
+    status = SlideProgress(one_line(run.final.name))     # a name's control characters never reach the terminal
     run.timer.on_stage = status.stage
     return status
 
@@ -150,11 +177,7 @@ def plan_tiles(run: SlideRun) -> SlidePlan:
     from .validate import tile_align
 
     info, st, mcfg = run.info, run.settings, run.mcfg
-    roi = None
-    if st.roi:
-        from .roi import load_roi
-
-        roi = load_roi(st.roi, info, st.roi_class)
+    roi = run.roi if run.roi is not None else _load_roi(st, info)
     scale = Scale(float(info.mpp), float(mcfg.get("mpp") or info.mpp))
     H, W = scale.work_shape(info.height, info.width)
     with run.timer("tissue"):
@@ -181,12 +204,14 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     left with only what a resume needs on failure."""
     from . import spool as spool_io
     from .graph import in_process, load_here, todo_count
+    from .ownership import work_name
 
     scheduler = "local" if run.settings.dashboard else run.settings.scheduler
     preload = _preload(run) if in_process(scheduler, _max_tiles(run), client) else None
     plan = plan_tiles(run)
     key = spool_io.spool_key(plan.geom, plan.task, run.settings)
-    spool = spool_io.load(spool_io.folder_for(run.out, run.final.name, key), key)
+    work = work_name(run.final.name)
+    spool = spool_io.load(spool_io.folder_for(run.out, work, key), key)
     try:
         todo = todo_count(list(plan.grid), spool)
         here = in_process(scheduler, todo, client)
@@ -213,7 +238,10 @@ def _segment_and_write(run: SlideRun, client, progress) -> dict:
     except BaseException:
         spool_io.drop_if_empty(spool)    # a failed run leaves only what a resume needs
         raise
-    spool_io.finish(spool, f".{run.final.name}.tiles-")
+    finally:
+        if preload is not None:
+            preload.settle()             # never leave the interpreter with a model half-built in a thread
+    spool_io.finish(spool, f".{work}.tiles-")
     summary["output"] = str(run.final)
     return summary
 
@@ -266,14 +294,15 @@ def _stitch_and_write(run: SlideRun, plan: SlidePlan, tiles) -> dict:
     """One survivor per nucleus, then every output into a temporary folder renamed into place at the end."""
     from .lock import checkpoint
     from .model.engine_choice import engine_record
-    from .ownership import check_slot, marker
+    from .ownership import check_slot, marker, work_name
+    from .results_folder import building
     from .stitch import stitch
-    from .writers.atomic import atomic_dir
 
     st = run.settings
     with run.timer("stitch"):
         final = stitch(tiles, plan.grid.band, st.min_area_um2, plan.roi)
-    with atomic_dir(run.final, before_replace=lambda p: check_slot(p, run.identity, st.overwrite)) as tmp:
+    with building(run.final, work_name(run.final.name),
+                  before_commit=lambda p: check_slot(p, run.identity, st.overwrite)) as tmp:
         summary = write_outputs(tmp, run, plan, final)
         summary["seconds"]["total"] = round(time.perf_counter() - run.t_start, 3)
         summary["engine"] = engine_record(plan.task.engine, st.engine)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from dataclasses import dataclass
 from functools import cached_property
@@ -188,6 +189,8 @@ def reweight_types(maps, weights, inplace: bool = False):
 
 
 _CACHE: dict = {}
+_BUILD = threading.RLock()     # one build at a time: FX tracing (INT8 engines) is not thread-safe, and a
+                               # background preload and the tile threads may ask for the same model at once
 
 
 def get_predictor(model: str | None = None, device: str = "auto", threads: int | None = None,
@@ -215,14 +218,15 @@ def get_predictor(model: str | None = None, device: str = "auto", threads: int |
         engine = choose_engine(Path(model), cfg, dev.type)
     trunk_only = not types and bool(cfg.get("types"))
     key = (str(model), str(dev), engine, trunk_only, os.getpid())
-    if key not in _CACHE:
-        from .model.engines import build_engine
+    with _BUILD:     # one build at a time (see _BUILD)
+        if key not in _CACHE:
+            from .model.engines import build_engine
 
-        net = build_engine(engine, Path(model), cfg, dev, trunk_only)
-        if trunk_only:   # a predictor of the instance maps alone: no type channels, no type weights
-            cfg = {k: v for k, v in cfg.items() if k not in ("types", "type_weights")}
-        cfg = dict(cfg, path=str(model))
-        cfg.setdefault("name", Path(model).name)
-        lts = load_lts(cfg["path"], cfg)
-        _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None, engine)
-    return _CACHE[key]
+            net = build_engine(engine, Path(model), cfg, dev, trunk_only)
+            if trunk_only:   # a predictor of the instance maps alone: no type channels, no type weights
+                cfg = {k: v for k, v in cfg.items() if k not in ("types", "type_weights")}
+            cfg = dict(cfg, path=str(model))
+            cfg.setdefault("name", Path(model).name)
+            lts = load_lts(cfg["path"], cfg)
+            _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None, engine)
+        return _CACHE[key]

@@ -117,6 +117,7 @@ class SlideRun:
     mcfg: dict                  # the model's config.json
     timer: Timer
     t_start: float              # perf_counter() at the start, for the total time
+    roi: object = None          # roi.Roi, with --roi (read with the other inputs)
 
     @property
     def info(self):

@@ -8,6 +8,8 @@ pooling grid) and a note for every value it rounded. The model folder is checked
 from __future__ import annotations
 
 import errno
+import math
+import re
 import shutil
 import uuid
 from dataclasses import replace
@@ -78,17 +80,37 @@ def _check_choices(settings) -> None:
         if value not in allowed:
             raise InputError(f"{flag} {value!r}: must be one of {', '.join(map(str, allowed))}")
     for flag, value in (("--simplify", settings.simplify), ("--min-area-um2", settings.min_area_um2)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise InputError(f"{flag} {value!r}: must be a number, 0 or more")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise InputError(f"{flag} {value!r}: must be a finite number, 0 or more")
+    check_scheduler(settings.scheduler)
     tpt = settings.tiles_per_task
     if isinstance(tpt, bool) or not isinstance(tpt, int) or tpt < 1:
         raise InputError(f"tiles_per_task {tpt!r}: must be a whole number, 1 or more")
 
 
+_SCHEDULER_WORDS = ("auto", "in-process", "local")
+_ADDRESS = re.compile(r"([a-z][a-z0-9+.-]*://\S+|[^\s:/]+:\d{1,5})", re.I)
+
+
+def check_scheduler(value) -> None:
+    """``--scheduler``: auto, in-process, local, or a Dask scheduler address (``tcp://host:8786``,
+    ``host:8786``); anything else (a typo such as ``inprocess``) is refused before any work."""
+    if value is None or value in _SCHEDULER_WORDS:
+        return
+    if isinstance(value, str) and _ADDRESS.fullmatch(value.strip()):
+        return
+    near = [w for w in _SCHEDULER_WORDS if w.replace("-", "") == str(value).lower().replace("-", "").replace("_", "")]
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise InputError(f"--scheduler {value!r}: must be auto, in-process, local or a scheduler address such as "
+                     f"tcp://host:8786{hint}")
+
+
 def no_space(folder, e: BaseException | None = None) -> InputError:
-    """The one line for a full disk (or quota), naming the folder."""
+    """The one line for a full disk (or quota, or a file-size limit), naming the folder."""
     e = _no_space_cause(e)
-    what = "disk quota exceeded" if e is not None and e.errno == errno.EDQUOT else "no space left on device"
+    what = ("disk quota exceeded" if e is not None and e.errno == errno.EDQUOT else
+            "file too large (a file-size limit: ulimit -f, or the file system's)" if e is not None
+            and e.errno == errno.EFBIG else "no space left on device")
     name = f" (writing {Path(e.filename).name})" if e is not None and e.filename else ""
     return InputError(f"{folder}: {what}{name}; free some space or choose another --out (finished tiles "
                       f"are kept: rerun the same command to resume)")
@@ -98,7 +120,7 @@ def _no_space_cause(e: BaseException | None) -> OSError | None:
     """The ENOSPC/EDQUOT OSError in ``e``'s chain of causes (libraries wrap it), if any."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
@@ -136,7 +158,28 @@ def check_postprocess(model_config: dict, model_dir) -> None:
     on the workers): one InputError naming the config file and the unknown key."""
     from .instances import InstanceParams
 
+    where = Path(model_dir) / "config.json"
+    pp = model_config.get("postprocess")
+    if pp is not None and not isinstance(pp, dict):
+        raise InputError(f"{where}: postprocess must be an object of settings, got {type(pp).__name__}")
     try:
-        InstanceParams.from_dict(model_config.get("postprocess"))
+        params = InstanceParams.from_dict(pp)
     except InputError as e:
-        raise InputError(f"{Path(model_dir) / 'config.json'}: {e}") from None
+        raise InputError(f"{where}: {e}") from None
+    defaults = InstanceParams()
+    for k, v in params.to_dict().items():
+        want = type(getattr(defaults, k))
+        if want is str:
+            ok = v in _POSTPROCESS_CHOICES.get(k, (v,)) if isinstance(v, str) else False
+        elif want is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            allowed = (" (one of " + ", ".join(_POSTPROCESS_CHOICES[k]) + ")") if k in _POSTPROCESS_CHOICES else ""
+            raise InputError(f"{where}: postprocess {k} {v!r} must be {_KIND[want]}"
+                             f"{allowed}")
+
+
+_KIND = {str: "a name", int: "a whole number, 0 or more", float: "a finite number"}
+_POSTPROCESS_CHOICES = {"marker": ("dist", "centre", "boundary"), "energy": ("dist", "boundary")}

@@ -4,7 +4,6 @@ config read with one-line errors. Plain Python (no torch): the ``run`` driver an
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -55,15 +54,12 @@ def shipped_models() -> list[str]:
 
 def read_model_config(model_dir: Path) -> dict:
     """A model folder's ``config.json`` (a JSON object), or InputError naming the file and the cause."""
+    from ..json_in import read_json
+
     path = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (a model folder holds config.json and model.safetensors)") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON, truncated or damaged ({' '.join(str(e).split())})") from None
+    if not path.exists():
+        raise InputError(f"{path}: no such file (a model folder holds config.json and model.safetensors)")
+    cfg = read_json(path, "model config", max_bytes=64 << 20)    # size, depth, finite numbers (one owner)
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: not a model config (a JSON object expected, got {type(cfg).__name__})")
     return cfg
