@@ -197,8 +197,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _non_negative(v: str) -> float:
     x = float(v)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    if not 0 <= x < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
     return x
 
 
@@ -362,42 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     from .errors import quiet_libraries
+    from .exit_codes import run
 
     quiet_libraries()
-    try:
-        return int(args.func(args) or 0)
-    except InputError as e:
-        if args.debug:
-            raise
-        print(f"wsi-nuc: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        _interrupted(silence_after=from_console)
-        return 130
-    except Exception as e:
-        from .validate import is_no_space, no_space
-
-        if args.debug or not is_no_space(e):
-            raise
-        print(f"wsi-nuc: error: {one_line(no_space(getattr(args, 'out', None) or '.', e))}", file=sys.stderr)
-        return 2
-
-
-def _interrupted(silence_after: bool) -> None:
-    """Ctrl-C: one line; what the cluster's threads say while they stop is not shown (worker processes
-    ignore Ctrl-C: see ``wsi_nuc.cluster``)."""
-    import logging
-    import os
-
-    logging.disable(logging.CRITICAL)
-    print("wsi-nuc: interrupted", file=sys.stderr, flush=True)
-    if not silence_after:
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)     # interpreter shutdown (threads, atexit handlers) writes nothing more
-    except OSError:
-        pass
+    return run(args.func, args, from_console)     # exceptions -> exit codes and one line: one owner
 
 
 if __name__ == "__main__":

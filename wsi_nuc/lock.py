@@ -119,12 +119,14 @@ def hold(lock: Path | str, subject: str, kind: str = "run", wait: bool = False,
     while True:
         if _try_create(lock, mine):
             break
-        owner = read_owner(lock)
+        owner = None if lock.is_symlink() else read_owner(lock)     # wsi-nuc never makes a link
         if owner is None:
-            if not lock.exists():
+            if not (lock.exists() or lock.is_symlink()):
                 continue  # released between our attempt and the read
-            raise InputError(f"{subject}: {lock} is not a wsi-nuc lock file; delete it if no wsi-nuc run "
-                             f"is using this output")
+            what = "a link (dangling)" if lock.is_symlink() and not lock.exists() else \
+                "a link" if lock.is_symlink() else "not a wsi-nuc lock file"
+            raise InputError(f"{subject}: {lock} is {what}, not a lock wsi-nuc wrote; delete it if no wsi-nuc "
+                             f"run is using this output")
         if is_stale(owner):
             _break_stale(lock, owner)
             continue
