@@ -1,7 +1,6 @@
 """Read annotated nucleus datasets in the shared layout (images/*.png or *.jpg, labels/*.tif, dataset.json)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +28,10 @@ def read_index(root: str | Path) -> dict:
         raise InputError(f"{root}: not a dataset folder")
     if not meta_path.is_file():
         raise InputError(f"{root}: no dataset.json (expected images/, labels/, dataset.json)")
-    try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{meta_path}: not valid JSON ({e})") from None
+    from .dataset_checks import check_meta
+    from .json_in import read_json
+
+    return check_meta(read_json(meta_path, "dataset.json", max_bytes=256 << 20), meta_path)
 
 
 def list_stems(root: str | Path, split: str = "all") -> list[str]:
@@ -48,7 +47,10 @@ def list_stems(root: str | Path, split: str = "all") -> list[str]:
     if split not in splits:
         raise InputError(f"{root}: dataset.json has no split named {split!r}")
     wanted = set(splits[split])
-    return [s for s in stems if s in wanted]
+    chosen = [s for s in stems if s in wanted]
+    if not chosen:
+        raise InputError(f"{root}: split {split!r} of dataset.json names none of the images in images/")
+    return chosen
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -69,37 +71,20 @@ def image_mpp(meta: dict, stem: str) -> float | None:
 
 
 def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labels: bool = True) -> Sample:
-    from PIL import Image
-    import tifffile
-
     root = Path(root)
     meta = meta if meta is not None else read_index(root)
     img_path = image_path(root, stem)
-    try:
-        with Image.open(img_path) as im:
-            image = np.asarray(im.convert("RGB"))
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on a bad file
-        raise InputError(f"{img_path}: cannot decode image ({_cause(e)})") from e
+    from .dataset_checks import check_classes, check_labels
+    from .image_in import read_image
+
+    image = read_image(img_path, "image", mode="RGB")     # every decode guarded by its claimed size
     labels = classes = None
     lab_path = root / "labels" / f"{stem}.tif"
     if with_labels and lab_path.exists():
-        try:
-            labels = tifffile.imread(lab_path).astype(np.int32)
-        except MemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{lab_path}: cannot decode label image ({_cause(e)})") from e
+        labels = check_labels(read_image(lab_path, "label image"), image.shape, lab_path)
     cls_path = root / "classes" / f"{stem}.png"
     if with_labels and cls_path.exists():
-        try:
-            with Image.open(cls_path) as im:
-                classes = np.asarray(im).astype(np.uint8)
-        except MemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{cls_path}: cannot decode class image ({_cause(e)})") from e
+        classes = check_classes(read_image(cls_path, "type map"), image.shape, cls_path)
     s = Sample(stem, image, labels, image_mpp(meta, stem), classes=classes)
     if labels is not None and classes is not None:
         s.types = label_types(labels, classes)

@@ -51,7 +51,12 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
     if split is None:
         split = "val" if meta.get("split") else "all"
     stems = list_stems(root, split)
-    check_model_dir(resolve_model_dir(model, device))
+    from .dataset_checks import check_save_dir
+    from .validate import check_postprocess
+
+    save_dir = check_save_dir(save_dir, root)           # a file, or the dataset's own folders: refused first
+    model_dir = resolve_model_dir(model, device)
+    check_postprocess(check_model_dir(model_dir), model_dir)
     predictor = get_predictor(model, device)
     before, predictor.tta = predictor.tta, int(tta)      # the cached predictor: restored on the way out
     try:

@@ -96,8 +96,7 @@ def _read_csv(path: Path):
         raise InputError(f"{path}: duplicate column name(s): {', '.join(dup)}")
     ip = lower.index("path")
     im = lower.index("mpp") if "mpp" in lower else None
-    reserved = set(MANIFEST_COLUMNS) | set(SUMMARY_COLUMNS) | set(TYPE_COLUMNS)
-    carried = [(i, f"input_{h}" if h in reserved else h) for i, h in enumerate(header) if i != ip and h]
+    carried = _carried(header, ip)
     items = []
     for n, row in enumerate(rows[1:], start=2):
         if not any(v.strip() for v in row):
@@ -123,6 +122,27 @@ def _read_csv(path: Path):
             extra["roi"] = str(r if r.is_absolute() else path.parent / r)
         items.append((f, mpp, extra))
     return items, [name for _, name in carried]
+
+
+def _carried(header: list[str], ip: int) -> list[tuple[int, str]]:
+    """(index, manifest name) of every column carried into the manifest and summary: ``roi`` in any case
+    as ``roi`` (it is read), a name the outputs use (``slide``, ``status``, ...) or one already taken
+    prefixed with ``input_`` until it is free, case-insensitively, so no user value is overwritten.
+
+    >>> _carried(["Path", "slide", "input_slide", "ROI", "Status"], 0)
+    [(1, 'input_slide'), (2, 'input_input_slide'), (3, 'roi'), (4, 'input_Status')]
+    """
+    taken = {c.lower() for c in (*MANIFEST_COLUMNS, *SUMMARY_COLUMNS, *TYPE_COLUMNS)}
+    out = []
+    for i, h in enumerate(header):
+        if i == ip or not h:
+            continue
+        name = "roi" if h.lower() == "roi" else h
+        while name.lower() in taken:
+            name = f"input_{name}"
+        taken.add(name.lower())
+        out.append((i, name))
+    return out
 
 
 def _check_unique(spec: str, slides: list[CohortSlide]) -> None:

@@ -138,6 +138,9 @@ def _check_usage(cohort, out, settings):
         cohort = read_cohort(cohort)
     out = Path(os.path.abspath(out))
     check_output_dir(out)
+    from .own_files import check_cohort_files
+
+    check_cohort_files(cohort.source if os.path.isfile(os.path.expanduser(cohort.source)) else None, out)
     model_dir = resolve_model_dir(settings.model, settings.device)   # a bad --model is a usage error, before any slide
     check_postprocess(check_model_dir(model_dir), model_dir)
     return cohort, out, settings, model_dir

@@ -28,6 +28,9 @@ def _positive(v) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
+ANISOTROPY_MAX = 0.02        # x and y pixel sizes further apart than this (relative): pixels are not square
+
+
 def _mean_mpp(mx, my) -> float | None:
     mx, my = _positive(mx), _positive(my)
     if mx and my:
@@ -35,28 +38,56 @@ def _mean_mpp(mx, my) -> float | None:
     return mx or my
 
 
+def mpp_xy(mx, my) -> tuple[float | None, float | None]:
+    """(x, y) pixel size as positive numbers, None where absent or not a positive number."""
+    return _positive(mx), _positive(my)
+
+
+def check_square(xy, path, override: bool = False) -> None:
+    """InputError when the metadata's x and y pixel sizes differ by more than :data:`ANISOTROPY_MAX`: nuclei
+    would be segmented and measured stretched. ``override`` (``--mpp`` given): the user decided; accepted.
+
+    >>> check_square((0.5, 0.501), "a.svs")
+    >>> check_square((0.499, 0.998), "a.ome.tif")
+    Traceback (most recent call last):
+    ...
+    wsi_nuc.errors.InputError: a.ome.tif: pixels are not square (0.499 x 0.998 µm); ...
+    """
+    mx, my = xy if xy else (None, None)
+    if override or not (mx and my) or abs(mx - my) <= ANISOTROPY_MAX * max(mx, my):
+        return
+    raise InputError(f"{path}: pixels are not square ({_fmt(mx)} x {_fmt(my)} µm); nuclei would be segmented and "
+                     f"measured stretched: resample the slide to square pixels, or pass --mpp X to use one "
+                     f"scale anyway")
+
+
 def _ome_mpp(description: str | None, series: int = 0) -> float | None:
-    """PhysicalSizeX/Y of the OME-XML image (with units), in um; None if absent."""
+    """PhysicalSizeX/Y of the OME-XML image (with units), their mean, in um; None if absent."""
+    return _mean_mpp(*_ome_mpp_xy(description, series))
+
+
+def _ome_mpp_xy(description: str | None, series: int = 0) -> tuple[float | None, float | None]:
+    """PhysicalSizeX/Y of the OME-XML image (with units), in um; None where absent."""
     if not description or "<OME" not in description[:2000]:
-        return None
+        return None, None
     try:
         root = ET.fromstring(description.encode("utf-8") if isinstance(description, str) else description)
-    except ET.ParseError:
-        return None
+    except (ET.ParseError, RecursionError, ValueError):
+        return None, None
     images = [el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Image"]
     if not images:
-        return None
+        return None, None
     img = images[series] if 0 <= series < len(images) else images[0]
     pixels = next((el for el in img.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     if pixels is None:
-        return None
+        return None, None
     vals = []
     for ax in ("X", "Y"):
         v = _positive(pixels.get(f"PhysicalSize{ax}"))
         unit = (pixels.get(f"PhysicalSize{ax}Unit") or "µm").strip()
         factor = _OME_UNITS_UM.get(unit, _OME_UNITS_UM.get(unit.lower()))
         vals.append(v * factor if v is not None and factor is not None else None)
-    return _mean_mpp(*vals)
+    return vals[0], vals[1]
 
 
 def check_mpp(info_or_mpp, path: str | None = None, source: str | None = None) -> float:
@@ -81,7 +112,8 @@ def check_mpp(info_or_mpp, path: str | None = None, source: str | None = None) -
     except (TypeError, ValueError):
         raise InputError(f"{path}: mpp {mpp!r} is not a number") from None
     if not math.isfinite(mpp) or mpp <= 0:
-        raise InputError(f"{path}: invalid resolution ({mpp} µm/px); pass --mpp X (a positive number)")
+        hint = "" if source == "dataset" else "; pass --mpp X (a positive number)"
+        raise InputError(f"{path}: invalid resolution ({mpp} µm/px){hint}")
     src = " from --mpp" if source == "override" else ""
     if mpp > MPP_MAX:
         hint = "; pass --mpp X if the TIFF resolution tags are wrong" if hint_tags and source != "override" else ""
@@ -89,7 +121,7 @@ def check_mpp(info_or_mpp, path: str | None = None, source: str | None = None) -
             f"{path}: resolution too coarse for nuclei ({_fmt(mpp)} µm/px{src}; need ≤ {_fmt(MPP_MAX)} µm/px){hint}"
         )
     if mpp < MPP_MIN:
-        hint = "" if source == "override" else "; pass --mpp X if the metadata is wrong"
+        hint = "" if source in ("override", "dataset") else "; pass --mpp X if the metadata is wrong"
         raise InputError(
             f"{path}: implausible resolution ({_fmt(mpp)} µm/px{src}; expected {_fmt(MPP_MIN)}–{_fmt(MPP_MAX)}){hint}"
         )

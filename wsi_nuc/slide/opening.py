@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .info import SlideInfo, SlideReader
-from .mpp import MPP_MAX, MPP_MIN, _positive, check_mpp
+from .mpp import MPP_MAX, MPP_MIN, _positive, check_mpp, check_square
 from .readers import _BUG_ERRORS, _BaseReader, _ImageReader, _OpenSlideReader, _TiffSlideReader, _one_line
 
 _PROBE_PX = 8
@@ -205,6 +205,8 @@ def open_slide(path, mpp: float | None = None, check: bool = True) -> SlideReade
     if check:
         try:
             check_mpp(r.info)
+            if source == "metadata":
+                check_square(getattr(r, "metadata_mpp_xy", None), spath)
         except InputError:
             r.close()
             raise

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import InputError
 from .info import SlideInfo
-from .mpp import _mean_mpp, _ome_mpp
+from .mpp import _mean_mpp, _ome_mpp_xy, mpp_xy
 
 # Not bad input: never turned into InputError.  Anything else a reader library raises on a file
 # (they raise all sorts on malformed input) becomes one, chained so --debug shows the traceback.
@@ -134,7 +134,12 @@ class _OpenSlideReader(_BaseReader):
         self._level_ds = tuple(float(d) for d in self._slide.level_downsamples)
         p = self._slide.properties
         self.vendor = p.get(openslide.PROPERTY_NAME_VENDOR) or "unknown"
-        self.metadata_mpp = _mean_mpp(p.get(openslide.PROPERTY_NAME_MPP_X), p.get(openslide.PROPERTY_NAME_MPP_Y))
+        xy = mpp_xy(p.get(openslide.PROPERTY_NAME_MPP_X), p.get(openslide.PROPERTY_NAME_MPP_Y))
+        if not any(xy):      # a tiled OME-TIFF opened as a generic TIFF: its OME-XML has the pixel size
+            desc = p.get("tiff.ImageDescription")
+            xy = _ome_mpp_xy(desc if isinstance(desc, str) else None)
+        self.metadata_mpp_xy = xy
+        self.metadata_mpp = _mean_mpp(*xy)
         self.plain = False
 
     def level_origin(self, level: int, x: int) -> float:
@@ -193,11 +198,12 @@ class _TiffSlideReader(_BaseReader):
             series = int(p.get("tiffslide.series-index") or 0)
         except (TypeError, ValueError):
             series = 0
-        ome = _ome_mpp(desc if isinstance(desc, str) else None, series)
+        ome = _ome_mpp_xy(desc if isinstance(desc, str) else None, series)
         is_ome = isinstance(desc, str) and "<OME" in desc[:2000]
         vendor = p.get("tiffslide.vendor")
         self.vendor = vendor or ("ome" if is_ome else "generic-tiff")
-        self.metadata_mpp = ome if ome is not None else _mean_mpp(p.get("tiffslide.mpp-x"), p.get("tiffslide.mpp-y"))
+        self.metadata_mpp_xy = ome if any(ome) else mpp_xy(p.get("tiffslide.mpp-x"), p.get("tiffslide.mpp-y"))
+        self.metadata_mpp = _mean_mpp(*self.metadata_mpp_xy)
         # a single-level TIFF with no slide metadata is a plain image: resolution tags are suspect
         self.plain = vendor is None and not is_ome and len(self._level_dims) == 1
 
@@ -236,9 +242,14 @@ class _ImageReader(_BaseReader):
         super().__init__(path)
         from PIL import Image
 
+        from ..image_in import MAX_PIXELS
+
         with Image.open(path) as im:
             self.format = im.format or "image"
             dpi = im.info.get("dpi")
+            if im.size[0] * im.size[1] > MAX_PIXELS:     # the one pixel limit of whole-image decodes, checked first
+                raise ValueError(f"{im.size[0]}x{im.size[1]} px is more than a plain image may have "
+                                 f"({MAX_PIXELS / 1e6:.0f} Mpx); convert it to a tiled pyramidal TIFF")
             im.load()
             self._arr = self._to_array(im)
         h, w = self._arr.shape[:2]
@@ -248,7 +259,8 @@ class _ImageReader(_BaseReader):
         self.metadata_mpp = None
         if dpi:
             try:
-                self.metadata_mpp = _mean_mpp(*(25400.0 / float(d) for d in dpi[:2]))
+                self.metadata_mpp_xy = mpp_xy(*(25400.0 / float(d) for d in dpi[:2]))
+                self.metadata_mpp = _mean_mpp(*self.metadata_mpp_xy)
             except (TypeError, ValueError, ZeroDivisionError):
                 self.metadata_mpp = None
         self.plain = True
