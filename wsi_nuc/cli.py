@@ -87,7 +87,7 @@ def _run(a) -> int:
     if not a.quiet:
         secs = summary["seconds"]["total"]
         print(f"{summary['nucleus_count']} nuclei in {summary['tissue_area_mm2']:.2f} mm² of tissue, "
-              f"{secs:.1f} s -> {summary['output']}")
+              f"{secs:.1f} s -> {one_line(summary['output'])}")
     return 0
 
 
@@ -99,7 +99,7 @@ def _batch(a) -> int:
     if not a.quiet:
         n, done, skipped, failed = len(res.rows), res.count("done"), res.count("skipped"), res.count("failed")
         print(f"{done + skipped}/{n} slides done ({skipped} skipped), {failed} failed, {res.seconds:.1f} s "
-              f"-> {res.manifest}")
+              f"-> {one_line(res.manifest)}")
     return res.exit_code
 
 

@@ -21,6 +21,16 @@ def one_line(text) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
+def as_text(name) -> str:
+    r"""A file name as text that any UTF-8 writer takes: bytes that are not UTF-8 (kept by Python as lone
+    surrogates) become U+FFFD.
+
+    >>> as_text(b"bad\xffname".decode("utf-8", "surrogateescape")) == "bad\ufffdname"
+    True
+    """
+    return str(name).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def warn(message: str, stream=None) -> None:
     """One ``wsi-nuc: warning: ...`` line on stderr (a finished run still exits 0)."""
     stream = stream or sys.stderr

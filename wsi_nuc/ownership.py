@@ -52,10 +52,9 @@ def read_marker(folder: Path) -> dict | None:
     """The marker of a wsi-nuc result folder ({"slide": identity or None}); None when the folder is not
     one. A summary.json written before markers existed (it names wsi-nuc as its software) counts as
     wsi-nuc's, with the slide known by path only."""
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+    from .json_in import read_json_or_none
+
+    summary = read_json_or_none(folder / "summary.json")      # depth and size checked: it may be anyone's
     if not isinstance(summary, dict):
         return None
     m = summary.get(MARKER)

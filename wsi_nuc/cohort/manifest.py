@@ -52,7 +52,7 @@ def read_rows(path: Path) -> dict[str, dict]:
     from ..writers.table import restore_cell
 
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:   # names as written
             rows = [{restore_cell(k) if isinstance(k, str) else k: restore_cell(v) if isinstance(v, str) else v
                      for k, v in r.items()}
                     for r in csv.DictReader(fh)]

@@ -2,7 +2,6 @@
 the tables a run starts from."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -25,9 +24,10 @@ def finished_summary(slide: CohortSlide, out: Path, prev: dict | None, settings,
     folder = out / slide.stem
     if not is_complete(folder):
         return None, "redone: its outputs were incomplete"
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
+    from ..json_in import read_json_or_none
+
+    summary = read_json_or_none(folder / "summary.json")
+    if not isinstance(summary, dict):
         return None, "redone: its summary.json was unreadable"
     from ..ownership import read_marker, same_slide, slide_identity
 

@@ -66,9 +66,10 @@ def _write_vector(tmp, run, plan, final, typed, outputs) -> int:
 
 
 def _stem(run: SlideRun) -> str:
+    from ..errors import as_text
     from ..ownership import slide_stem
 
-    return slide_stem(run.info.path)
+    return as_text(slide_stem(run.info.path))     # written into UTF-8 files: a non-UTF-8 name as U+FFFD
 
 
 def _write_geojson(tmp, run, plan, final, typed, outputs) -> int:

@@ -157,9 +157,9 @@ def write_csv(path: Path | str, columns: list[str], rows: Iterable[Mapping], dec
     n = 0
     with atomic_file(path) as tmp:
         if path.name.endswith(".gz"):
-            fh = gzip.open(tmp, "wt", encoding="utf-8", newline="", compresslevel=6)
+            fh = gzip.open(tmp, "wt", encoding="utf-8", errors="surrogateescape", newline="", compresslevel=6)
         else:
-            fh = open(tmp, "w", encoding="utf-8", newline="")
+            fh = open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="")
         with fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow([neutralise_cell(c) for c in columns])
