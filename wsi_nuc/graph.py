@@ -101,12 +101,13 @@ def _reader(path: str, mpp: float | None):
     return _LOCAL.reader
 
 
-def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings) -> list[TileNuclei]:
-    """The Dask task: read, predict (batched) and segment a few tiles; pure and idempotent."""
+def process_tiles(geom: Geometry, tiles: list[Tile], ts: TaskSettings, reader=None) -> list[TileNuclei]:
+    """The Dask task: read, predict (batched) and segment a few tiles; pure and idempotent. ``reader``: an open
+    reader to use instead of the thread's own reader of ``geom.slide`` (an image in memory, the Python API)."""
     from .predict import get_predictor
     from .slide import read_region
 
-    reader = _reader(geom.slide, geom.slide_mpp)
+    reader = reader if reader is not None else _reader(geom.slide, geom.slide_mpp)
     predictor = get_predictor(ts.model, ts.device, ts.threads, ts.engine, ts.types)  # no types: trunk only
     params = InstanceParams.from_dict(ts.params)
     images = np.stack([read_region(reader, *geom.scale.window(t.read), t.read.w, t.read.h) for t in tiles])
@@ -256,10 +257,12 @@ def max_tiles(height: int, width: int, tile: int) -> int:
 
 
 def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "Spool | None" = None,
-                   on_done: Callable[[int], None] | None = None, threads: int | None = None) -> list[TileNuclei]:
+                   on_done: Callable[[int], None] | None = None, threads: int | None = None,
+                   reader=None) -> list[TileNuclei]:
     """:func:`run_tiles` in this process: ``threads`` tile threads (see :func:`here_threads`), each running
     :func:`process_tiles` on one tile (a batch on CUDA) at a time, torch's threads shared among them (set for
-    the run, restored after); results in tile order."""
+    the run, restored after); results in tile order. ``reader``: a thread-safe reader for every tile thread
+    (see :func:`process_tiles`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -274,10 +277,10 @@ def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "
     try:
         if n <= 1 or len(chunks) <= 1:
             for chunk in chunks:
-                _finished(process_tiles(geom, chunk, ts), results, spool, on_done)
+                _finished(process_tiles(geom, chunk, ts, reader), results, spool, on_done)
         else:
             with ThreadPoolExecutor(n, thread_name_prefix="wsi-nuc-tile") as pool:
-                futures = [pool.submit(process_tiles, geom, chunk, ts) for chunk in chunks]
+                futures = [pool.submit(process_tiles, geom, chunk, ts, reader) for chunk in chunks]
                 try:
                     for fut in futures:
                         _finished(fut.result(), results, spool, on_done)

@@ -67,13 +67,53 @@ def _write_table(path: Path, columns: list[str], rows: list[dict]) -> None:
     write_csv(path, columns, rows)
 
 
-def slide_morphometry(nuclei_csv: Path) -> dict:
-    """Median, quartiles and IQR of :data:`MEASURES`, streaming the slide's ``nuclei.csv``.
+def slide_morphometry(table: Path) -> dict:
+    """Median, quartiles and IQR of :data:`MEASURES`, streaming the slide's ``nuclei.csv`` or
+    ``nuclei.parquet`` (``--table parquet``; by the suffix).
 
     Only the three measured columns are held (8 bytes a value), never the table.
     """
     import numpy as np
 
+    vals = _parquet_values(table) if Path(table).suffix == ".parquet" else _csv_values(table)
+    out = {}
+    for m in MEASURES:
+        a = np.frombuffer(vals[m], dtype=np.float64) if len(vals[m]) else None
+        if a is None:
+            out.update({f"{m}_{s}": None for s in STATS})
+            continue
+        q1, med, q3 = np.percentile(a, [25, 50, 75])
+        out.update({f"{m}_median": float(med), f"{m}_q1": float(q1), f"{m}_q3": float(q3),
+                    f"{m}_iqr": float(q3 - q1)})
+    return out
+
+
+def slide_table(folder: Path) -> Path:
+    """The slide's per-nucleus table: ``nuclei.csv``, else ``nuclei.parquet`` (``--table parquet``)."""
+    csv_path = folder / "nuclei.csv"
+    return csv_path if csv_path.exists() or not (folder / "nuclei.parquet").exists() else folder / "nuclei.parquet"
+
+
+def _parquet_values(path: Path) -> dict:
+    """The finite values of :data:`MEASURES` in a Parquet table, read a row group at a time."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    vals = {m: array("d") for m in MEASURES}
+    try:
+        f = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's own errors: a broken file is a skipped summary, not a failed slide
+        raise ValueError(f"{path}: {e}") from None
+    have = [m for m in MEASURES if m in f.schema_arrow.names]
+    for batch in f.iter_batches(columns=have):
+        for m in have:
+            a = batch.column(m).to_numpy(zero_copy_only=False).astype(np.float64)
+            vals[m].extend(a[np.isfinite(a)].tolist())
+    return vals
+
+
+def _csv_values(nuclei_csv: Path) -> dict:
+    """The finite values of :data:`MEASURES` in a CSV table, streamed."""
     vals = {m: array("d") for m in MEASURES}
     with open(nuclei_csv, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
@@ -86,16 +126,7 @@ def slide_morphometry(nuclei_csv: Path) -> dict:
                     x = float(v)
                     if math.isfinite(x):
                         vals[m].append(x)
-    out = {}
-    for m in MEASURES:
-        a = np.frombuffer(vals[m], dtype=np.float64) if len(vals[m]) else None
-        if a is None:
-            out.update({f"{m}_{s}": None for s in STATS})
-            continue
-        q1, med, q3 = np.percentile(a, [25, 50, 75])
-        out.update({f"{m}_median": float(med), f"{m}_q1": float(q1), f"{m}_q3": float(q3),
-                    f"{m}_iqr": float(q3 - q1)})
-    return out
+    return vals
 
 
 def type_columns(summary: dict) -> dict:
@@ -155,7 +186,7 @@ def _morph_row(slide: CohortSlide, out: Path, summary: dict, log) -> dict:
            "tissue_area_mm2": summary.get("tissue_area_mm2"), "nuclei_per_mm2": summary.get("nuclei_per_mm2")}
     row.update(type_columns(summary))
     try:
-        row.update(slide_morphometry(out / slide.stem / "nuclei.csv"))
+        row.update(slide_morphometry(slide_table(out / slide.stem)))
     except (OSError, ValueError, csv.Error) as e:
         msg = f"wsi-nuc batch: {slide.stem}: morphometry summary skipped ({_reason(e)})"
         (log.message(msg) if hasattr(log, "message") else print(msg, file=log))
