@@ -117,6 +117,8 @@ def run(func, args, from_console: bool) -> int:
         if debug or err is None:
             raise
         _error(err)
+        if from_console:
+            _silence(2)     # the one line said it: what library threads print while the process ends is noise
         return 2
     failure = _stdout_failure(from_console)
     if failure is not None:
