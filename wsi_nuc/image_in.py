@@ -54,11 +54,11 @@ def _read_pillow(path: Path, what: str, limit: int, mode: str | None, keep: tupl
         return np.asarray(im)
 
 
-def read_image(path: str | Path, what: str = "image", limit: int = MAX_PIXELS, mode: str | None = None,
+def read_image(path: str | Path, what: str = "image", limit: int | None = None, mode: str | None = None,
                keep: tuple = ()) -> np.ndarray:
     """The pixels of the image at ``path`` (TIFF through tifffile, anything else through Pillow, converted
     to Pillow ``mode`` when given unless its mode is in ``keep``), after checking the size its header
-    claims against ``limit`` pixels.
+    claims against ``limit`` pixels (default :data:`MAX_PIXELS`).
 
     ``what`` names the image in messages ("ROI mask", "label image", ...).
     """
@@ -67,6 +67,7 @@ def read_image(path: str | Path, what: str = "image", limit: int = MAX_PIXELS, m
     from PIL import Image
 
     path = Path(path)
+    limit = MAX_PIXELS if limit is None else limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our own limit decides
