@@ -84,6 +84,7 @@ def _check_inputs(path: Path, out: Path, settings: RunSettings, t_start: float) 
     from .model.io import check_model_dir, resolve_model_dir
     from .ownership import check_stem, slide_identity
     from .slide import open_slide
+    from .results_folder import check_inputs_outside
     from .validate import check_postprocess, tile_align, validate_settings
     from .writers.atomic import safe_child
 
@@ -105,6 +106,7 @@ def _check_inputs(path: Path, out: Path, settings: RunSettings, t_start: float) 
             except ValueError as e:
                 raise InputError(f"{path}: {e}") from None
             identity = slide_identity(path)
+            check_inputs_outside(final, [path, settings.roi])      # before reading the region itself
             roi = _load_roi(settings, reader.info)
     except BaseException:
         reader.close()
