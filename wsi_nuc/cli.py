@@ -62,7 +62,7 @@ def _settings(a):
                      geojson_gz=a.geojson_gz, simplify=a.simplify, table=a.table, zarr_image=a.zarr_image,
                      min_area_um2=a.min_area_um2, dashboard=a.dashboard, roi=getattr(a, "roi", None),
                      roi_class=a.roi_class,
-                     tta=a.tta, engine=a.engine)
+                     tta=a.tta, engine=a.engine, type_threshold=a.type_threshold, type_check=not a.no_type_check)
     validate_settings(st)                      # bounds first: cheap, and independent of the model
     from .model.io import read_model_config, resolve_model_dir
     from .validate import tile_align
@@ -103,6 +103,29 @@ def _batch(a) -> int:
     return res.exit_code
 
 
+def _type_threshold(v: str) -> float:
+    import argparse
+
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {v!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..1, got {v}")
+    return x
+
+
+def _add_type_trust_options(p) -> None:
+    """--type-threshold and --no-type-check (wsi_nuc.type_trust; docs/types.md)."""
+    p.add_argument("--type-threshold", type=_type_threshold, metavar="P", default=None,
+                   help="give a nucleus its type only when the calibrated probability is at least P, for every "
+                        "type (default: the model's per-type thresholds, set for precision 0.8 on CoNSeP val; "
+                        "0 keeps all that pass the tissue check)")
+    p.add_argument("--no-type-check", action="store_true",
+                   help="keep every type the model gives (no threshold, no tissue or stain check): the "
+                        "behaviour before types could be withheld")
+
+
 def _eval(a) -> int:
     import json
 
@@ -115,7 +138,8 @@ def _eval(a) -> int:
                   f"dice {sc['dice']:.4f}  map_dsb {sc['map_dsb']:.4f}  f_d {sc['f_d']:.4f}{scale}", flush=True)
 
     res = evaluate(a.dataset, a.model, a.split, a.device, a.save_predictions, log=log,
-                   auto_scale=a.scale == "auto", tta=a.tta)
+                   auto_scale=a.scale == "auto", tta=a.tta, type_threshold=a.type_threshold,
+                   abstain=not a.no_type_check)
     agg = res["aggregate"]
     if a.json:
         print(json.dumps({**agg, "split": res["split"], "model": res["model"]}))
@@ -238,6 +262,7 @@ def _slide_options() -> argparse.ArgumentParser:
                    "averaged over 4 flips or 8 flips/rotations, that many times the network's cost")
     p.add_argument("--no-types", action="store_true",
                    help="plain nuclei: no per-nucleus type even when the model has a type head")
+    _add_type_trust_options(p)
     p.add_argument("--geojson-gz", action="store_true", help="write nuclei.geojson.gz (gzip) instead of "
                                                              "nuclei.geojson")
     p.add_argument("--simplify", type=_non_negative, default=d.simplify, metavar="PX",
@@ -292,6 +317,7 @@ def _add_eval_info_models(sub) -> None:
                         "found at their own pixels (auto, default), or segment them as working pixels "
                         "(native)")
     e.add_argument("--tta", type=int, choices=(1, 4, 8), default=1, help="test-time augmentation (as run)")
+    _add_type_trust_options(e)
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="what the reader sees in a slide")

@@ -21,6 +21,13 @@ the two agree wherever the nuclei within reach of each other are unambiguous.)
   F_c^t near F_d for every type, which the published figures (F_d 0.75 but F_c 0.43 for "other") rule
   out.
 
+**Untyped nuclei** (the ones :mod:`wsi_nuc.type_trust` withholds a type from; type 0 here) stay on this
+definition: a pair "true t, predicted untyped" counts in FN_c of t, so an untyped nucleus is a wrong type
+and abstaining is never free in F_c (it can only lower it, through FN_c, while it spares F_c the
+FP_c of the wrong types it withholds). F_d does not see types. An unpaired predicted nucleus that is
+untyped enters no type's FP_d^t (it has no type), as in the reference code. ``wsi-nuc eval`` scores
+types as ``run`` writes them (abstaining) unless told ``--no-type-check``.
+
 Counts are pooled over all images of a set before the ratios are taken, as HoVer-Net does (a per-image
 mean would weigh a crop with two nuclei like one with two hundred). Per image, :func:`type_counts` returns
 plain integers and lists that add up across images with :func:`add_counts`.

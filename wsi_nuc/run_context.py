@@ -37,6 +37,8 @@ class RunSettings:
     overwrite: bool = False         # replace wsi-nuc results of another slide with the same name
     tta: int = 1                    # test-time augmentation: maps averaged over 1, 4 or 8 flips/rotations
     engine: str = "auto"            # what runs the network: auto | torch-int8 | torch-fp32 | onnx-int8 | onnx-fp32
+    type_threshold: float | None = None  # one confidence threshold for every type (default: the model's, per type)
+    type_check: bool = True         # withhold types the model is not entitled to (wsi_nuc.type_trust); False: keep all
 
 
 # "The same run": every RunSettings field that changes a result, with the first stage whose results it
@@ -46,7 +48,8 @@ class RunSettings:
 # batch, tiles_per_task, quiet, dashboard, wait, overwrite) change how a run goes, not what it makes.
 RESULT_SETTINGS = {"tile": "tiles", "halo": "tiles", "margin": "tiles", "mpp": "tiles", "types": "tiles", "tta": "tiles",
                    "tissue_detection": "outputs", "roi": "outputs", "roi_class": "outputs", "min_area_um2": "outputs",
-                   "geojson_gz": "outputs", "simplify": "outputs", "table": "outputs", "zarr_image": "outputs"}
+                   "geojson_gz": "outputs", "simplify": "outputs", "table": "outputs", "zarr_image": "outputs",
+                   "type_threshold": "outputs", "type_check": "outputs"}
 
 
 def result_settings(settings: "RunSettings", stage: str = "outputs") -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 from .instances import InstanceParams, labels_from_maps, polygons_level0
 from .outlines import pack_polygons
 from .tiling import Box, Scale, Tile
-from .type_map import N_INSTANCE_MAPS, nucleus_types, type_prob_map
+from .type_map import N_INSTANCE_MAPS, type_prob_map
 
 
 @dataclass
@@ -82,26 +82,43 @@ def owned_nuclei(tile: Tile, labels: np.ndarray, image: np.ndarray, confidence: 
     cols = measure_nuclei(labels, image, ids, scale.work_mpp, scale.level0_mpp, origin, confidence=confidence,
                           outlines=polys)
     if type_prob is not None and type_names:
-        cols.update(type_columns(labels, type_prob, ids, type_names))
+        cols.update(type_columns(labels, type_prob, ids, type_names, image, scale.work_mpp))
     coords, offsets = pack_polygons(polys)
     depth = tile.depth(gy, gx) if len(ids) else np.zeros(0)
     return TileNuclei(tile.key, tile.row, tile.col, tile.core, coords, offsets, depth.astype(float), cols,
                       own.cut)
 
 
-def type_columns(labels: np.ndarray, type_prob: np.ndarray, ids, type_names) -> dict[str, np.ndarray]:
-    """``type`` (names, str array) and ``type_prob`` (float64) of the nuclei ``ids`` of ``labels``.
+def type_columns(labels: np.ndarray, type_prob: np.ndarray, ids, type_names, image: np.ndarray | None = None,
+                 mpp: float | None = None) -> dict[str, np.ndarray]:
+    """``type`` (the model's type names, str array) and ``type_prob`` (float64) of the nuclei ``ids`` of
+    ``labels``; also each type's raw probability ``q_<type>`` and, with ``image`` (the tile as read, on the
+    grid of ``labels``, ``mpp`` µm/px), the features ``f_<name>`` of :mod:`wsi_nuc.type_features` (float32
+    both): what :mod:`wsi_nuc.type_trust` decides from when the outputs are written.
 
     Examples
     --------
     >>> p = np.zeros((3, 1, 2)); p[2] = 1.0
     >>> c = type_columns(np.array([[1, 1]]), p, [1], ("a", "b"))
-    >>> c["type"].tolist(), c["type_prob"].tolist()
-    (['b'], [1.0])
+    >>> c["type"].tolist(), c["type_prob"].tolist(), c["q_b"].tolist()
+    (['b'], [1.0], [1.0])
     """
-    t, prob = nucleus_types(labels, type_prob, ids)
+    from .type_map import nucleus_type_probs
+    from .type_trust import f_column, q_column
+
+    t, q = nucleus_type_probs(labels, type_prob, ids)
     names = np.array(["", *type_names])
-    return {"type": names[np.clip(t, 0, len(type_names))], "type_prob": prob.astype(np.float64)}
+    rows = np.arange(len(t))
+    with np.errstate(invalid="ignore"):
+        prob = np.where(t > 0, q[rows, np.maximum(t, 1) - 1], np.nan) if len(t) else np.zeros(0)
+    cols = {"type": names[np.clip(t, 0, len(type_names))], "type_prob": prob.astype(np.float64)}
+    cols.update((q_column(n), q[:, k].astype(np.float32)) for k, n in enumerate(type_names))
+    if image is not None and mpp:
+        from .type_features import FEATURES, nucleus_features
+
+        f = nucleus_features(labels, image, ids, float(mpp)).astype(np.float32)
+        cols.update((f_column(n), f[:, k]) for k, n in enumerate(FEATURES))
+    return cols
 
 
 def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
@@ -114,7 +131,7 @@ def segment_image(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp:
 
 
 def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
-                        max_side: int = 2048, with_types: bool = True
+                        max_side: int = 2048, with_types: bool = True, trust=None
                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Instance labels of a whole (small) image at its own size, and the type of each nucleus.
 
@@ -122,6 +139,8 @@ def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, imag
     ``type_prob`` (float64), one per label in ascending label order, both None when the model has no type
     head or ``with_types`` is False. The types are decided on the grid the watershed ran on (the image's
     own when the maps were upsampled to it, the working grid otherwise) and carried to the labels.
+    With ``trust`` (a :class:`wsi_nuc.type_trust.TypeTrust`) the nuclei it withholds get type 0 and
+    ``type_prob`` is the calibrated probability of the model's type; without it, the model's own types.
 
     When the image is finer than the working scale (a 40x tile for a 0.5 µm/px model), the head maps are
     upsampled bilinearly to the image's own grid before the watershed (pixel-count thresholds scaled to
@@ -129,6 +148,23 @@ def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, imag
     gave +0.004 a-AJI and +0.011 PQ over upsampling the labels. Coarser images are segmented at the
     working scale and their labels resized back (nearest).
     """
+    labels, d = segment_image_detail(rgb, predictor, params, image_mpp, max_side, with_types,
+                                     features=trust is not None)
+    if d is None:
+        return labels, None, None
+    if trust is None:
+        return labels, d["types"], d["type_prob"]
+    from .type_trust import decide, stain_familiar
+
+    r = decide(d["types"], d["q"], d["features"], trust, stain_familiar(d["stain"], trust.stain))
+    return labels, r["type"], r["prob"]
+
+
+def segment_image_detail(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
+                         max_side: int = 2048, with_types: bool = True, features: bool = True):
+    """``(labels, detail)`` of one image (see :func:`segment_image_typed`): ``detail`` None without types,
+    else ``{"types", "type_prob", "q" (N, K raw probabilities), "features" (N, F stain-normalised, or None),
+    "stain" (the image's LabStats or None)}``, one row per label in ascending order."""
     from dataclasses import replace
 
     from .dataset import resize_image, resize_labels, resample_factor
@@ -148,31 +184,45 @@ def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, imag
         maps = predictor.maps(work[None], stain)[0]
     if not with_types:
         maps = maps[:N_INSTANCE_MAPS]
+    wmpp = predictor.mpp or image_mpp or 1.0
     if shape == (h, w):
         labels = segment_maps(maps, params)
-        return (labels, *_types_of(labels, maps))
+        return labels, _detail(labels, maps, work, wmpp, features, stain, predictor)
     if fct < 1:
         area = 1.0 / (fct * fct)
         fine = replace(params, min_area_px=max(1, round(params.min_area_px * area)),
                        min_marker_px=max(1, round(params.min_marker_px * area)))
         maps = upsample_maps(maps, (h, w))
         labels = segment_maps(maps, fine)
-        return (labels, *_types_of(labels, maps))
+        return labels, _detail(labels, maps, rgb, float(image_mpp), features, stain, predictor)
     labels = segment_maps(maps, params)
-    types, prob = _types_of(labels, maps)
+    d = _detail(labels, maps, work, wmpp, features, stain, predictor)
     out = resize_labels(labels, (h, w))
-    if types is not None:  # nearest resizing may drop a small nucleus: keep the rows of those that remain
+    if d is not None:  # nearest resizing may drop a small nucleus: keep the rows of those that remain
         ids = np.unique(labels)
         keep = np.isin(ids[ids > 0], np.unique(out))
-        types, prob = types[keep], prob[keep]
-    return out, types, prob
+        d = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+    return out, d
 
 
-def _types_of(labels: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _detail(labels: np.ndarray, maps: np.ndarray, image: np.ndarray, mpp: float, features: bool, stain,
+            predictor) -> dict | None:
+    from .type_map import nucleus_type_probs
+
     tp = type_prob_map(maps)
     if tp is None:
-        return None, None
-    return nucleus_types(labels, tp)
+        return None
+    types, q = nucleus_type_probs(labels, tp)
+    rows = np.arange(len(types))
+    with np.errstate(invalid="ignore"):
+        prob = np.where(types > 0, q[rows, np.maximum(types, 1) - 1], np.nan) if len(types) else np.zeros(0)
+    f = None
+    if features:
+        from .type_features import nucleus_features, normalised
+
+        ids = np.unique(labels)
+        f = normalised(nucleus_features(labels, image, ids[ids > 0], mpp), stain, predictor.stain_target)
+    return {"types": types, "type_prob": prob, "q": q, "features": f, "stain": stain}
 
 
 def upsample_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

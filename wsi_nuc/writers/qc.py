@@ -262,7 +262,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     zoom_row_h = (ZOOM + MARGIN + 18) if zooms else 0
     hist_h = 170 if areas_um2 is not None else 0
     width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 560)
-    foot_h = 18 if footer else 0
+    foot_h = 18 * len(footer.splitlines()) if footer else 0
     canvas = Image.new("RGB", (width, title_h + dh + legend_h + zoom_row_h + hist_h + foot_h + 2 * MARGIN), BG)
     draw = ImageDraw.Draw(canvas)
     draw.text((MARGIN, 3), title or "wsi-nuc QC", fill=TEXT, font=font)
@@ -279,7 +279,8 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
         canvas.paste(_histogram(areas_um2, min(dw, 520), hist_h - MARGIN, font, min_area_um2), (MARGIN, hy))
     _outline_legend(canvas, draw, (MARGIN + min(dw, 520) + 2 * MARGIN, hy), legend, zooms, font)
     if footer:
-        draw.text((MARGIN, hy + hist_h + MARGIN - 2), units_for(footer, font), fill=(90, 90, 90), font=font)
+        for j, line in enumerate(footer.splitlines()):
+            draw.text((MARGIN, hy + hist_h + MARGIN - 2 + 18 * j), units_for(line, font), fill=(90, 90, 90), font=font)
     path = Path(path)
     with atomic_file(path) as tmp:
         canvas.save(tmp, format="PNG", optimize=False)

@@ -87,12 +87,16 @@ def qc_inputs(reader, final, level0_mpp: float, f: float, typed: bool) -> dict:
     sub = f"{n:,} nuclei"
     if typed:
         counts = {name: 0 for name in T.NAMES}
+        untyped = 0
         for tn, idx, _ in fin:
             if "type" in tn.columns:
                 for code, m in enumerate(np.bincount(T.codes(tn.columns["type"][idx]), minlength=5)[:5]):
                     if code:
                         counts[T.TYPES[code][0]] += int(m)
+                    else:
+                        untyped += int(m)
         legend = [(f"{name} ({counts[name]:,})", rgb) for name, rgb in T.TYPES.values()]
+        legend.append((f"untyped ({untyped:,})", T.NUCLEUS_COLOR))   # no confident type (wsi_nuc.type_trust)
     sub += "  |  tissue outline (green), nucleus density (right), zoom windows (blue, numbered)"
     return {"centroids_level0_xy": cents, "zooms": zooms, "areas_um2": areas, "legend": legend,
             "subtitle": sub}

@@ -32,6 +32,7 @@ def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei)
 
     from ..slide import read_thumbnail
 
+    trust = decide_types(run, plan, final)
     typed = so.has_types(final)
     vector, raster, qc = [], [], []
     with ThreadPoolExecutor(2, thread_name_prefix="wsi-nuc-writer") as pool:
@@ -54,8 +55,30 @@ def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei)
     if roi_info is not None:
         summary["roi"] = roi_info
     if typed:
-        summary["types"] = so.type_summary(so.type_counts(final), tissue_mm2)
+        summary["types"] = so.type_summary(so.type_counts(final), tissue_mm2, so.untyped_counts(final), trust)
     return summary
+
+
+def decide_types(run: SlideRun, plan: SlidePlan, final: FinalNuclei) -> dict | None:
+    """Withhold the types the model is not entitled to (:mod:`wsi_nuc.type_trust`), in the final nuclei's
+    columns, before any writer reads them; what was checked (for summary.json), None without types."""
+    from ..stainnorm import LabStats
+    from ..type_trust import TypeTrust, apply_to_columns, stain_familiar
+
+    st = run.settings
+    if not st.types:
+        return None
+    trust = TypeTrust.from_config(run.mcfg, getattr(st, "type_threshold", None), getattr(st, "type_check", True))
+    if trust is None:
+        return None
+    stain = LabStats.from_dict(plan.stain) if plan.stain else None
+    ok = stain_familiar(stain, trust.stain)
+    seen = set()
+    for tn, idx, _ in final:
+        if id(tn) not in seen and "type" in tn.columns:
+            seen.add(id(tn))
+            apply_to_columns(tn.columns, trust, stain, LabStats.from_dict(run.mcfg.get("stain_norm")), ok)
+    return {**trust.describe(), "stain_familiar": ok}
 
 
 def _write_vector(tmp, run, plan, final, typed, outputs) -> int:
@@ -148,8 +171,18 @@ def _write_qc(tmp, run, plan, final, typed, thumb, outputs) -> None:
                  title=f"{_stem(run)}  |  model {mcfg.get('name', run.model_dir.name)} v{mcfg.get('version', '?')}"
                        f"  |  wsi-nuc {build_version()}",
                  typed=typed, thumb=thumb, f=plan.geom.f, min_area_um2=run.settings.min_area_um2,
-                 roi=plan.roi, footer=qc_footer(mcfg))
+                 roi=plan.roi, footer=qc_footer(mcfg) + (f"\n{types_note(mcfg)}" if typed else ""))
         outputs.append("qc.png")
+
+
+def types_note(mcfg: dict) -> str:
+    """qc.png's line on what the types are worth (the model card has the figures)."""
+    from ..type_trust import CONFIG_KEY, TRAINED_ON
+
+    block = mcfg.get(CONFIG_KEY) or {}
+    checked = block.get("checked_on") or "not checked beyond its training tissue"
+    return (f"types learned on {block.get('trained_on', TRAINED_ON)}; untyped where not confident or the "
+            f"tissue is unfamiliar; checked on {checked}")
 
 
 def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zinfo: dict, outputs: list,

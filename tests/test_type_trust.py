@@ -1,0 +1,200 @@
+"""Types a user can trust (wsi_nuc.type_trust): calibration on real CoNSeP val nuclei, the tissue check on a
+real skin crop and on CoNSeP, the user's threshold, and the untyped path through every writer."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from test_types_pipeline import client, consep, tiny_model  # noqa: F401 - fixtures
+from wsi_nuc.cli import main
+from wsi_nuc.type_trust import REASONS, TypeTrust, calibrate, decide
+
+MODEL = "he-types-int8"
+# every 4th CoNSeP val crop (20 of 80, all five val tiles)
+VAL_EVERY = 4
+# CMU-1-Small-Region, level-0 px: a stretch of epidermis (keratinocytes, checked by eye) and dermis beside it
+EPIDERMIS = (1190, 790, 290, 450)     # x, y, w, h
+DERMIS = (850, 1000, 210, 700)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from wsi_nuc.predict import get_predictor
+
+    p = get_predictor(MODEL, "cpu")
+    if "types_calibration" not in p.config:
+        pytest.skip(f"{MODEL} has no types_calibration block")
+    return p
+
+
+@pytest.fixture(scope="module")
+def val_nuclei(consep, predictor):
+    """Raw per-nucleus data of a quarter of CoNSeP val, paired with the true nuclei."""
+    from wsi_nuc.dataset import list_stems
+    from wsi_nuc.train import calibrate_types as ct
+
+    import wsi_nuc.dataset as ds
+
+    stems = list_stems(consep, "val")[::VAL_EVERY]
+    real = ds.list_stems
+    try:   # collect() reads the stems through wsi_nuc.dataset.list_stems
+        ds.list_stems = lambda root, split: stems if split == "val" else real(root, split)
+        return ct.collect(consep, "val", predictor)
+    finally:
+        ds.list_stems = real
+
+
+def test_stored_temperature_lowers_nll_and_ece_on_consep_val(val_nuclei, predictor):
+    from wsi_nuc.train.calibrate_types import nll, reliability
+
+    d = val_nuclei
+    m = d["true"] > 0
+    q, t, true = d["q"][m], d["types"][m], d["true"][m]
+    assert m.sum() > 300
+    temp = predictor.config["types_calibration"]["temperature"]
+    assert temp != 1.0
+    rows = np.arange(len(t))
+    p0, p1 = calibrate(q, 1.0), calibrate(q, temp)
+    assert nll(p1, true) < nll(p0, true)
+    assert reliability(p1[rows, t - 1], t == true)["ece"] < reliability(p0[rows, t - 1], t == true)["ece"]
+
+
+def test_thresholds_reach_the_stated_precision_on_consep_val(val_nuclei, predictor):
+    """Where the model gives a type by default, it is right at least about as often as the card says."""
+    d = val_nuclei
+    trust = TypeTrust.from_config(predictor.config)
+    r = decide(d["types"], d["q"], None, trust)
+    for k, name in enumerate(trust.types, start=1):
+        kept = (r["type"] == k) & (d["true"] > 0)
+        if kept.sum() >= 50:
+            assert (d["true"][kept] == k).mean() >= 0.75, name
+
+
+def test_tissue_check_keeps_most_consep_val_types(val_nuclei, predictor):
+    d = val_nuclei
+    trust = TypeTrust.from_config(predictor.config)
+    r = decide(d["types"], d["q"], d["features"], trust)
+    tissue = r["reason"] == 1 + REASONS.index("unfamiliar_tissue")
+    assert tissue.mean() < 0.15
+    assert (r["reason"] == 1 + REASONS.index("stain")).sum() == 0
+    assert (r["type"] > 0).mean() > 0.6
+
+
+def _cmu_crop(shared, region):
+    from wsi_nuc.slide import open_slide, read_region
+
+    x, y, w, h = region
+    r = open_slide(str(shared / "slides" / "CMU-1-Small-Region.svs"))
+    return read_region(r, x, y, w, h, w, h)
+
+
+@pytest.mark.parametrize("region, withheld", [(EPIDERMIS, True), (DERMIS, False)])
+def test_tissue_check_on_real_skin(shared, predictor, region, withheld):
+    """The epidermis, whose keratinocytes the model calls spindle-shaped, is caught in good part; the dermis
+    beside it, typed sensibly, mostly is not."""
+    from wsi_nuc.instances import InstanceParams
+    from wsi_nuc.segment import segment_image_detail
+
+    rgb = _cmu_crop(shared, region)
+    params = InstanceParams.from_dict(predictor.config["postprocess"])
+    _, d = segment_image_detail(rgb, predictor, params, 0.499)
+    trust = TypeTrust.from_config(predictor.config)
+    r = decide(d["types"], d["q"], d["features"], trust)
+    spindle = d["types"] == 1 + trust.types.index("spindle-shaped")
+    tissue = r["reason"] == 1 + REASONS.index("unfamiliar_tissue")
+    assert spindle.sum() > 30
+    if withheld:
+        assert tissue[spindle].mean() > 0.3
+    else:
+        assert tissue[spindle].mean() < 0.2
+
+
+def test_threshold_override_and_no_check():
+    t = TypeTrust(("a", "b"), thresholds=(0.9, 0.9))
+    q = np.array([[0.8, 0.2], [0.3, 0.7]])
+    assert decide([1, 2], q, None, t)["type"].tolist() == [0, 0]
+    cfg = {"types": ["a", "b"], "types_calibration": {"temperature": 1.0, "thresholds": {"a": 0.9, "b": 0.9}}}
+    assert TypeTrust.from_config(cfg).thresholds == (0.9, 0.9)
+    low = TypeTrust.from_config(cfg, threshold=0.5)
+    assert low.thresholds == (0.5, 0.5) and low.threshold_source == "user"
+    assert decide([1, 2], q, None, low)["type"].tolist() == [1, 2]
+    off = TypeTrust.from_config(cfg, abstain=False)
+    assert decide([1, 2], q, None, off)["type"].tolist() == [1, 2]
+    with pytest.raises(ValueError):
+        TypeTrust.from_config(cfg, threshold=1.5)
+    assert TypeTrust.from_config({"name": "untyped"}) is None
+
+
+def test_type_flags_reach_the_settings(monkeypatch):
+    import wsi_nuc.cohort as cohort
+    import wsi_nuc.pipeline as pipeline
+
+    got = []
+    monkeypatch.setattr(pipeline, "run_slide", lambda path, out, st: got.append(st) or
+                        {"seconds": {"total": 0}, "nucleus_count": 0, "tissue_area_mm2": 0, "output": ""})
+
+    class Res:
+        rows, seconds, manifest, exit_code = [], 0.0, "", 0
+
+        def count(self, _):
+            return 0
+
+    monkeypatch.setattr(cohort, "run_cohort", lambda c, o, st, **kw: got.append(st) or Res())
+    assert main(["run", "x.svs", "--quiet", "--type-threshold", "0.6"]) == 0
+    assert main(["batch", "x.svs", "--quiet", "--no-type-check"]) == 0
+    assert main(["run", "x.svs", "--quiet"]) == 0
+    assert [(st.type_threshold, st.type_check) for st in got] == [(0.6, True), (None, False), (None, True)]
+    with pytest.raises(SystemExit):
+        main(["run", "x.svs", "--type-threshold", "2"])
+
+
+# -- the untyped path through every writer, with the constant-type tiny model of test_types_pipeline --
+
+def test_untyped_nuclei_in_every_output(tiny_model, consep, tmp_path, client):
+    """Every nucleus of the tiny model is "epithelial" at P = 0.711: a threshold of 0.8 leaves all untyped
+    (reason low_confidence, probabilities kept), 0.5 types all; both say so in every output."""
+    from dataclasses import replace
+
+    from test_types_pipeline import P_EPI, STEMS
+    from wsi_nuc.pipeline import RunSettings, run_slide
+
+    slide = tmp_path / "crop.png"
+    shutil.copy(consep / "images" / f"{STEMS[0]}.png", slide)
+    st = RunSettings(model=str(tiny_model), device="cpu", mpp=0.25, tissue_detection=False, quiet=True,
+                     table="both")
+    s = run_slide(slide, tmp_path / "hi", replace(st, type_threshold=0.8), client=client)
+    n = s["nucleus_count"]
+    assert n > 10
+    ty = s["types"]
+    assert ty["untyped"] == n and ty["typed_fraction"] == 0.0
+    assert ty["untyped_reasons"]["low_confidence"] == n and ty["model_counts"]["epithelial"] == n
+    assert ty["check"]["threshold_source"] == "user" and "CoNSeP" in ty["check"]["trained_on"]
+    assert s["settings"]["type_threshold"] == 0.8
+    out = tmp_path / "hi" / "crop"
+    rows = list(csv.DictReader(open(out / "nuclei.csv")))
+    assert len(rows) == n
+    assert {r["type"] for r in rows} == {""} and {r["type_model"] for r in rows} == {"epithelial"}
+    assert {r["untyped_reason"] for r in rows} == {"low_confidence"}
+    assert all(abs(float(r["type_prob"]) - P_EPI) < 2e-3 for r in rows)
+    assert all(abs(float(r["p_epithelial"]) - P_EPI) < 2e-3 for r in rows)
+    import pyarrow.parquet as pq
+
+    tab = pq.read_table(out / "nuclei.parquet").to_pydict()
+    assert set(tab["type"]) == {""} and set(tab["untyped_reason"]) == {"low_confidence"}
+    gj = json.loads((out / "nuclei.geojson").read_text())
+    assert all(f["properties"].get("classification", {}).get("name", "Nucleus") == "Nucleus"
+               for f in gj["features"])
+    assert (out / "qc.png").stat().st_size > 0
+    props = json.loads((out / "nuclei.ome.zarr" / "labels" / "nuclei" / ".zattrs").read_text())
+    il = props["image-label"]
+    assert all("type" not in p for p in il.get("properties", []))
+
+    s2 = run_slide(slide, tmp_path / "lo", replace(st, type_threshold=0.5), client=client)
+    assert s2["types"]["untyped"] == 0 and s2["types"]["typed_fraction"] == 1.0
+    assert s2["types"]["counts"]["epithelial"] == s2["nucleus_count"]
+    rows = list(csv.DictReader(open(tmp_path / "lo" / "crop" / "nuclei.csv")))
+    assert {r["type"] for r in rows} == {"epithelial"} and {r["untyped_reason"] for r in rows} == {""}
