@@ -105,3 +105,37 @@ def test_gpu_script_runs_for_its_minutes_and_leaves_a_resumable_checkpoint(share
     assert main(["train", "configs/he-teacher.yaml", "--out", str(run), *tiny,
                  "--set", f"train.stop_at={step + 1}"]) == 0
     assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == step + 1
+
+
+def test_sigterm_writes_the_checkpoint_and_leaves_no_worker(shared, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "wsi_nuc.cli", "train", "configs/he-teacher.yaml", "--out", str(out),
+            "--set", f"data.roots=[{shared / 'data' / 'monuseg2018-train'}]", "--set", "model.base=4",
+            "--set", "model.depth=3", "--set", "train.batch=2", "--set", "train.crop=64",
+            "--set", "train.val_every=100000", "--set", "train.threads=1", "--set", "train.steps=100000",
+            "--set", "train.checkpoint_minutes=100", "--set", "train.prefetch=1"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (out / "log.jsonl").exists() or not (out / "log.jsonl").read_text():
+        assert time.time() - t0 < 300 and p.poll() is None
+        time.sleep(0.5)
+    workers = psutil.Process(p.pid).children()
+    assert workers
+    p.send_signal(signal.SIGTERM)
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 143, text[-2000:]
+    assert "checkpoint written at step" in text
+    import torch
+
+    assert int(torch.load(out / "checkpoint.pt", weights_only=True)["step"]) >= 10
+    time.sleep(1)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+

@@ -14,7 +14,8 @@ thing ``train`` and ``distill`` do differently), a ``validate()`` function, extr
    ``snapshot_every`` steps exports a snapshot model folder;
 4. at the end exports ``OUT/model`` with the steps, samples and CPU-hours; ``train.stop_at: N`` instead
    stops at step N with a checkpoint and a snapshot (equal-sample comparisons of runs on one schedule), and
-   ``train.max_minutes: M`` after M minutes of training (a GPU lease of fixed length).
+   ``train.max_minutes: M`` after M minutes of training (a GPU lease of fixed length). SIGTERM (the end
+   of a session, a batch system's time limit) ends the step under way, writes the checkpoint and exits 143.
 """
 from __future__ import annotations
 
@@ -167,8 +168,9 @@ def run_job(job: Job, log=print) -> Path:
     last_ckpt, t_cpu0, run_loss = time.time(), time.process_time(), None
     t_wall, step0 = time.perf_counter(), step
     deadline = time.time() + float(tc["max_minutes"]) * 60 if tc.get("max_minutes") else None
+    term = _TermFlag()
     batches = Batches(job.data.train, size, bs, aug_cfg, int(tc.get("seed", 0)), step, stop, speed.prefetch)
-    with batches, open(job.out / "log.jsonl", "a") as logf:
+    with term, batches, open(job.out / "log.jsonl", "a") as logf:
         while step < stop:
             for m in modules:
                 m.train()
@@ -206,6 +208,10 @@ def run_job(job: Job, log=print) -> Path:
                 last_ckpt = time.time()
             if step % int(tc.get("snapshot_every", 250)) == 0 or (step == stop < total):
                 save_model(job.net, job.out / "snapshots" / f"step{step:06d}", job.meta())
+            if term.set:
+                save_checkpoint(ckpt, job.net, job.opt, step, cpu_now, extra_state())
+                log(f"SIGTERM: checkpoint written at step {step}; run the same command to resume")
+                raise SystemExit(143)
     cpu_s += time.process_time() - t_cpu0 + batches.worker_cpu_s()
     if step < total:
         log(f"stopped at step {step} (train.stop_at / max_minutes); run again to resume")
@@ -213,6 +219,30 @@ def run_job(job: Job, log=print) -> Path:
     meta = job.meta()
     meta["training"] = {"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)}
     return save_model(job.net, job.out / "model", meta)
+
+
+class _TermFlag:
+    """SIGTERM sets ``set`` (main thread only) instead of killing the process mid-step."""
+
+    def __init__(self):
+        self.set, self.old = False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, *_):
+        self.set = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
 
 
 def _flat(v: dict, prefix: str = "") -> dict:

@@ -9,7 +9,9 @@ targets; the main process turns their arrays into tensors.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import signal
 
 import numpy as np
 
@@ -25,12 +27,24 @@ def draw(sources, size: int, n: int, aug_cfg, seed: int, step: int):
     return make_batch(sources, size, n, aug_cfg, batch_rng(seed, step))
 
 
-def _worker(sources, size, n, aug_cfg, seed, start, stop, every, q) -> None:
+def _worker(sources, size, n, aug_cfg, seed, start, stop, every, q, parent: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the trainer's handler is not ours: terminate() ends us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C reaches the whole group: the trainer handles it
     try:
         for step in range(start, stop, every):
-            q.put((step, draw(sources, size, n, aug_cfg, seed, step)))
-    except BaseException as e:  # noqa: BLE001 - handed to the trainer, which raises it
-        q.put((-1, f"{type(e).__name__}: {e}"))
+            item = (step, draw(sources, size, n, aug_cfg, seed, step))
+            while True:   # a trainer killed without closing us (SIGKILL, SIGTERM): end with it
+                try:
+                    q.put(item, timeout=2)
+                    break
+                except queue.Full:
+                    if os.getppid() != parent:
+                        return
+    except Exception as e:  # noqa: BLE001 - handed to the trainer, which raises it
+        try:
+            q.put((-1, f"{type(e).__name__}: {e}"), timeout=10)
+        except queue.Full:
+            pass
 
 
 class Batches:
@@ -44,7 +58,8 @@ class Batches:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             for k in range(workers):
                 q = ctx.Queue(maxsize=2)
-                p = ctx.Process(target=_worker, args=(*self.args, start + k, stop, workers, q), daemon=True)
+                p = ctx.Process(target=_worker, args=(*self.args, start + k, stop, workers, q, os.getpid()),
+                                daemon=True)
                 p.start()
                 self.procs.append(p)
                 self.queues.append(q)

@@ -1,0 +1,83 @@
+"""Score a training run's snapshots on every val set, adding the ones not yet scored to a JSON file.
+
+    python benchmarks/score_snapshots.py runs/he-teacher-v06 \
+        --out benchmarks/results/he-teacher-v06-snapshots.json [--threads 1] [--reference he-types]
+
+Each snapshot (``RUN/snapshots/stepNNNNNN`` and ``RUN/model``) is scored with ``wsi-nuc eval``'s code on
+MoNuSeg val, CoNSeP val, DSB H&E val and NuInsSeg val (:mod:`eval_sets`), with its stored post-processing;
+the file keeps one row per step with the samples seen and the run's CPU-hours at that step (from
+``log.jsonl``), so a plateau is a measured curve. ``--reference`` models are scored once beside them.
+Safe to run while the run trains (it reads only finished snapshot folders).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_sets import score, val_sets  # noqa: E402
+
+
+def cpu_hours_at(run: Path) -> dict[int, float]:
+    out = {}
+    log = run / "log.jsonl"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        r = json.loads(line)
+        if "cpu_s" in r:
+            out[int(r["step"])] = round(r["cpu_s"] / 3600, 3)
+    return out
+
+
+def snapshots(run: Path) -> list[tuple[int, Path]]:
+    found = [(int(p.name[4:]), p) for p in sorted((run / "snapshots").glob("step*"))
+             if (p / "model.safetensors").exists() and (p / "config.json").exists()]
+    final = run / "model"
+    if (final / "config.json").exists():
+        cfg = json.loads((final / "config.json").read_text())
+        found.append((int(cfg.get("training", {}).get("steps", 0)), final))
+    return found
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reference", nargs="*", default=[])
+    ap.add_argument("--batch", type=int, default=8, help="samples per step, for the samples column")
+    a = ap.parse_args()
+    run, out = Path(a.run), Path(a.out)
+    res = json.loads(out.read_text()) if out.exists() else {"run": str(run), "rows": [], "reference": []}
+    res["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    done = {r["step"] for r in res["rows"]}
+    done_ref = {r["model"] for r in res["reference"]}
+    hours = cpu_hours_at(run)
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = val_sets(Path(tmp))
+        for step, path in snapshots(run):
+            if step in done:
+                continue
+            row = score(str(path), sets, None, a.threads)
+            row.update(step=step, samples=step * a.batch,
+                       cpu_hours=hours.get(step, hours.get(max((s for s in hours if s <= step), default=0))))
+            res["rows"].append(row)
+            res["rows"].sort(key=lambda r: r["step"])
+            out.write_text(json.dumps(res, indent=1) + "\n")
+        for m in a.reference:
+            if m not in done_ref:
+                res["reference"].append(score(m, sets, None, a.threads))
+                out.write_text(json.dumps(res, indent=1) + "\n")
+    names = [k for k in res["rows"][0] if k.endswith("_val")] if res["rows"] else []
+    print("step  samples  cpu-h  " + "  ".join(names) + "  mean a-AJI")
+    for r in res["rows"] + res["reference"]:
+        print(r.get("step", r["model"]), r.get("samples", ""), r.get("cpu_hours", ""),
+              *[r[n]["aji"] for n in names], r["mean_aji"])
+
+
+if __name__ == "__main__":
+    main()
