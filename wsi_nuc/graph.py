@@ -263,17 +263,19 @@ def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "
     :func:`process_tiles` on one tile (a batch on CUDA) at a time, torch's threads shared among them (set for
     the run, restored after); results in tile order. ``reader``: a thread-safe reader for every tile thread
     (see :func:`process_tiles`)."""
+    import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-
     predictor = load_here(ts.model, ts.device, ts.engine)
+    # torch's threads where a torch engine loaded it; ONNX Runtime's sessions were built with their share
+    torch = sys.modules.get("torch")
     results, todo = _resume(tiles, spool, on_done)
     per = ts.batch or (8 if predictor.device.type == "cuda" else 1)
     chunks = [todo[i:i + per] for i in range(0, len(todo), per)]
     n, torch_threads = here_threads(threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(torch_threads)
     try:
         if n <= 1 or len(chunks) <= 1:
             for chunk in chunks:
@@ -289,6 +291,7 @@ def run_tiles_here(geom: Geometry, tiles: list[Tile], ts: TaskSettings, spool: "
                         fut.cancel()
                     raise
     finally:
-        torch.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(before)
     return [results[t.key] for t in tiles if t.key in results]
 

@@ -1,30 +1,20 @@
-"""``--engine auto``: the engine that runs a model fastest on this machine, by a rule on the CPU.
+"""``--engine auto`` and the default engine: what runs a model on this machine, by a rule on the CPU.
 
-The rule, from ``benchmarks/bench_cpu.py`` (``benchmarks/results/cpu-*.json``; the README's performance
-section): only engines that give the same nuclei as the default are candidates, so ``auto`` changes speed,
-not results.
+Only engines that give the same nuclei as the default are candidates, so ``auto`` changes speed, not results.
 
-- An INT8 model folder on Linux x86-64: ``torch-int8-onednn``, PyTorch's INT8 graph on oneDNN's kernels.
-  On a CPU with AVX512-VNNI or AMX that is what PyTorch's x86 quantized engine (``torch-int8``) runs anyway,
-  and the fastest engine measured there (ONNX Runtime INT8 1.7x, fbgemm 2.5x, fp32 3.9x slower per network
-  call, one thread). On other x86 CPUs (AVX2-only: AMD EPYC/Ryzen before Zen 4, Intel before Cascade Lake;
-  AVX512 without VNNI; Alder Lake's AVX-VNNI) PyTorch's x86 engine picks fbgemm, whose kernels took 1.38x
-  (AVX2) and 1.78x (AVX512 without VNNI) the time of oneDNN's for this network (ISAs forced on the AVX512
-  machine); the two libraries give the same nuclei (F1 1.000 at AVX2 on CMU-1-Small-Region, 0.9995 against
-  the native run). Naming oneDNN also keeps a cluster right whose workers' CPUs differ from the driver's,
-  where the choice is made. Other x86 systems: ``torch-int8`` (PyTorch uses fbgemm off Linux).
-- An INT8 model folder where PyTorch has no x86 INT8 engine (ARM: Apple silicon, Graviton): ``onnx-int8``
-  when onnxruntime is installed and the folder ships ``model.int8.onnx`` (the torch graph's quantisation;
-  F1 0.987 against torch-int8 on CMU with v0.2, 0.978 with v0.5), else ``torch-fp32``.
+- An INT8 model folder: ``onnx-int8``, ONNX Runtime's CPU provider on the folder's prebuilt
+  ``model.int8.onnx`` (static QDQ carrying the PyTorch INT8 graph's own integers and scales, see
+  :mod:`wsi_nuc.train.onnx_export`), the default and ``auto``'s pick on every CPU (issue 27,
+  ``docs/engines.md``): nothing is traced or rebuilt at load, no deprecated PyTorch API is involved, and with
+  the file's baked post-processing a CPU run needs no torch at all. Its nuclei against the PyTorch INT8 graph
+  that was the default until dcb0609: F1 0.983 at IoU 0.5 on CMU-1-Small-Region (AVX2). The ``torch-int8*``
+  engines (that graph: ``x86`` = oneDNN on AVX512-VNNI / fbgemm elsewhere, ``onednn``, ``fbgemm``) run only
+  when named; they are the reference the ONNX file is built from. Without onnxruntime: ``torch-int8`` on
+  x86, ``torch-fp32`` elsewhere.
 - An fp32 model folder: ``onnx-fp32`` when it ships ``model.onnx`` and onnxruntime is installed (the same
-  nuclei as torch-fp32, F1 1.000; 1.2x faster at AVX512), else ``torch-fp32``. CUDA: ``torch-fp32``.
+  nuclei as torch-fp32, F1 1.000), else ``torch-fp32``. CUDA: ``torch-fp32`` (fp16 autocast).
 
-ONNX Runtime INT8 is not picked on x86: it was slower where measured, its kernels could not be forced to
-AVX2 here, and its nuclei differ more (F1 0.978-0.987). Every PyTorch INT8 engine runs the graph's ×2 up-samplings
-as a nearest copy and a fixed depthwise convolution on oneDNN's kernels (``int8.upsample2x_bilinear_q``),
-the same bytes as PyTorch's up-sampling kernel in less time; ``torch-int8-fast``, which ran them so before
-they were exact, is kept as another name for ``torch-int8-onednn``. The CPU is read from
-``/proc/cpuinfo`` (no torch import in the driver); :func:`explain` says why.
+The CPU is read from ``/proc/cpuinfo`` (no torch import in the driver); :func:`explain` says why.
 """
 from __future__ import annotations
 
@@ -34,9 +24,8 @@ from pathlib import Path
 
 from ..errors import InputError
 
-ENGINES = ("torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-int8-fast", "torch-fp32", "onnx-int8",
-           "onnx-fp32")
-QENGINES = {"torch-int8": "x86", "torch-int8-onednn": "onednn", "torch-int8-fbgemm": "fbgemm", "torch-int8-fast": "onednn"}
+ENGINES = ("torch-int8", "torch-int8-onednn", "torch-int8-fbgemm", "torch-fp32", "onnx-int8", "onnx-fp32")
+QENGINES = {"torch-int8": "x86", "torch-int8-onednn": "onednn", "torch-int8-fbgemm": "fbgemm"}
 CHOICES = ("auto", *ENGINES)
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
@@ -80,9 +69,14 @@ def check_engine(engine: str, model_dir: Path, cfg: dict, device: str = "cpu") -
     raise InputError(f"--engine {engine}: {why}; engines for this model here: {', '.join(avail) or 'none'}")
 
 
-def default_engine(cfg: dict, device: str = "cpu") -> str:
-    """What runs a model when no engine is named (the API, ``eval``): as stored (INT8 folder: torch-int8)."""
-    return "torch-int8" if cfg.get("quantized") == "int8" and is_x86() else "torch-fp32"
+def default_engine(cfg: dict, device: str = "cpu", model_dir: Path | None = None) -> str:
+    """What runs a model when no engine is named (the API, ``eval``, ``run``): :func:`explain`'s pick (an INT8
+    folder: onnx-int8)."""
+    if model_dir is None:
+        from .folders import resolve_model_dir
+
+        model_dir = resolve_model_dir(cfg.get("name"))
+    return explain(Path(model_dir), cfg, device)[0]
 
 
 @lru_cache(maxsize=1)
@@ -119,14 +113,10 @@ def explain(model_dir: Path, cfg: dict, device: str = "cpu") -> tuple[str, str]:
     avail = available_engines(model_dir, cfg, device)
     cpu = cpu_summary()
     if cfg.get("quantized") == "int8":
-        if is_x86() and "torch-int8" in avail:
-            if platform.system() != "Linux":
-                return "torch-int8", f"{cpu}: PyTorch's x86 INT8 engine (oneDNN's not measured on {platform.system()})"
-            if cpu_flags() & {"avx512_vnni", "amx_int8"}:
-                return "torch-int8-onednn", f"{cpu}: oneDNN INT8 kernels (PyTorch's x86 engine's pick here too)"
-            return "torch-int8-onednn", f"{cpu}: oneDNN INT8 kernels (PyTorch's x86 engine would pick fbgemm here)"
         if "onnx-int8" in avail:
-            return "onnx-int8", f"{cpu}: no x86 INT8 engine in PyTorch here; ONNX Runtime INT8"
+            return "onnx-int8", f"{cpu}: ONNX Runtime INT8 (the default on every CPU)"
+        if "torch-int8" in avail:
+            return "torch-int8", f"{cpu}: PyTorch's x86 INT8 engine (no onnxruntime or no model.int8.onnx)"
         return "torch-fp32", f"{cpu}: no INT8 engine available here"
     if "onnx-fp32" in avail:
         return "onnx-fp32", f"{cpu}: fp32 model, ONNX Runtime"
@@ -146,7 +136,7 @@ def resolve_engine(requested: str | None, model_dir: Path, cfg: dict, device: st
     if dev == "cuda" and cfg.get("quantized") == "int8":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     if requested in (None, ""):
-        return default_engine(cfg, dev)
+        return default_engine(cfg, dev, model_dir)
     check_engine(requested, model_dir, cfg, dev)
     return choose_engine(model_dir, cfg, dev) if requested == "auto" else requested
 

@@ -11,11 +11,13 @@ QConfig: weights int8 per-channel symmetric (PerChannelMinMaxObserver, qint8); a
 HistogramObserver; backend "x86" (fbgemm/onednn kernels). ``reduce_range`` (7-bit activations, PyTorch's
 x86 default) avoids int16 accumulation saturation on CPUs without AVX512-VNNI. INT8 models run on the CPU
 only; the forward returns the same float raw outputs as the fp32 net.
+
+Since issue 27 this graph is the *reference* the shipped ONNX INT8 file is built from
+(:mod:`wsi_nuc.train.onnx_export` takes its integers and scales) and the ``torch-int8*`` engines, named only
+on request: the default CPU engine is ONNX Runtime's (:mod:`wsi_nuc.model.onnx_run`). ``torch.ao.quantization``
+is deprecated in PyTorch, and its warnings are not silenced here.
 """
 from __future__ import annotations
-
-import threading
-import warnings
 
 import torch
 from torch import nn
@@ -25,14 +27,6 @@ from .folders import read_model_config, resolve_model_dir
 from .net import build_net
 
 BACKEND = "x86"
-
-# Two concatenations' inputs were observed apart (decoder features the type branch also reads): they are
-# requantised to the first input's scale and zero point (:func:`cat_q` does it before PyTorch's cat sees
-# them; a graph run without it, e.g. a prepared-then-converted one elsewhere, gets PyTorch's own warning that
-# this "may" be inaccurate). It is what the calibration check measured (fp32 vs INT8 foreground agreement
-# 0.997 for he-types-int8 v0.5): the warning says nothing a user can act on.
-warnings.filterwarnings("ignore", message="All inputs of this cat operator must share the same quantization")
-
 
 class _Plain(nn.Module):
     """Traceable wrapper: forward(x) -> raw outputs only (no ``return_features`` branch)."""
@@ -100,34 +94,21 @@ def prepare(net: nn.Module, reduce_range: bool = True) -> nn.Module:
     keep = fx_config.do_not_emit_stack_traces
     fx_config.do_not_emit_stack_traces = True
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return prepare_fx(_Plain(net.eval()), _mapping_for(net, reduce_range), example)
+        return prepare_fx(_Plain(net.eval()), _mapping_for(net, reduce_range), example)
     finally:
         fx_config.do_not_emit_stack_traces = keep
 
 
-def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, fast_upsample: bool | None = None,
-            trunk_only: bool = False) -> Int8UNet:
+def convert(prepared: nn.Module, cfg, stride: int, qengine: str = BACKEND, trunk_only: bool = False) -> Int8UNet:
     """The INT8 graph, its weights packed for ``qengine`` (x86: oneDNN or fbgemm kernels chosen by PyTorch per
-    CPU; onednn or fbgemm: that library only); with ``fast_upsample`` its ×2 bilinear upsamplings of
-    quantised tensors run as :func:`upsample2x_bilinear_q` (the same bytes, faster; default: where oneDNN's
-    kernels exist, so every caller times and checks the graph that ships); ``trunk_only`` drops a type branch
-    (:func:`drop_type_branch`)."""
+    CPU; onednn or fbgemm: that library only); ``trunk_only`` drops a type branch (:func:`drop_type_branch`)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    if fast_upsample is None:
-        fast_upsample = fast_upsample_here()
-
     torch.backends.quantized.engine = qengine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = convert_fx(prepared)
+    graph = convert_fx(prepared)
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target is torch.cat:
             node.target = cat_q
-        elif fast_upsample and node.op == "call_function" and node.target is torch.nn.functional.interpolate:
-            node.target = interpolate_q
     if trunk_only:
         drop_type_branch(graph)
     graph.recompile()
@@ -147,77 +128,6 @@ def drop_type_branch(graph) -> None:
     graph.graph.eliminate_dead_code()
 
 
-_SMOOTH_121: dict = {}
-_SMOOTH_LOCK = threading.Lock()
-
-
-def _smooth_121(channels: int):
-    """Packed weights of a depthwise 3×3 convolution by [1, 2, 1]ᵀ[1, 2, 1] / 16 (int8 4, 8, 16 at scale
-    1/64: exact), zero-padded, always packed for oneDNN's kernels whatever this process's quantised engine
-    (a packed convolution runs on the library that packed it), so that every engine up-samples to the same
-    bytes: oneDNN rounds exact halves to even as PyTorch's kernel does, fbgemm rounds them up."""
-    with _SMOOTH_LOCK:
-        if channels not in _SMOOTH_121:
-            k = torch.tensor([1.0, 2.0, 1.0])
-            w = (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).contiguous()
-            qw = torch.quantize_per_channel(w, torch.full((channels,), 1 / 64),
-                                            torch.zeros(channels, dtype=torch.long), 0, torch.qint8)
-            before = torch.backends.quantized.engine
-            torch.backends.quantized.engine = "onednn"
-            try:
-                _SMOOTH_121[channels] = torch.ops.quantized.conv2d_prepack(qw, None, [1, 1], [1, 1], [1, 1],
-                                                                           channels)
-            finally:
-                torch.backends.quantized.engine = before
-        return _SMOOTH_121[channels]
-
-
-def fast_upsample_here() -> bool:
-    """Whether :func:`upsample2x_bilinear_q` can run here: PyTorch has oneDNN's quantised kernels (x86)."""
-    return "onednn" in torch.backends.quantized.supported_engines
-
-
-def upsample2x_bilinear_q(x: torch.Tensor) -> torch.Tensor:
-    """×2 bilinear upsampling (``align_corners=False``) of a per-tensor quantised NCHW tensor: the same bytes
-    as PyTorch's own kernel (a test), on oneDNN's kernels, in less time.
-
-    For a ×2 upsampling PyTorch's quantised kernel works on the stored integers alone (input and output share
-    scale and zero point): output = round-half-to-even((9a + 3b + 3c + d) / 16) of the four nearest stored
-    values, whatever the scale and zero point (checked on random tensors). Bilinear ×2 is nearest ×2
-    followed by the separable [1, 2, 1] / 4 filter with the border replicated: output 2i takes
-    x[i-1]/4 + 3x[i]/4, output 2i+1 takes 3x[i]/4 + x[i+1]/4, and so does the filter on the
-    nearest-upsampled row (whose entries 2i-1, 2i, 2i+1 are x[i-1], x[i], x[i]). The filter runs as a
-    quantised depthwise convolution on the stored integers read at scale 1 and zero point 0 (the same
-    memory), so that oneDNN's requantisation multiplies by exactly 1/64 and rounds halves to even as PyTorch
-    does (with the tensor's own scale it rounded about 0.3 % of the values otherwise: 1 % of the nuclei,
-    sessions 7-8); the result is read back with the input's scale and zero point. The zero padding
-    is wrong only on the outermost ring, which is recomputed from the input's edge rows and columns by
-    PyTorch's kernel."""
-    import torch.nn.functional as F
-
-    s, z = x.q_scale(), x.q_zero_point()
-    h2, w2 = 2 * x.shape[-2], 2 * x.shape[-1]
-    x1 = _as_qparams(x, 1.0, 0)
-    y = torch.ops.quantized.conv2d(F.interpolate(x1, scale_factor=2, mode="nearest"), _smooth_121(x.shape[1]),
-                                   1.0, 0)
-
-    def edge(t, size):
-        return F.interpolate(t.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
-                             align_corners=False)
-
-    y[:, :, :1, :].copy_(edge(x1[:, :, :1, :], (1, w2)))
-    y[:, :, -1:, :].copy_(edge(x1[:, :, -1:, :], (1, w2)))
-    y[:, :, :, :1].copy_(edge(x1[:, :, :, :1], (h2, 1)))
-    y[:, :, :, -1:].copy_(edge(x1[:, :, :, -1:], (h2, 1)))
-    return _as_qparams(y, s, z)
-
-
-def _as_qparams(t: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """The same stored integers (the same memory, no copy) read with another scale and zero point."""
-    out = torch._empty_affine_quantized([0], scale=scale, zero_point=zero_point, dtype=t.dtype)
-    return out.set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
-
-
 def cat_q(tensors, dim=0):
     """``torch.cat`` in a converted INT8 graph, the same bytes as PyTorch's quantised cat: inputs whose scale or
     zero point differ from the first's (the output's) are requantised to it before the copy. PyTorch's cat
@@ -230,21 +140,6 @@ def cat_q(tensors, dim=0):
         tensors = [t if not t.is_quantized or (t.q_scale() == s and t.q_zero_point() == z)
                    else torch.quantize_per_tensor(t.dequantize(), s, z, t.dtype) for t in tensors]
     return torch.cat(tensors, dim=dim)
-
-
-def interpolate_q(x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
-                  antialias=False):
-    """``F.interpolate`` in a converted INT8 graph: a ×2 bilinear upsampling of a quantised tensor takes
-    :func:`upsample2x_bilinear_q` (the same bytes as PyTorch's kernel), everything else PyTorch's kernel."""
-    import torch.nn.functional as F
-
-    if (x.is_quantized and x.qscheme() == torch.per_tensor_affine and mode == "bilinear" and not align_corners
-            and not antialias and x.dim() == 4 and min(x.shape[-2:]) >= 2):
-        want = tuple(size) if size is not None else None
-        if want == (2 * x.shape[-2], 2 * x.shape[-1]) or (size is None and scale_factor in (2, 2.0, (2, 2))):
-            return upsample2x_bilinear_q(x)
-    return F.interpolate(x, size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
-                         recompute_scale_factor=recompute_scale_factor, antialias=antialias)
 
 
 def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
@@ -268,11 +163,10 @@ def prepared_from_folder(model_dir) -> tuple[nn.Module, nn.Module, dict]:
 
 
 def load_int8(model_dir, device: str | torch.device = "cpu", qengine: str = BACKEND,
-              fast_upsample: bool | None = None, trunk_only: bool = False) -> Int8UNet:
-    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx
-    (``fast_upsample``: see :func:`convert`)."""
+              trunk_only: bool = False) -> Int8UNet:
+    """Rebuild an INT8 model folder (no pickle, no data): prepare_fx -> observer state -> convert_fx."""
     if torch.device(device).type != "cpu":
         raise InputError("INT8 models run on the CPU only (use --device cpu or the fp32 model)")
     prepared, fp32, _ = prepared_from_folder(model_dir)
     trunk_only = trunk_only and getattr(fp32, "type_branch", None) is not None
-    return convert(prepared, fp32.cfg, fp32.stride, qengine, fast_upsample, trunk_only)
+    return convert(prepared, fp32.cfg, fp32.stride, qengine, trunk_only)
