@@ -12,7 +12,8 @@ MODULES = ["wsi_nuc.tiling", "wsi_nuc.stitch", "wsi_nuc.run_context", "wsi_nuc.w
            "wsi_nuc.types", "wsi_nuc.progress", "wsi_nuc.roi", "wsi_nuc.writers.measures",
            "wsi_nuc.writers.geojson", "wsi_nuc.writers.ome_zarr", "wsi_nuc.writers.table",
            "wsi_nuc.writers.qc", "wsi_nuc.writers.qc_data", "wsi_nuc.writers.slide_outputs",
-           "wsi_nuc.cohort.manifest", "wsi_nuc.predict"]
+           "wsi_nuc.cohort.manifest", "wsi_nuc.predict", "wsi_nuc.json_in", "wsi_nuc.slide.mpp",
+           "wsi_nuc.dataset_checks", "wsi_nuc.errors", "wsi_nuc.cohort.inputs"]
 
 
 @pytest.mark.parametrize("name", MODULES)

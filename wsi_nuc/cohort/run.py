@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..graph import AUTO, IN_PROCESS, LOCAL
 from .inputs import Cohort, CohortSlide, read_cohort
 from .manifest import DONE, FAILED, SKIPPED, CohortResult, Tables, _morph_row, _now, _pending_row, _reason, \
@@ -34,7 +34,7 @@ def cohort_lock(out: Path, wait: bool = False):
     from ..lock import hold
 
     with hold(out / LOCK, str(out), "batch", wait=wait,
-              on_wait=lambda m: print(f"wsi-nuc: {m}", file=sys.stderr, flush=True)):
+              on_wait=lambda m: print(f"wsi-nuc: {one_line(m)}", file=sys.stderr, flush=True)):
         yield
 
 
