@@ -30,6 +30,9 @@ SUMMARY_COLUMNS = (["slide", "nucleus_count", "tissue_area_mm2", "nuclei_per_mm2
 # per-type columns (count, density per mm² of analysed area, fraction of typed nuclei), written only when the
 # cohort's model has a type head; "spindle-shaped" -> "spindle_shaped_count"
 TYPE_COLUMNS = [f"{n.replace('-', '_')}_{q}" for n in TYPE_NAMES for q in ("count", "per_mm2", "fraction")]
+# nuclei left without a type (wsi_nuc.type_trust), the typed share of all nuclei, and why
+UNTYPED_REASONS = ("stain", "unfamiliar_tissue", "low_confidence")
+TYPE_COLUMNS += ["untyped_count", "typed_fraction", *(f"untyped_{r}" for r in UNTYPED_REASONS)]
 
 
 @dataclass
@@ -135,6 +138,10 @@ def type_columns(summary: dict) -> dict:
     >>> type_columns({"types": {"counts": {"other": 1, "inflammatory": 3}, "per_mm2": {"other": 0.5,
     ...               "inflammatory": 1.5}, "fraction": {"other": 0.25, "inflammatory": 0.75}}})["inflammatory_count"]
     3
+    >>> c = type_columns({"types": {"counts": {"other": 1}, "untyped": 3, "typed_fraction": 0.25,
+    ...                   "untyped_reasons": {"low_confidence": 3}}})
+    >>> c["untyped_count"], c["typed_fraction"], c["untyped_low_confidence"], c["untyped_stain"]
+    (3, 0.25, 3, 0)
     """
     types = summary.get("types") or {}
     if not types.get("counts"):
@@ -145,6 +152,11 @@ def type_columns(summary: dict) -> dict:
         out[f"{slug}_count"] = (types.get("counts") or {}).get(name, 0)
         out[f"{slug}_per_mm2"] = (types.get("per_mm2") or {}).get(name)
         out[f"{slug}_fraction"] = (types.get("fraction") or {}).get(name)
+    if "untyped" in types:   # summaries before types could be withheld have none of these
+        out["untyped_count"] = types["untyped"]
+        out["typed_fraction"] = types.get("typed_fraction")
+        for r in UNTYPED_REASONS:
+            out[f"untyped_{r}"] = (types.get("untyped_reasons") or {}).get(r, 0)
     return out
 
 
