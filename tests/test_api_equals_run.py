@@ -133,3 +133,19 @@ def test_batch_table_parquet_fills_the_cohort_summary(slides, tmp_path):
             assert r[k] not in ("", None) and float(r[k]) > 0, (r["slide"], k)
     assert not (tmp_path / "out" / "CMU-1-Small-Region" / "nuclei.csv").exists()
     assert json.loads((tmp_path / "out" / "CMU-1-Small-Region" / "summary.json").read_text())["outputs"][0]
+
+
+@pytest.mark.slow
+def test_the_readme_notebook_recipe_runs_as_written():
+    """The README's recipe (the block after `<!-- recipe -->`), run from the repository root as it says."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "README.md").read_text()
+    block = text.split("<!-- recipe -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    r = subprocess.run([sys.executable, "-c", block], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = r.stdout.splitlines()[0]
+    assert first.endswith("µm²") and int(first.split()[0]) > 300, r.stdout

@@ -1,6 +1,6 @@
 """wsi-nuc: every cell nucleus in a whole-slide image, as instances, measured.
 
-Python API (see README.md, "Python API")::
+Python API (see README.md, "Python and notebooks")::
 
     labels, table = wsi_nuc.segment_image(rgb, mpp=0.25)        # one image in memory
     summary = wsi_nuc.run_slide("slide.svs", "out", quiet=True)  # one slide, as `wsi-nuc run`

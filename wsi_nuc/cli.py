@@ -257,7 +257,7 @@ def _slide_options() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace wsi-nuc results of another slide with the "
                                                             "same name (never files wsi-nuc did not write)")
     p.add_argument("--engine", choices=_ENGINES, default=d.engine,
-                   help="what runs the network (default auto: the fastest here for the model; see README)")
+                   help="what runs the network (default auto: the fastest here for the model; see docs/performance.md)")
     p.add_argument("--tta", type=int, choices=(1, 4, 8), default=d.tta, help="test-time augmentation: maps "
                    "averaged over 4 flips or 8 flips/rotations, that many times the network's cost")
     p.add_argument("--no-types", action="store_true",

@@ -25,7 +25,7 @@ def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei)
     The vector outputs (GeoJSON, tables) are written in a second thread and qc.png in a third while this one
     writes OME-Zarr: they read the same final nuclei and write different files, and the raster side spends
     much of its time in compression and numpy, outside the GIL (the 1.2-gigapixel mosaic: about 90 s of
-    writing instead of 170, peak memory within 2 GiB; see the README's performance section)."""
+    writing instead of 170, peak memory within 2 GiB; see docs/performance.md)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import slide_outputs as so
