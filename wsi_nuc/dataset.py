@@ -84,7 +84,7 @@ def load_sample(root: str | Path, stem: str, meta: dict | None = None, with_labe
         labels = check_labels(read_image(lab_path, "label image"), image.shape, lab_path)
     cls_path = root / "classes" / f"{stem}.png"
     if with_labels and cls_path.exists():
-        classes = check_classes(read_image(cls_path, "type map"), image.shape, cls_path)
+        classes = check_classes(read_image(cls_path, "class image"), image.shape, cls_path)
     s = Sample(stem, image, labels, image_mpp(meta, stem), classes=classes)
     if labels is not None and classes is not None:
         s.types = label_types(labels, classes)

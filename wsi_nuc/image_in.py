@@ -81,4 +81,5 @@ def read_image(path: str | Path, what: str = "image", limit: int | None = None, 
     except FileNotFoundError:
         raise InputError(f"{one_line(path)}: no such file") from None
     except Exception as e:  # noqa: BLE001 - image libraries raise many kinds on a bad file
-        raise InputError(f"{one_line(path)}: {what} cannot be read ({one_line(_cause(e))})") from e
+        raise InputError(f"{one_line(path)}: cannot decode {what} (it cannot be read as an image: "
+                         f"{one_line(_cause(e))})") from e

@@ -69,16 +69,18 @@ def parse_json(data: bytes | str, source, what: str = "JSON file", finite: bool 
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise InputError(f"{one_line(source)}: {what} is not UTF-8 text") from None
+        raise InputError(f"{one_line(source)}: not valid JSON, truncated or damaged ({what} is not UTF-8 text)") from None
     hooks = {"parse_float": _finite_float, "parse_constant": _no_constant} if finite else {}
     try:
         return json.loads(text, **hooks)
     except _NotFinite as e:
         raise InputError(f"{one_line(source)}: {what} holds a value that is not a finite number ({e})") from None
     except json.JSONDecodeError as e:
-        raise InputError(f"{one_line(source)}: {what} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise InputError(f"{one_line(source)}: not valid JSON, truncated or damaged ({what}, line {e.lineno}: "
+                         f"{e.msg})") from None
     except (ValueError, RecursionError) as e:
-        raise InputError(f"{one_line(source)}: {what} is not valid JSON ({one_line(e)[:200]})") from None
+        raise InputError(f"{one_line(source)}: not valid JSON, truncated or damaged ({what}: "
+                         f"{one_line(e)[:200]})") from None
 
 
 def read_json(path: str | Path, what: str = "JSON file", finite: bool = True, max_bytes: int = MAX_BYTES,
