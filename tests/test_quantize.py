@@ -97,38 +97,3 @@ def test_type_branch_int8_keeps_the_trunks_outputs(shared, tmp_path):
     with pytest.raises(Exception, match="not this model's"):
         quantize_model(small_model(tmp_path, root), str(root), tmp_path / "bad", n_crops=4, batch=4, crop=64,
                        bench=False, log=None, observers_from="he-student-int8")
-
-
-def test_fast_upsample_matches_pytorch_on_every_engine():
-    """The INT8 graph's ×2 bilinear upsampling on oneDNN's kernels gives PyTorch's kernel's bytes, border
-    included, over a range of shapes, layouts, scales and zero points (odd ones: where rounding halves
-    differed before), whatever the quantised engine (its filter is always oneDNN's); other resizes take
-    PyTorch's kernel."""
-    import torch.nn.functional as F
-
-    from wsi_nuc.model.int8 import fast_upsample_here, interpolate_q, upsample2x_bilinear_q
-
-    torch.manual_seed(0)
-    before = torch.backends.quantized.engine
-    assert fast_upsample_here()
-    try:
-        for (c, h, w), (scale, zp), cl in (((32, 40, 43), (0.02, 3), True), ((5, 7, 2), (0.0371, 17), False),
-                                           ((96, 2, 9), (0.11, 0), True), ((16, 33, 31), (0.0057, 128), True)):
-            x = torch._make_per_tensor_quantized_tensor(torch.randint(0, 256, (1, c, h, w), dtype=torch.uint8),
-                                                        scale, zp)
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ref = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
-            for engine in ("fbgemm", "onednn", "x86"):
-                torch.backends.quantized.engine = engine
-                y = upsample2x_bilinear_q(x)
-                assert y.shape == (1, c, 2 * h, 2 * w)
-                assert (y.q_scale(), y.q_zero_point()) == (ref.q_scale(), ref.q_zero_point())
-                assert torch.equal(y.int_repr(), ref.int_repr()), (c, h, w, scale, zp, engine)
-                assert torch.equal(interpolate_q(x, size=(2 * h, 2 * w), mode="bilinear",
-                                                 align_corners=False).int_repr(), ref.int_repr())
-            odd = interpolate_q(x, size=(2 * h + 1, 2 * w), mode="bilinear", align_corners=False)
-            assert torch.equal(odd.int_repr(), F.interpolate(x, size=(2 * h + 1, 2 * w), mode="bilinear",
-                                                             align_corners=False).int_repr())
-    finally:
-        torch.backends.quantized.engine = before

@@ -280,5 +280,7 @@ def get_predictor(model: str | None = None, device: str = "auto", threads: int |
                 from .refine import load_lts
 
                 lts = load_lts(cfg["path"], cfg)
-                _CACHE[key] = Predictor(net, cfg, dev, lts.to(dev).eval() if lts is not None else None, engine)
+                if lts is not None:
+                    lts = (lts if isinstance(dev, _Cpu) else lts.to(dev)).eval()
+                _CACHE[key] = Predictor(net, cfg, dev, lts, engine)
         return _CACHE[key]
