@@ -104,6 +104,11 @@ def test_run_with_a_mixed_export_and_roi_class(slides, tmp_path):
     assert r["roi_class"] == "Tumor" and r["ignore_polygons"] == 1 and r["skipped_objects"]["detection"] == 1
     assert r["area_mm2"] == pytest.approx((1200 * 1000 - 300 * 300) * s["slide"]["mpp"] ** 2 / 1e6, abs=1e-4)
     assert s["settings"]["roi_class"] == "Tumor"
+    lic = s["model"]["licence"]                          # the weights' terms travel with the results
+    assert lic["weights"] == "CC BY-NC-SA 4.0 (MoNuSeg) + research use only (CoNSeP)" and lic["code"] == "Apache-2.0"
+    import wsi_nuc
+
+    assert s["software"]["wsi_nuc"].startswith(wsi_nuc.__version__) and len(s["software"]["wsi_nuc_source_sha256"]) == 12
     import pyarrow.parquet as pq
 
     t = pq.read_table(d / "nuclei.parquet", columns=["centroid_x_px", "centroid_y_px"]).to_pydict()
