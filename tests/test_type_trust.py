@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from test_types_pipeline import client, consep, tiny_model  # noqa: F401 - fixtures
+from test_types_pipeline import consep, tiny_model  # noqa: F401 - fixtures
 from wsi_nuc.cli import main
 from wsi_nuc.type_trust import REASONS, TypeTrust, calibrate, decide
 
@@ -48,10 +48,26 @@ def val_nuclei(consep, predictor):
         ds.list_stems = real
 
 
-def test_stored_temperature_lowers_nll_and_ece_on_consep_val(val_nuclei, predictor):
-    from wsi_nuc.train.calibrate_types import nll, reliability
+def test_fitted_temperature_lowers_nll_and_ece_on_consep_val_nuclei(val_nuclei):
+    from wsi_nuc.train.calibrate_types import fit_temperature, nll, reliability
 
     d = val_nuclei
+    m = d["true"] > 0
+    q, t, true = d["q"][m], d["types"][m], d["true"][m]
+    assert m.sum() > 300
+    temp = fit_temperature(q, true)
+    rows = np.arange(len(t))
+    p0, p1 = calibrate(q, 1.0), calibrate(q, temp)
+    assert nll(p1, true) < nll(p0, true)
+    assert reliability(p1[rows, t - 1], t == true)["ece"] < reliability(p0[rows, t - 1], t == true)["ece"]
+
+
+@pytest.mark.slow
+def test_stored_temperature_lowers_nll_and_ece_on_all_consep_val(consep, predictor):
+    """The shipped temperature, on every CoNSeP val crop (the set it was fitted on), about a minute."""
+    from wsi_nuc.train.calibrate_types import collect, nll, reliability
+
+    d = collect(consep, "val", predictor)
     m = d["true"] > 0
     q, t, true = d["q"][m], d["types"][m], d["true"][m]
     assert m.sum() > 300
@@ -92,6 +108,14 @@ def _cmu_crop(shared, region):
     return read_region(r, x, y, w, h, w, h)
 
 
+def _cmu_stain(shared):
+    """The slide's stain statistics (its tissue pixels, all of the slide), as ``run`` normalises a tile
+    with the slide's and not the tile's own."""
+    from wsi_nuc.stainnorm import lab_stats
+
+    return lab_stats(_cmu_crop(shared, (0, 0, 2220, 2967)))
+
+
 @pytest.mark.parametrize("region, withheld", [(EPIDERMIS, True), (DERMIS, False)])
 def test_tissue_check_on_real_skin(shared, predictor, region, withheld):
     """The epidermis, whose keratinocytes the model calls spindle-shaped, is caught in good part; the dermis
@@ -101,7 +125,7 @@ def test_tissue_check_on_real_skin(shared, predictor, region, withheld):
 
     rgb = _cmu_crop(shared, region)
     params = InstanceParams.from_dict(predictor.config["postprocess"])
-    _, d = segment_image_detail(rgb, predictor, params, 0.499)
+    _, d = segment_image_detail(rgb, predictor, params, 0.499, stain=_cmu_stain(shared))
     trust = TypeTrust.from_config(predictor.config)
     r = decide(d["types"], d["q"], d["features"], trust)
     spindle = d["types"] == 1 + trust.types.index("spindle-shaped")
@@ -154,7 +178,7 @@ def test_type_flags_reach_the_settings(monkeypatch):
 
 # -- the untyped path through every writer, with the constant-type tiny model of test_types_pipeline --
 
-def test_untyped_nuclei_in_every_output(tiny_model, consep, tmp_path, client):
+def test_untyped_nuclei_in_every_output(tiny_model, consep, tmp_path):
     """Every nucleus of the tiny model is "epithelial" at P = 0.711: a threshold of 0.8 leaves all untyped
     (reason low_confidence, probabilities kept), 0.5 types all; both say so in every output."""
     from dataclasses import replace
@@ -166,7 +190,7 @@ def test_untyped_nuclei_in_every_output(tiny_model, consep, tmp_path, client):
     shutil.copy(consep / "images" / f"{STEMS[0]}.png", slide)
     st = RunSettings(model=str(tiny_model), device="cpu", mpp=0.25, tissue_detection=False, quiet=True,
                      table="both")
-    s = run_slide(slide, tmp_path / "hi", replace(st, type_threshold=0.8), client=client)
+    s = run_slide(slide, tmp_path / "hi", replace(st, type_threshold=0.8))
     n = s["nucleus_count"]
     assert n > 10
     ty = s["types"]
@@ -193,7 +217,7 @@ def test_untyped_nuclei_in_every_output(tiny_model, consep, tmp_path, client):
     il = props["image-label"]
     assert all("type" not in p for p in il.get("properties", []))
 
-    s2 = run_slide(slide, tmp_path / "lo", replace(st, type_threshold=0.5), client=client)
+    s2 = run_slide(slide, tmp_path / "lo", replace(st, type_threshold=0.5))
     assert s2["types"]["untyped"] == 0 and s2["types"]["typed_fraction"] == 1.0
     assert s2["types"]["counts"]["epithelial"] == s2["nucleus_count"]
     rows = list(csv.DictReader(open(tmp_path / "lo" / "crop" / "nuclei.csv")))

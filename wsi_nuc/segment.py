@@ -161,10 +161,11 @@ def segment_image_typed(rgb: np.ndarray, predictor, params: InstanceParams, imag
 
 
 def segment_image_detail(rgb: np.ndarray, predictor, params: InstanceParams, image_mpp: float | None = None,
-                         max_side: int = 2048, with_types: bool = True, features: bool = True):
+                         max_side: int = 2048, with_types: bool = True, features: bool = True, stain=None):
     """``(labels, detail)`` of one image (see :func:`segment_image_typed`): ``detail`` None without types,
     else ``{"types", "type_prob", "q" (N, K raw probabilities), "features" (N, F stain-normalised, or None),
-    "stain" (the image's LabStats or None)}``, one row per label in ascending order."""
+    "stain" (the LabStats used or None)}``, one row per label in ascending order. ``stain``: the
+    statistics to normalise with (a crop of a slide: the slide's, as ``run`` does); default the image's."""
     from dataclasses import replace
 
     from .dataset import resize_image, resize_labels, resample_factor
@@ -173,8 +174,9 @@ def segment_image_detail(rgb: np.ndarray, predictor, params: InstanceParams, ima
     fct = resample_factor(image_mpp, predictor.mpp)
     shape = (max(1, round(h * fct)), max(1, round(w * fct)))
     work = resize_image(rgb, shape)
-    stain = None
-    if predictor.stain_target is not None:
+    if predictor.stain_target is None:
+        stain = None
+    elif stain is None:
         from .stainnorm import lab_stats
 
         stain = lab_stats(work)  # one set of statistics for the whole image, also when it is tiled
