@@ -222,3 +222,15 @@ def test_untyped_nuclei_in_every_output(tiny_model, consep, tmp_path):
     assert s2["types"]["counts"]["epithelial"] == s2["nucleus_count"]
     rows = list(csv.DictReader(open(tmp_path / "lo" / "crop" / "nuclei.csv")))
     assert {r["type"] for r in rows} == {"epithelial"} and {r["untyped_reason"] for r in rows} == {""}
+
+
+def test_api_segment_image_takes_the_threshold(shared):
+    import wsi_nuc
+
+    rgb = _cmu_crop(shared, (1190, 790, 256, 256))
+    _, none = wsi_nuc.segment_image(rgb, 0.499, MODEL, "cpu", type_threshold=1.0)
+    _, every = wsi_nuc.segment_image(rgb, 0.499, MODEL, "cpu", type_check=False)
+    assert len(none["type"]) == len(every["type"]) > 10
+    assert set(none["type"].tolist()) == {""} and "" not in set(every["type"].tolist())
+    assert set(none["untyped_reason"].tolist()) <= {"low_confidence", "unfamiliar_tissue", "stain"}
+    assert np.allclose(none["p_spindle_shaped"], every["p_spindle_shaped"], equal_nan=True)

@@ -23,7 +23,8 @@ MPP_RANGE = (0.1, 2.0)           # µm/px that the H&E models can segment (as `w
 def segment_image(rgb: np.ndarray, mpp: float, model: str | None = None, device: str = "auto",
                   min_area_um2: float = 3.0, *, stain="image", origin: tuple[int, int] = (0, 0),
                   tissue_detection: bool = True, types: bool = True, engine: str = "auto",
-                  threads: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  threads: int | None = None, type_threshold: float | None = None,
+                  type_check: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Segment, measure and type every nucleus of one RGB image held in memory, as ``wsi-nuc run`` does.
 
     Parameters
@@ -43,6 +44,8 @@ def segment_image(rgb: np.ndarray, mpp: float, model: str | None = None, device:
         1024² CMU crop).
     tissue_detection : as ``run``: only tiles with tissue are segmented (False: every tile).
     types : the per-nucleus type and ``type_prob`` when the model has a type head.
+    type_threshold, type_check : as ``--type-threshold`` and ``--no-type-check``: nuclei without a confident
+        type, or in tissue unlike the types' training tissue, get an empty ``type`` (docs/types.md).
     engine : what runs the network (``--engine``; "auto": the fastest here).
     threads : tile threads (default: as ``run``, 2 at most).
 
@@ -69,12 +72,13 @@ def segment_image(rgb: np.ndarray, mpp: float, model: str | None = None, device:
     origin = (int(origin[0]), int(origin[1]))
     try:
         return _segment(a, float(mpp), model, device, min_area_um2, stain, origin, tissue_detection, types,
-                        engine, threads)
+                        engine, threads, type_threshold, type_check)
     except InputError as e:
         raise ValueError(_api_terms(str(e))) from None
 
 
-def _segment(a, mpp, model, device, min_area_um2, stain, origin, tissue_detection, types, engine, threads):
+def _segment(a, mpp, model, device, min_area_um2, stain, origin, tissue_detection, types, engine, threads,
+             type_threshold=None, type_check=True):
     """The recipe of ``wsi-nuc run`` without the files: plan the tiles, segment them here, stitch, tabulate."""
     from .graph import Geometry, TaskSettings, run_tiles_here
     from .model.engine_choice import resolve_engine
@@ -109,6 +113,10 @@ def _segment(a, mpp, model, device, min_area_um2, stain, origin, tissue_detectio
     tiles = run_tiles_here(Geometry(placed.path, mpp, scale), list(grid), task, threads=threads,
                            reader=placed) if len(grid) else []
     final = stitch(tiles, grid.band, min_area_um2 or 0.0, None)
+    if types:
+        from .type_trust import decide_final
+
+        decide_final(final, mcfg, stats, type_threshold, type_check)
     return nuclei_table(final, Box(oy, ox, oy + a.shape[0], ox + a.shape[1]))
 
 

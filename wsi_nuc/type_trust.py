@@ -217,6 +217,27 @@ def apply_to_columns(cols: dict, trust: TypeTrust, stain=None, target=None, stai
     return r["reason"]
 
 
+def decide_final(final, config: dict, stain: dict | None = None, threshold: float | None = None,
+                 check: bool = True) -> dict | None:
+    """Decide the types of stitched nuclei (:class:`wsi_nuc.stitch.FinalNuclei`) in their tiles' columns,
+    as ``run`` does before writing (``stain``: the slide's statistics as a dict, ``config`` the model's);
+    what was checked (for summary.json), or None for a model without types or nuclei without them."""
+    from .stainnorm import LabStats
+
+    trust = TypeTrust.from_config(config, threshold, check)
+    if trust is None:
+        return None
+    stats = LabStats.from_dict(stain) if stain else None
+    target = LabStats.from_dict(config.get("stain_norm"))
+    ok = stain_familiar(stats, trust.stain)
+    seen = set()
+    for tn, _, _ in final:
+        if id(tn) not in seen and "type" in tn.columns:
+            seen.add(id(tn))
+            apply_to_columns(tn.columns, trust, stats, target, ok)
+    return {**trust.describe(), "stain_familiar": ok}
+
+
 def reason_counts(reasons) -> dict:
     """{reason: count} over reason codes (every reason listed)."""
     c = np.bincount(np.asarray(reasons, np.int64), minlength=len(REASONS) + 1)

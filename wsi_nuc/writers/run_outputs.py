@@ -62,23 +62,13 @@ def write_outputs(tmp: Path, run: SlideRun, plan: SlidePlan, final: FinalNuclei)
 def decide_types(run: SlideRun, plan: SlidePlan, final: FinalNuclei) -> dict | None:
     """Withhold the types the model is not entitled to (:mod:`wsi_nuc.type_trust`), in the final nuclei's
     columns, before any writer reads them; what was checked (for summary.json), None without types."""
-    from ..stainnorm import LabStats
-    from ..type_trust import TypeTrust, apply_to_columns, stain_familiar
+    from ..type_trust import decide_final
 
     st = run.settings
     if not st.types:
         return None
-    trust = TypeTrust.from_config(run.mcfg, getattr(st, "type_threshold", None), getattr(st, "type_check", True))
-    if trust is None:
-        return None
-    stain = LabStats.from_dict(plan.stain) if plan.stain else None
-    ok = stain_familiar(stain, trust.stain)
-    seen = set()
-    for tn, idx, _ in final:
-        if id(tn) not in seen and "type" in tn.columns:
-            seen.add(id(tn))
-            apply_to_columns(tn.columns, trust, stain, LabStats.from_dict(run.mcfg.get("stain_norm")), ok)
-    return {**trust.describe(), "stain_familiar": ok}
+    return decide_final(final, run.mcfg, plan.stain, getattr(st, "type_threshold", None),
+                        getattr(st, "type_check", True))
 
 
 def _write_vector(tmp, run, plan, final, typed, outputs) -> int:
