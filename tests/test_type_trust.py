@@ -234,3 +234,14 @@ def test_api_segment_image_takes_the_threshold(shared):
     assert set(none["type"].tolist()) == {""} and "" not in set(every["type"].tolist())
     assert set(none["untyped_reason"].tolist()) <= {"low_confidence", "unfamiliar_tissue", "stain"}
     assert np.allclose(none["p_spindle_shaped"], every["p_spindle_shaped"], equal_nan=True)
+
+
+def test_type_threshold_checked_before_any_work():
+    from wsi_nuc.errors import InputError
+    from wsi_nuc.run_context import RunSettings
+    from wsi_nuc.validate import validate_settings
+
+    for bad in (1.5, -0.1, float("nan"), "0.5", True):
+        with pytest.raises(InputError, match="type-threshold"):
+            validate_settings(RunSettings(type_threshold=bad))
+    assert validate_settings(RunSettings(type_threshold=0.7))[0].type_threshold == 0.7

@@ -65,6 +65,9 @@ def validate_settings(settings, align: int = ALIGN):
         b = settings.batch
         if isinstance(b, bool) or not isinstance(b, int) or not BATCH_RANGE[0] <= b <= BATCH_RANGE[1]:
             raise InputError(f"--batch {b}: must be from {BATCH_RANGE[0]} to {BATCH_RANGE[1]} tiles")
+    th = getattr(settings, "type_threshold", None)
+    if th is not None and (isinstance(th, bool) or not isinstance(th, (int, float)) or not 0.0 <= th <= 1.0):
+        raise InputError(f"--type-threshold {th!r}: must be a probability from 0 to 1 (docs/types.md)")
     if settings.workers is not None:
         w = settings.workers
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= WORKERS_MAX:
