@@ -65,18 +65,23 @@ def test_geojson_csv_zarr_agree(cmu_runs):
     assert ids == list(range(1, len(ids) + 1)) and len(ids) == summary["nucleus_count"]
     from wsi_nuc import types as T
 
-    for f in feats:   # the default model types every nucleus: its type's name and fixed colour
+    for f in feats:   # a typed nucleus: its type's name and fixed colour; an untyped one: plain Nucleus
         p = f["properties"]
-        assert p["objectType"] == "detection" and p["classification"]["name"] in T.NAMES
-        assert tuple(p["classification"]["color"]) == T.type_color(p["classification"]["name"])
+        name = p.get("classification", {}).get("name", T.NUCLEUS)
+        assert p["objectType"] == "detection" and name in (*T.NAMES, T.NUCLEUS)
+        if name != T.NUCLEUS:
+            assert tuple(p["classification"]["color"]) == T.type_color(name)
         g = shape(f["geometry"])
         assert g.is_valid and g.geom_type == "Polygon", f["id"]
     with open(folder / "nuclei.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["nucleus_id"]) for r in rows] == ids
-    assert [r["type"] for r in rows] == [f["properties"]["classification"]["name"] for f in feats]
+    assert [r["type"] or T.NUCLEUS for r in rows] == [f["properties"].get("classification", {}).get("name", T.NUCLEUS)
+                                                     for f in feats]
     counts = {t: sum(r["type"] == t for r in rows) for t in T.NAMES}
-    assert summary["types"]["counts"] == counts and sum(counts.values()) == summary["nucleus_count"]
+    untyped = sum(r["type"] == "" for r in rows)
+    assert summary["types"]["counts"] == counts and summary["types"]["untyped"] == untyped
+    assert sum(counts.values()) + untyped == summary["nucleus_count"] and 0 < untyped < summary["nucleus_count"]
     for f, r in zip(feats[::50], rows[::50]):
         c = shape(f["geometry"]).centroid
         assert abs(c.x - float(r["centroid_x_px"])) < 2 and abs(c.y - float(r["centroid_y_px"])) < 2
