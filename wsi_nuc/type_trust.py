@@ -194,8 +194,6 @@ def apply_to_columns(cols: dict, trust: TypeTrust, stain=None, target=None, stai
     """Decide the types of one tile's nuclei in place (idempotent: decided from ``type_model``); returns the
     reason codes. Columns written: ``type`` (final; "" untyped), ``type_model``, ``type_prob`` (calibrated
     probability of the model's type), ``untyped_reason`` ("" typed) and ``p_<type>`` per type."""
-    from . import types as T
-
     codes, q, f = tile_arrays(cols, trust.types)
     if q is None:   # raw probabilities not kept: the model's type probability alone, uncalibrated
         q = np.full((len(codes), len(trust.types)), np.nan)
