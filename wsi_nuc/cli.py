@@ -150,6 +150,9 @@ def _eval(a) -> int:
         fc = "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} –" for k, v in agg.items()
                        if k.startswith("f_c_"))
         print(f"{'':<40} f_d {agg['f_d']:.4f}" + (f"  {fc}" if fc else ""))
+        if agg.get("typed_fraction") is not None:   # untyped nuclei count as wrong types in f_c (docs/types.md)
+            print(f"{'':<40} typed fraction {agg['typed_fraction']:.4f} "
+                  f"({'types withheld where not confident' if agg.get('abstain') else 'every type kept'})")
         conf = agg.get("type_confusion")
         if conf:
             print(f"{'type confusion (rows true, cols predicted)':<40} " + " | ".join(conf["types"]))
