@@ -62,6 +62,7 @@ def test_segment_image_on_the_whole_cmu_region_equals_run(slides, cmu_run):
     print(f"segment_image vs run on CMU: centroid F1 {f1:.4f}, {n} vs {s['nucleus_count']} nuclei")
 
 
+@pytest.mark.slow
 def test_a_crop_with_the_slides_stain_and_origin_is_in_slide_coordinates(slides, cmu_run):
     import openslide
 

@@ -202,8 +202,7 @@ def _models(a) -> int:
     print("a-AJI/PQ/F1: MoNuSeg 2018 val (H&E models), DSB 2018 val (fluo-nuclei); DSB-HE: a-AJI on the 11 "
           "H&E-like DSB val images (another source); speeds: network only, 2 threads, this machine (see each "
           "model's card.md)")
-    print("* default on CPU   + default on CUDA")
-    print("Licences: CC BY-NC-SA 4.0 = non-commercial, share-alike (MoNuSeg 2018); research use only = CoNSeP's "
+    print("* default on CPU   + default on CUDA\nLicences: CC BY-NC-SA 4.0 = non-commercial, share-alike (MoNuSeg 2018); research use only = CoNSeP's "
           "terms; the wsi-nuc code is Apache-2.0. Full terms: each model's config.json 'licence' and card.md")
     return 0
 

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from .atomic import atomic_file
+from .qc_histogram import histogram as _histogram
 from .qc_text import qc_font, units_for
 
 PANEL = 512          # longest side of each of the two top panels, in pixels
@@ -180,45 +181,8 @@ def _scale_bar(draw, x, y, px_per_um: float, max_px: float, font, color=TEXT, ha
     draw.text((x, y - 15), label, fill=color, font=font)
 
 
-def _histogram(areas: np.ndarray, w: int, h: int, font, min_area: float | None) -> Image.Image:
-    """Nucleus-area histogram (µm², 1 µm² bins up to the 99.5th percentile) as a small image."""
-    img = Image.new("RGB", (w, h), BG)
-    d = ImageDraw.Draw(img)
-    a = np.asarray(areas, np.float64)
-    a = a[np.isfinite(a)]
-    d.text((4, 2), units_for(f"nucleus area (µm²), n = {len(a):,}", font), fill=TEXT, font=font)
-    if not len(a):
-        return img
-    hi = max(float(np.percentile(a, 99.5)), 1.0)
-    bins = np.linspace(0, hi, min(60, max(10, int(hi))) + 1)
-    cnt, _ = np.histogram(np.clip(a, 0, hi), bins)
-    x0, y0, x1, y1 = 36, 22, w - 8, h - 20
-    top = max(int(cnt.max()), 1)
-    bw = (x1 - x0) / len(cnt)
-    for i, c in enumerate(cnt.tolist()):
-        bh = (y1 - y0) * c / top
-        d.rectangle([x0 + i * bw, y1 - bh, x0 + (i + 1) * bw - 1, y1], fill=(90, 90, 160))
-    d.line([x0, y1, x1, y1], fill=TEXT)
-    d.line([x0, y0, x0, y1], fill=TEXT)
-    for v in (0, hi / 2, hi):
-        xv = x0 + (x1 - x0) * v / hi
-        label = f"{v:.0f}"
-        d.text((min(xv - 8, x1 - 8 * len(label)), y1 + 3), label, fill=TEXT, font=font)
-    d.text((2, y0), f"{top}", fill=TEXT, font=font)
-    med = float(np.median(a))
-    xm = x0 + (x1 - x0) * min(med, hi) / hi
-    d.line([xm, y0, xm, y1], fill=(200, 0, 0), width=2)
-    d.text((xm + 4, y0), f"median {med:.1f}", fill=(200, 0, 0), font=font)
-    if min_area:
-        xa = x0 + (x1 - x0) * min(min_area, hi) / hi
-        d.line([xa, y0 + 20, xa, y1], fill=(0, 130, 0), width=1)
-        d.text((xa + 3, y0 + 20), f"min {min_area:g}", fill=(0, 130, 0), font=font)
-    return img
-
-
 def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, tissue_mask_bool: np.ndarray,
-                 centroids_level0_xy: np.ndarray,
-                 zooms: Sequence[tuple] = (),
+                 centroids_level0_xy: np.ndarray, zooms: Sequence[tuple] = (),
                  level0_mpp: float | None = None, title: str | None = None,
                  areas_um2: np.ndarray | None = None, legend: Sequence[tuple[str, tuple]] | None = None,
                  min_area_um2: float | None = None, subtitle: str | None = None,
@@ -226,8 +190,7 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     """Write the QC PNG.
 
     thumb_rgb : (h, w, 3) thumbnail of the slide.
-    thumb_scale : downsample of the thumbnail, level-0 pixels per thumbnail pixel (level-0 x =
-        thumbnail x * thumb_scale).
+    thumb_scale : level-0 pixels per thumbnail pixel (level-0 x = thumbnail x * thumb_scale).
     tissue_mask_bool : tissue mask of any size covering the same slide extent (resized to the thumbnail).
     centroids_level0_xy : (N, 2) nucleus centroids in level-0 pixels (N may be 0).
     zooms : up to 4 ``(rgb_crop, [polygon (K, 2) xy in crop pixel coordinates, ...])``, optionally
@@ -240,9 +203,8 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     legend : ``[(label, rgb), ...]`` for the outline colours (types); None: the confidence colour bar
         when the zooms have colours.
     subtitle : a second line (counts, tissue).
-    region_mask : with ``--roi``, the region on the thumbnail grid (bool (h, w)): outlined in magenta on
-        both panels.
-    footer : a last line of small print (the model's licence).
+    region_mask : with ``--roi``, the region on the thumbnail grid (bool (h, w)), outlined in magenta.
+    footer : small print at the bottom, one or more lines (the model's licence).
 
     >>> import tempfile, os
     >>> write_qc_png(os.path.join(tempfile.mkdtemp(), "qc.png"), np.full((20, 30, 3), 230, np.uint8),
@@ -257,17 +219,14 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     left_img, right_img, vmax, unit = _panels(thumb, thumb_scale, tissue_mask_bool, centroids_level0_xy, zooms,
                                               level0_mpp, font, region_mask)
     dw, dh = left_img.size
-
-    title_h, legend_h = 40, 44
+    title_h, legend_h, hist_h = 40, 44, (170 if areas_um2 is not None else 0)
     zoom_row_h = (ZOOM + MARGIN + 18) if zooms else 0
-    hist_h = 170 if areas_um2 is not None else 0
     width = max(2 * dw + 3 * MARGIN, (4 * (ZOOM + MARGIN) + MARGIN) if zooms else 0, 560)
     foot_h = 18 * len(footer.splitlines()) if footer else 0
     canvas = Image.new("RGB", (width, title_h + dh + legend_h + zoom_row_h + hist_h + foot_h + 2 * MARGIN), BG)
     draw = ImageDraw.Draw(canvas)
-    draw.text((MARGIN, 3), title or "wsi-nuc QC", fill=TEXT, font=font)
-    draw.text((MARGIN, 21), subtitle or f"{n_nuclei:,} nuclei  |  tissue outline (green), density (right)",
-              fill=TEXT, font=font)
+    _texts(draw, (MARGIN, 3), [title or "wsi-nuc QC", subtitle or f"{n_nuclei:,} nuclei  |  tissue outline "
+                               f"(green), density (right)"], font, TEXT)
     canvas.paste(left_img, (MARGIN, title_h))
     canvas.paste(right_img, (2 * MARGIN + dw, title_h))
     _density_legend(canvas, draw, (2 * MARGIN + dw, title_h + dh + 6), dw, vmax, unit, font)
@@ -278,12 +237,16 @@ def write_qc_png(path: Path | str, thumb_rgb: np.ndarray, thumb_scale: float, ti
     if areas_um2 is not None:
         canvas.paste(_histogram(areas_um2, min(dw, 520), hist_h - MARGIN, font, min_area_um2), (MARGIN, hy))
     _outline_legend(canvas, draw, (MARGIN + min(dw, 520) + 2 * MARGIN, hy), legend, zooms, font)
-    if footer:
-        for j, line in enumerate(footer.splitlines()):
-            draw.text((MARGIN, hy + hist_h + MARGIN - 2 + 18 * j), units_for(line, font), fill=(90, 90, 90), font=font)
+    _texts(draw, (MARGIN, hy + hist_h + MARGIN - 2), (footer or "").splitlines(), font, (90, 90, 90))
     path = Path(path)
     with atomic_file(path) as tmp:
         canvas.save(tmp, format="PNG", optimize=False)
+
+
+def _texts(draw, at: tuple[int, int], lines, font, colour) -> None:
+    """Lines of text from ``at`` down, 18 px apart (µm and mm² written as the font can)."""
+    for j, line in enumerate(lines):
+        draw.text((at[0], at[1] + 18 * j), units_for(line, font), fill=colour, font=font)
 
 
 def _panels(thumb, thumb_scale: float, tissue_mask_bool, centroids_level0_xy, zooms, level0_mpp, font,
