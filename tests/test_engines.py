@@ -26,14 +26,21 @@ def _cmu_window(slides, size=384):
     return img
 
 
-def test_shipped_onnx_files_match_config():
-    cfg = read_model_config(DEFAULT)
+@pytest.mark.parametrize("name", ["he-student-int8", "he-types-int8"])
+def test_shipped_onnx_files_match_config(name):
+    """The shipped files are the ones config.json names, and their baked post-processing is the folder's."""
+    from wsi_nuc.model.onnx_run import OnnxNet
+
+    folder = resolve_model_dir(name)
+    cfg = read_model_config(folder)
     for kind in ("fp32", "int8"):
         rec = cfg["onnx"][kind]
-        data = (DEFAULT / rec["file"]).read_bytes()
+        data = (folder / rec["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == rec["sha256"], rec["file"]
         assert rec["check"]["fg_mask_agreement"] > 0.99
+        assert OnnxNet(folder / rec["file"], 8, 1, folder, cfg).post, rec["file"]
     assert cfg["onnx"]["int8"]["format"] == "QDQ" and cfg["onnx"]["opset"] >= 17
+    assert cfg["onnx"]["int8"]["integers"] == "the PyTorch INT8 graph's weights and biases"
 
 
 def test_engines_agree_on_the_maps(slides):
