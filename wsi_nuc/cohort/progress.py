@@ -67,7 +67,7 @@ class Progress(Display):
             return None
         waiting = max(self.total - finished - running, 0)
         todo = max(planned - tiles, 0) + waiting * planned / started
-        return todo / (tiles / since_first)
+        return todo / (tiles / since_first) if todo > 0 else None
 
     def show(self, force: bool = False) -> None:
         if not self.enabled:
