@@ -174,7 +174,7 @@ def _info(a) -> int:
         print(json.dumps(d))
     else:
         for k, v in d.items():
-            print(f"{k:<18} {v}")
+            print(f"{k:<18} {one_line(v)}")
     return 0
 
 
