@@ -10,10 +10,11 @@ are written *untyped* (plain ``Nucleus``) with the reason, their probabilities k
     the slide's (image's) CIELAB statistics lie outside the range of the type head's training images
     (:func:`stain_familiar`): not H&E as the head knows it, so no nucleus is typed;
 ``unfamiliar_tissue``
-    the nucleus and the tissue around it (:mod:`wsi_nuc.type_features`: size, shape, colour of the nucleus
-    and of a 1-4 µm ring around it, nuclei within 20 µm) lie far from the training nuclei of the type it
-    was given: a Mahalanobis distance under a Gaussian fitted on the CoNSeP train nuclei of that type,
-    above a limit set on them (:func:`ood_distance`);
+    the nucleus and the tissue around it lie far from the training nuclei of the type it was given: the
+    features the model's block names (:mod:`wsi_nuc.type_features`; for the shipped models the nucleus'
+    size and the lightness and blue-yellow colour of a ring 1-4 µm around it, stain-normalised), as a
+    Mahalanobis distance under a Gaussian fitted on the CoNSeP train nuclei of that type, above the 95th
+    percentile of those nuclei's own distances (:func:`ood_distance`);
 ``low_confidence``
     its calibrated probability (:func:`calibrate`: temperature scaling of the per-nucleus probability
     vector, :func:`wsi_nuc.type_map.nucleus_type_probs`, fitted on CoNSeP val) is below the threshold of
