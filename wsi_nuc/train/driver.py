@@ -151,6 +151,19 @@ def save_checkpoint(path: Path, net, opt, step, cpu_s, extra: dict | None = None
     tmp.replace(path)
 
 
+def one_step(job: Job, speed, batch) -> tuple[float, dict]:
+    """One optimiser step on a batch of (images, targets) arrays; returns (loss, loss parts)."""
+    imgs, tgts = batch
+    x = to_input(imgs, job.data.norm, speed.device).contiguous(memory_format=speed.memory_format())
+    t = {k: v.to(speed.device) for k, v in stack_targets(tgts).items()}
+    with speed.autocast():
+        loss, parts = job.step_loss(x, t)
+    job.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    job.opt.step()
+    return float(loss.detach()), parts
+
+
 def run_job(job: Job, log=print) -> Path:
     """Train ``job`` to ``train.steps`` (resuming); returns the exported model folder."""
     tc = job.cfg["train"]
@@ -176,18 +189,10 @@ def run_job(job: Job, log=print) -> Path:
                 m.train()
             for g in job.opt.param_groups:
                 g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50))) * g.get("lr_mult", 1.0)
-            imgs, tgts = batches.get(step)
-            x = to_input(imgs, job.data.norm, speed.device).contiguous(memory_format=speed.memory_format())
-            t = {k: v.to(speed.device) for k, v in stack_targets(tgts).items()}
-            with speed.autocast():
-                loss, parts = job.step_loss(x, t)
-            job.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            job.opt.step()
+            lv, parts = one_step(job, speed, batches.get(step))
             step += 1
             if deadline is not None and time.time() > deadline:
                 stop = step
-            lv = float(loss.detach())
             run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
             cpu_now = cpu_s + time.process_time() - t_cpu0 + batches.worker_cpu_s()
             if step % 10 == 0 or step == stop:
@@ -216,8 +221,7 @@ def run_job(job: Job, log=print) -> Path:
     if step < total:
         log(f"stopped at step {step} (train.stop_at / max_minutes); run again to resume")
         return job.out / "snapshots" / f"step{step:06d}"
-    meta = job.meta()
-    meta["training"] = {"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)}
+    meta = dict(job.meta(), training={"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)})
     return save_model(job.net, job.out / "model", meta)
 
 
