@@ -115,7 +115,8 @@ def no_space(folder, e: BaseException | None = None) -> InputError:
             "file too large (a file-size limit: ulimit -f, or the file system's)" if e is not None
             and e.errno == errno.EFBIG else "no space left on device")
     name = f" (writing {Path(e.filename).name})" if e is not None and e.filename else ""
-    return InputError(f"{folder}: {what}{name}; free some space or choose another --out (finished tiles "
+    fix = "raise the limit" if e is not None and e.errno == errno.EFBIG else "free some space"
+    return InputError(f"{folder}: {what}{name}; {fix} or choose another --out (finished tiles "
                       f"are kept: rerun the same command to resume)")
 
 
