@@ -7,7 +7,8 @@ Only engines that give the same nuclei as the default are candidates, so ``auto`
   :mod:`wsi_nuc.train.onnx_export`), the default and ``auto``'s pick on every CPU (issue 27,
   ``docs/engines.md``): nothing is traced or rebuilt at load, no deprecated PyTorch API is involved, and with
   the file's baked post-processing a CPU run needs no torch at all. Its nuclei against the PyTorch INT8 graph
-  that was the default until dcb0609: F1 0.983 at IoU 0.5 on CMU-1-Small-Region (AVX2). The ``torch-int8*``
+  that was the default until dcb0609: F1 0.983 at IoU 0.5 on CMU-1-Small-Region at 0.5 µm/px, 0.980 between
+  two `wsi-nuc run` label images (AVX2). The ``torch-int8*``
   engines (that graph: ``x86`` = oneDNN on AVX512-VNNI / fbgemm elsewhere, ``onednn``, ``fbgemm``) run only
   when named; they are the reference the ONNX file is built from. Without onnxruntime: ``torch-int8`` on
   x86, ``torch-fp32`` elsewhere.
