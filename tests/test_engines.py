@@ -250,6 +250,7 @@ print(torch.backends.cpu.get_cpu_capability())
 """
 
 
+@pytest.mark.slow    # the torch-int8 engines run on request only since issue 27: three whole-CMU segmentations
 def test_avx2_kernels_find_the_same_nuclei(slides, tmp_path):
     """An AVX2-only CPU's INT8 paths (oneDNN at AVX2, which auto picks there, and fbgemm at AVX2, PyTorch's own
     pick there), forced on this machine: the same nuclei as the native default (F1 >= 0.99 at IoU 0.5 on
