@@ -40,7 +40,6 @@ def nucleus_features(labels: np.ndarray, rgb: np.ndarray, ids, mpp: float) -> np
     >>> f.shape, bool(f[0, 1] > f[1, 1]), f[:, -1].tolist()
     ((2, 6), True, [1.0, 1.0])
     """
-    from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
 
     from .type_map import _label_index
@@ -69,16 +68,7 @@ def nucleus_features(labels: np.ndarray, rgb: np.ndarray, ids, mpp: float) -> np
         tr, det = syy + sxx, syy * sxx - sxy ** 2
         disc = np.sqrt(np.maximum(tr * tr / 4 - det, 0))
         elong = 0.5 * np.log((tr / 2 + disc) / np.maximum(tr / 2 - disc, 1e-6))
-        # the ring: pixels 1-4 µm from a nucleus (labelled by dilation: the highest nearby id), in no nucleus
-        r0, r1 = (max(1, int(round(r / mpp))) for r in RING_UM)
-        idx32 = idx.astype(np.int32)
-        far = ndi.maximum_filter(idx32, size=2 * r1 + 1)[::2, ::2]      # the ring on every other row and column:
-        near = ndi.maximum_filter(idx32, size=2 * r0 + 1)[::2, ::2]     # a quarter of its pixels, for a mean
-        ring = (idx32[::2, ::2] == 0) & (far > 0) & ((near == 0) | (near != far))
-        lab = _lab_u8(np.asarray(rgb)[::2, ::2][ring])
-        rl = far[ring]
-        rc = np.bincount(rl, minlength=m).astype(np.float64)
-        ringlab = np.stack([np.bincount(rl, lab[:, c], m) / rc for c in range(3)], 1)
+    ringlab = _ring_lab(idx, rgb, mpp, m)
     present = cnt > 0
     cy, cx = my * mpp, mx * mpp
     pts = np.stack([cy, cx], 1)[1:][present[1:]]
@@ -90,6 +80,23 @@ def nucleus_features(labels: np.ndarray, rgb: np.ndarray, ids, mpp: float) -> np
     out = np.column_stack([area, elong, ringlab, np.r_[np.nan, dens]])[1:]
     out[~present[1:]] = np.nan
     return out
+
+
+def _ring_lab(idx: np.ndarray, rgb: np.ndarray, mpp: float, m: int) -> np.ndarray:
+    """(m, 3) mean CIELAB of the ring 1-4 µm around each nucleus (``idx``: 1 + position, 0 background; a
+    ring pixel goes to the highest id within reach), over every other row and column (a quarter of it)."""
+    from scipy import ndimage as ndi
+
+    r0, r1 = (max(1, int(round(r / mpp))) for r in RING_UM)
+    idx32 = idx.astype(np.int32)
+    far = ndi.maximum_filter(idx32, size=2 * r1 + 1)[::2, ::2]
+    near = ndi.maximum_filter(idx32, size=2 * r0 + 1)[::2, ::2]
+    ring = (idx32[::2, ::2] == 0) & (far > 0) & ((near == 0) | (near != far))
+    lab = _lab_u8(np.asarray(rgb)[::2, ::2][ring])
+    rl = far[ring]
+    rc = np.bincount(rl, minlength=m).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([np.bincount(rl, lab[:, c], m) / rc for c in range(3)], 1)
 
 
 COLOUR = slice(2, 5)   # ring_L, ring_a, ring_b
