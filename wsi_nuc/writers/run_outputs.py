@@ -170,9 +170,10 @@ def types_note(mcfg: dict) -> str:
     from ..type_trust import CONFIG_KEY, TRAINED_ON
 
     block = mcfg.get(CONFIG_KEY) or {}
-    checked = f"checked on {block['checked_on']}" if block.get("checked_on") else "not checked on other tissue"
+    checked = f"types checked on {block['checked_on']}" if block.get("checked_on") else \
+        "types not checked on other tissue"
     return (f"types learned on {block.get('trained_on', TRAINED_ON)}; untyped where not confident or the "
-            f"tissue is unfamiliar; {checked} (see the model card)")
+            f"tissue is unfamiliar (see the model card)\n{checked}")
 
 
 def build_summary(run: SlideRun, plan: SlidePlan, n: int, tissue_mm2: float, zinfo: dict, outputs: list,
