@@ -42,25 +42,7 @@ def append_post(model, model_dir: Path, cfg: dict):
                               const(f"post_{name}_e", np.array([b], np.int64)), axis1], f"post_{name}")
 
     logit = chans(0, 1, "fg_logit")
-    cal = cfg.get("calibration") or {}
-    lts = Path(model_dir) / cal.get("file", "lts.safetensors")
-    if cal.get("method") == "lts" and lts.is_file():
-        from safetensors.numpy import load_file
-
-        w = load_file(str(lts))
-        z = node("Clip", [logit, const("post_lo", np.array(-LOGIT_CLIP, np.float32)),
-                          const("post_hi", np.array(LOGIT_CLIP, np.float32))], "post_clip")
-        z = node("Div", [z, const("post_scale", np.array(LOGIT_SCALE, np.float32))], "post_z")
-        if cal.get("use_rgb"):
-            z = node("Concat", [z, x], "post_zx", axis=1)
-        c1 = node("Conv", [z, const("post_w1", w["conv1.weight"].astype(np.float32)),
-                           const("post_b1", w["conv1.bias"].astype(np.float32))], "post_c1", pads=[1, 1, 1, 1])
-        c1 = node("Relu", [c1], "post_h")
-        c2 = node("Conv", [c1, const("post_w2", w["conv2.weight"].astype(np.float32)),
-                           const("post_b2", w["conv2.bias"].astype(np.float32))], "post_c2", pads=[1, 1, 1, 1])
-        t = node("Add", [node("Softplus", [c2], "post_sp"),
-                         const("post_tmin", np.array(float(cal.get("t_min", 0.05)), np.float32))], "post_t")
-        logit = node("Div", [logit, t], "post_cal")
+    logit = _lts(logit, x, model_dir, cfg, node, const)
     parts = [node("Sigmoid", [logit], "post_fg"), node("Sigmoid", [chans(1, 3, "bd")], "post_bd_act"),
              node("Tanh", [chans(3, 5, "hv")], "post_hv_act"), node("Sigmoid", [chans(5, 6, "ce")], "post_ce_act")]
     nt = len(cfg.get("types") or [])
@@ -82,3 +64,28 @@ def append_post(model, model_dir: Path, cfg: dict):
     onnx.helper.set_model_props(model, {POST_KEY: post_signature(model_dir, cfg)})
     onnx.checker.check_model(model)
     return model
+
+
+def _lts(logit: str, x: str, model_dir: Path, cfg: dict, node, const) -> str:
+    """The LTS-calibrated foreground logit ``logit / T`` (:class:`wsi_nuc.refine.LTSHead`), or ``logit`` itself
+    where the folder has no LTS head."""
+    cal = cfg.get("calibration") or {}
+    lts = Path(model_dir) / cal.get("file", "lts.safetensors")
+    if cal.get("method") != "lts" or not lts.is_file():
+        return logit
+    from safetensors.numpy import load_file
+
+    w = load_file(str(lts))
+    z = node("Clip", [logit, const("post_lo", np.array(-LOGIT_CLIP, np.float32)),
+                      const("post_hi", np.array(LOGIT_CLIP, np.float32))], "post_clip")
+    z = node("Div", [z, const("post_scale", np.array(LOGIT_SCALE, np.float32))], "post_z")
+    if cal.get("use_rgb"):
+        z = node("Concat", [z, x], "post_zx", axis=1)
+    c1 = node("Conv", [z, const("post_w1", w["conv1.weight"].astype(np.float32)),
+                       const("post_b1", w["conv1.bias"].astype(np.float32))], "post_c1", pads=[1, 1, 1, 1])
+    c1 = node("Relu", [c1], "post_h")
+    c2 = node("Conv", [c1, const("post_w2", w["conv2.weight"].astype(np.float32)),
+                       const("post_b2", w["conv2.bias"].astype(np.float32))], "post_c2", pads=[1, 1, 1, 1])
+    t = node("Add", [node("Softplus", [c2], "post_sp"),
+                     const("post_tmin", np.array(float(cal.get("t_min", 0.05)), np.float32))], "post_t")
+    return node("Div", [logit, t], "post_cal")
