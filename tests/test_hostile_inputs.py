@@ -350,3 +350,26 @@ def test_batch_never_replaces_its_input_csv_nor_a_users_cohort_files(tmp_path, s
     assert main(["batch", str(mine), "--out", str(out), "--quiet"]) == 2
     assert "cohort_summary.csv: not a cohort_summary.csv that wsi-nuc wrote" in capsys.readouterr().err
     assert (out / "cohort_summary.csv").read_text() == "my,own,table\n1,2,3\n" and not cohort.exists()
+
+
+def test_eval_predictions_never_replace_a_users_file_but_replace_its_own(shared, tmp_path, capsys):
+    """--save-predictions into a folder holding a user's <stem>.tif: refused by name, the file untouched;
+    files eval itself wrote there are replaced on the next eval."""
+    from wsi_nuc.dataset import list_stems
+    from wsi_nuc.dataset_checks import PREDICTIONS_LIST
+
+    root = shared / "data" / "monuseg2018-train"
+    stem = list_stems(root, "val")[0]
+    out = tmp_path / "pred"
+    out.mkdir()
+    mine = out / f"{stem}.tif"
+    mine.write_bytes(b"my own annotation")
+    assert main(["eval", str(root), "--split", "val", "--save-predictions", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{stem}.tif" in err and "did not write" in err
+    assert mine.read_bytes() == b"my own annotation"
+    mine.unlink()
+    assert main(["eval", str(root), "--split", "val", "--save-predictions", str(out)]) == 0
+    written = json.loads((out / PREDICTIONS_LIST).read_text())["files"]
+    assert f"{stem}.tif" in written and mine.stat().st_size > 100
+    assert main(["eval", str(root), "--split", "val", "--save-predictions", str(out)]) == 0

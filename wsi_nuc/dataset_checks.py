@@ -84,9 +84,14 @@ def check_classes(classes: np.ndarray, image_shape, path) -> np.ndarray:
     return a.astype(np.uint8)
 
 
-def check_save_dir(save_dir, root):
+PREDICTIONS_LIST = "wsi-nuc-predictions.json"   # the prediction files eval wrote in a folder
+
+
+def check_save_dir(save_dir, root, stems=()):
     """``eval --save-predictions DIR``: a folder (made if needed), never a file, and never the dataset's own
-    images/, labels/ or classes/ (predictions named like the labels would replace them)."""
+    images/, labels/ or classes/ (predictions named like the labels would replace them). A file there that
+    a prediction of ``stems`` would replace must be one an earlier eval wrote (listed in
+    :data:`PREDICTIONS_LIST`): anything else is the user's and is refused by name."""
     from pathlib import Path
 
     if save_dir is None:
@@ -100,8 +105,44 @@ def check_save_dir(save_dir, root):
         if real == inp or inp in real.parents:
             raise InputError(f"{one_line(d)}: --save-predictions would write among the dataset's own files "
                              f"({one_line(Path(root) / sub)}); choose a folder outside it")
+    ours = set(written_predictions(d))
+    for stem in stems:
+        for name in (f"{stem}.tif", f"{stem}.classes.png"):
+            if (d / name).exists() and name not in ours:
+                raise InputError(f"{one_line(d / name)}: --save-predictions would replace this file, which "
+                                 "wsi-nuc eval did not write; choose another folder or move it")
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{one_line(d)}: cannot make the predictions folder ({e.strerror or e})") from None
     return d
+
+
+def written_predictions(d) -> list[str]:
+    """The file names an earlier ``eval --save-predictions`` wrote in folder ``d`` ([] if none)."""
+    from pathlib import Path
+
+    from .json_in import read_json
+
+    f = Path(d) / PREDICTIONS_LIST
+    if not f.is_file():
+        return []
+    try:
+        names = read_json(f).get("files", [])
+    except (InputError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n]
+
+
+def note_prediction(d, name: str) -> None:
+    """Add ``name`` to the folder's list of files eval wrote (before the file is written)."""
+    import json
+    import os
+    from pathlib import Path
+
+    names = written_predictions(d)
+    if name not in names:
+        f = Path(d) / PREDICTIONS_LIST
+        tmp = f.with_name(f.name + ".tmp")
+        tmp.write_text(json.dumps({"written_by": "wsi-nuc eval --save-predictions", "files": names + [name]}))
+        os.replace(tmp, f)

@@ -62,7 +62,7 @@ def evaluate(dataset_dir: str | Path, model: str | None = None, split: str | Non
     from .dataset_checks import check_save_dir
     from .validate import check_postprocess
 
-    save_dir = check_save_dir(save_dir, root)           # a file, or the dataset's own folders: refused first
+    save_dir = check_save_dir(save_dir, root, stems)    # a file, the dataset's or a user's files: refused first
     model_dir = resolve_model_dir(model, device)
     check_postprocess(check_model_dir(model_dir), model_dir)
     predictor = get_predictor(model, device)
@@ -121,9 +121,13 @@ def _evaluate_image(s, stem: str, predictor, p: InstanceParams, auto_scale: bool
                                                           trust)
     ds_types = lut[ptypes] if ptypes is not None else None
     if save_dir is not None:
+        from .dataset_checks import note_prediction
+
+        note_prediction(save_dir, f"{stem}.tif")
         save_prediction(save_dir / f"{stem}.tif", pred)
         if ds_types is not None:
             pred_ids = np.unique(pred)
+            note_prediction(save_dir, f"{stem}.classes.png")
             save_classes(save_dir / f"{stem}.classes.png", paint_types(pred, pred_ids[pred_ids > 0], ds_types))
     if s.labels is None:
         return None
