@@ -8,7 +8,8 @@ Each variant is a whole ``wsi-nuc train CONFIG --set train.steps=N`` process of 
 output folder, no validation until the end). Its rate is taken from ``log.jsonl``'s time stamps between
 step 10 and step N, so loading the data and the first steps (allocator warm-up) are left out. Variants of
 this tree: ``defaults`` (what ``auto`` picks here), ``fp32-nchw-inline`` (the old loop's settings),
-``channels-last`` (inline), and ``bf16`` where the CPU has native bfloat16. The CPU capability is recorded.
+``channels-last-inline``, ``channels-last-prefetch``, ``nchw-prefetch``, and ``bf16`` where the CPU has
+native bfloat16. The CPU capability is recorded.
 """
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ def variants(baseline: str | None) -> list[tuple[str, str, list[str]]]:
 
     v = [("defaults", str(ROOT), []),
          ("fp32-nchw-inline", str(ROOT), ["train.precision=fp32", "train.channels_last=false", "train.prefetch=0"]),
-         ("channels-last-inline", str(ROOT), ["train.precision=fp32", "train.prefetch=0"])]
+         ("channels-last-inline", str(ROOT), ["train.precision=fp32", "train.prefetch=0", "train.channels_last=true"]),
+         ("channels-last-prefetch", str(ROOT), ["train.precision=fp32", "train.prefetch=1", "train.channels_last=true"]),
+         ("nchw-prefetch", str(ROOT), ["train.precision=fp32", "train.prefetch=1", "train.channels_last=false"])]
     if cpu_has_native_bf16():
-        v.append(("bf16-channels-last-inline", str(ROOT), ["train.precision=bf16", "train.prefetch=0"]))
+        v.append(("bf16-channels-last-inline", str(ROOT), ["train.precision=bf16", "train.prefetch=0",
+                                                           "train.channels_last=true"]))
     if baseline:
         v.insert(0, ("baseline", baseline, []))
     return v

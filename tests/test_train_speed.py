@@ -21,7 +21,8 @@ def test_auto_settings_follow_the_hardware():
     s = step_settings({})
     assert s.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert s.bf16 == (s.device == "cuda" or cpu_has_native_bf16())
-    assert s.channels_last
+    assert s.channels_last == s.bf16
+    assert step_settings({"channels_last": True}).channels_last
     assert not step_settings({"precision": "fp32", "channels_last": False, "prefetch": 0}).bf16
     assert step_settings({"precision": "bf16", "device": "cpu"}).bf16
     for bad in ({"precision": "fp16"}, {"prefetch": -1}, {"device": "tpu"}, {"channels_last": "maybe"}):

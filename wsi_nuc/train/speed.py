@@ -7,8 +7,10 @@
   AVX512-BF16 or AMX), fp32 elsewhere: on an AVX2-only CPU oneDNN emulates bfloat16 and a step of the
   he-teacher config takes 8x longer (59.7 s vs 7.4 s, batch 8 of 256²). ``bf16`` / ``fp32`` force it.
   The losses are always computed in fp32 (:func:`fp32_losses`).
-- ``channels_last``: ``auto``/true = the network and its input in NHWC (oneDNN's native layout; the
-  he-teacher step 7.4 -> 6.5 s on AVX2), false = contiguous NCHW.
+- ``channels_last``: ``auto`` = NHWC with bfloat16 (the layout of oneDNN's bf16 kernels, and of the
+  10.0 -> 5.4 s bf16 trial on an AVX512-BF16 CPU in issue 23), contiguous NCHW in fp32: on an AVX2 CPU the
+  he-teacher step took 8.64 s channels-last against 7.16 s NCHW, inline, in one benchmark run
+  (``benchmarks/results/train-speed-avx2-variants.json``); true / false force it.
 - ``prefetch``: worker processes that prepare batches ahead (``auto``: 1 on a CPU with more than one core,
   on CUDA one per spare core up to 8; 0 = inline). Every batch is drawn from ``(seed, step)`` alone, so
   all give the same batches.
@@ -77,7 +79,8 @@ def step_settings(tc: dict) -> StepSettings:
         pf = min(8, cores - 1) if dev == "cuda" else (1 if cores > 1 else 0)
     if isinstance(pf, bool) or not isinstance(pf, int) or pf < 0:
         raise ValueError(f"train.prefetch: {pf!r} (auto, or a number of worker processes >= 0)")
-    return StepSettings(dev, prec == "bf16", cl != "false", int(pf))
+    bf16 = prec == "bf16"
+    return StepSettings(dev, bf16, cl == "true" or (cl == "auto" and bf16), int(pf))
 
 
 def fp32_losses(fn):
