@@ -82,3 +82,23 @@ def monuseg_tile(shared):
     labels = tifffile.imread(lab_p).astype(np.int32)
     ids = np.unique(labels)
     return rgb, labels, ids[ids > 0]
+
+
+@pytest.fixture
+def captured_settings(monkeypatch) -> list:
+    """`run` and `batch` with the slide work replaced: the RunSettings each CLI call built, in order."""
+    import wsi_nuc.cohort as cohort
+    import wsi_nuc.pipeline as pipeline
+
+    got = []
+    monkeypatch.setattr(pipeline, "run_slide", lambda path, out, st: got.append(st) or
+                        {"seconds": {"total": 0}, "nucleus_count": 0, "tissue_area_mm2": 0, "output": ""})
+
+    class Res:
+        rows, seconds, manifest, exit_code = [], 0.0, "", 0
+
+        def count(self, _):
+            return 0
+
+    monkeypatch.setattr(cohort, "run_cohort", lambda c, o, st, **kw: got.append(st) or Res())
+    return got

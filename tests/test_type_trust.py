@@ -153,21 +153,8 @@ def test_threshold_override_and_no_check():
     assert TypeTrust.from_config({"name": "untyped"}) is None
 
 
-def test_type_flags_reach_the_settings(monkeypatch):
-    import wsi_nuc.cohort as cohort
-    import wsi_nuc.pipeline as pipeline
-
-    got = []
-    monkeypatch.setattr(pipeline, "run_slide", lambda path, out, st: got.append(st) or
-                        {"seconds": {"total": 0}, "nucleus_count": 0, "tissue_area_mm2": 0, "output": ""})
-
-    class Res:
-        rows, seconds, manifest, exit_code = [], 0.0, "", 0
-
-        def count(self, _):
-            return 0
-
-    monkeypatch.setattr(cohort, "run_cohort", lambda c, o, st, **kw: got.append(st) or Res())
+def test_type_flags_reach_the_settings(captured_settings):
+    got = captured_settings
     assert main(["run", "x.svs", "--quiet", "--type-threshold", "0.6"]) == 0
     assert main(["batch", "x.svs", "--quiet", "--no-type-check"]) == 0
     assert main(["run", "x.svs", "--quiet"]) == 0

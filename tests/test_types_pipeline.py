@@ -240,21 +240,8 @@ def test_run_records_carry_type_unless_no_types(tiny_model, consep, tmp_path, cl
     assert all("type" not in tn.columns and "type_prob" not in tn.columns for tn in seen["tiles"])
 
 
-def test_no_types_flag_reaches_the_settings(monkeypatch, tmp_path):
-    import wsi_nuc.cohort as cohort
-    import wsi_nuc.pipeline as pipeline
-
-    got = []
-    monkeypatch.setattr(pipeline, "run_slide", lambda path, out, st: got.append(st) or
-                        {"seconds": {"total": 0}, "nucleus_count": 0, "tissue_area_mm2": 0, "output": ""})
-
-    class Res:
-        rows, seconds, manifest, exit_code = [], 0.0, "", 0
-
-        def count(self, _):
-            return 0
-
-    monkeypatch.setattr(cohort, "run_cohort", lambda c, o, st, **kw: got.append(st) or Res())
+def test_no_types_flag_reaches_the_settings(captured_settings):
+    got = captured_settings
     assert main(["run", "x.svs", "--quiet"]) == 0
     assert main(["run", "x.svs", "--quiet", "--no-types"]) == 0
     assert main(["batch", "x.svs", "--quiet", "--no-types"]) == 0
