@@ -459,7 +459,7 @@ def test_local_cluster_gives_the_same_outputs(reference, cohort_csv, model_dir, 
     _assert_same(_outputs(out, GOOD), ref)
 
 
-@pytest.mark.slow  # fails in the full default run even on a quiet machine (session 6: the cohort finished before the
+@pytest.mark.slow  # fails in the full default run even on a quiet machine (at 959361d: the cohort finished before the
 # interrupt landed; the run did not exit within 60 s of it), passes alone (26 s for both): order-dependent, not load
 def test_interrupted_cohort_resumes_from_its_tiles(cohort_csv, model_dir, tmp_path):
     """Ctrl-C mid-run: exit 130, rows stay pending, finished tiles stay spooled; the re-run finishes with the

@@ -189,8 +189,8 @@ def client():
 
 def test_local_cluster_workers_keep_glibcs_malloc_defaults(client):
     """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive
-    mmap threshold and nearly doubled the network's time in a worker (session 9): ours start without it
-    (unless the user's own environment sets it), and keep the thread limits Dask sets."""
+    mmap threshold and nearly doubled the network's time in a worker (measured for 048ebef): ours start without
+    it (unless the user's own environment sets it), and keep the thread limits Dask sets."""
     import os
 
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:

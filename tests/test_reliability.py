@@ -320,7 +320,7 @@ def test_full_disk(inputs, tmp_path, scheduler):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-@pytest.mark.slow  # fails in the full default run even on a quiet machine (session 6: the cohort finished before the
+@pytest.mark.slow  # fails in the full default run even on a quiet machine (at 959361d: the cohort finished before the
 # interrupt landed; the run did not exit within 60 s of it), passes alone (26 s for both): order-dependent, not load
 def test_ctrl_c_then_planted_pickle_is_not_run(inputs, tmp_path, scheduler):
     """Ctrl-C (to the whole process group, as a terminal sends it) while tiles are being spooled: one line,

@@ -93,11 +93,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
         return
     n = workers or default_workers()
     # Dask's own sampling profiler wakes every worker every 10 ms (about 1-2 % of a worker's CPU in a py-spy
-    # profile of a mosaic run, session 8) for a dashboard page this tool does not show by default.
+    # profile of a mosaic run at 0966f26) for a dashboard page this tool does not show by default.
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536; setting it turns off glibc's adaptive
     # mmap threshold, so every tensor above 128 KiB is mapped fresh and page-faulted in on each use: the
-    # network of a 640² tile took 1.9x its time (542-574 against 293 ms, forced AVX2, session 9). Workers
-    # keep glibc's defaults, as a `wsi-nuc run` in one process does (NO_MALLOC_TRIM).
+    # network of a 640² tile took 1.9x its time (542-574 against 293 ms, forced AVX2, measured for 048ebef).
+    # Workers keep glibc's defaults, as a `wsi-nuc run` in one process does (NO_MALLOC_TRIM).
     with _ctrl_c_ignored(), dask.config.set({"distributed.worker.profile.enabled": bool(dashboard),
                                             **NO_MALLOC_TRIM}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",

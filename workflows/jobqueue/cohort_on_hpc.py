@@ -30,8 +30,8 @@ from wsi_nuc.pipeline import RunSettings
 # environment that has wsi-nuc installed.
 PROLOGUE = [
     f"source {os.path.join(sys.prefix, 'bin', 'activate')}",
-    # workers without Dask's MALLOC_TRIM_THRESHOLD_ (the network took 1.9x its time per tile with it; README,
-    # session 9): the Dask config next to the dask-cli scripts, on the shared file system
+    # workers without Dask's MALLOC_TRIM_THRESHOLD_ (the network took 1.9x its time per tile with it;
+    # docs/performance.md, at dcb0609): the Dask config next to the dask-cli scripts, on the shared file system
     f"export DASK_CONFIG={os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'dask-cli', 'wsi-nuc-dask.yaml')}",
 ]
 
