@@ -84,6 +84,10 @@ class OnnxNet:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # a damaged or foreign file: one line naming it
             raise InputError(f"{path}: not a usable ONNX model ({' '.join(str(e).split())[:200]})") from None
+        # the CPU arena gives its chunks back after each call: a worker holding a 640² tile's buffers between
+        # tiles peaked at 375 MB, with shrinkage 287 MB (130 MB between calls) at the same speed (AVX2, 1 thread)
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input = self.session.get_inputs()[0].name
         outs = [o.name for o in self.session.get_outputs()]
         self.raw_name = outs[0]
@@ -97,11 +101,13 @@ class OnnxNet:
         return self
 
     def raw_np(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.raw_name], {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run([self.raw_name], {self.input: np.ascontiguousarray(x, dtype=np.float32)},
+                                self.run_options)[0]
 
     def maps_np(self, x: np.ndarray) -> np.ndarray:
         """Head maps (B, C, H, W) float32 of normalised inputs, as ``Predictor.maps`` makes them from ``raw``."""
-        return self.session.run(["maps"], {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(["maps"], {self.input: np.ascontiguousarray(x, dtype=np.float32)},
+                                self.run_options)[0]
 
     def __call__(self, x):
         import torch
