@@ -1,0 +1,68 @@
+"""Type proportions per organ on NuInsSeg (no type labels, 25 organs): how a model types tissue that is not colon.
+
+    python benchmarks/type_organs.py [--model he-types-int8] [--split val] [--no-type-check] [--json FILE]
+
+Each image of the split (``../shared/data/nuinsseg-train``, its estimated scale) goes through
+:func:`wsi_nuc.segment_image` as ``run`` would take it (tissue detection off: every image is tissue), and
+the nuclei's written ``type`` (empty: untyped) are counted per organ (the image stem without its number).
+NuInsSeg has no per-nucleus types, so this is a check of proportions, not of nuclei: heart (cardiomyocytes,
+fibroblasts, endothelium; the val split's mouse heart) should have almost no "epithelial" nucleus, kidney
+(tubules) and bladder (urothelium) many.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nuinsseg-train"
+
+
+def organ_of(stem: str) -> str:
+    return stem.rsplit("_", 1)[0]
+
+
+def count_split(root: Path, split: str, model: str | None, type_check: bool) -> dict:
+    from wsi_nuc import segment_image
+
+    meta = json.loads((root / "dataset.json").read_text())
+    stems = meta["split"][split]
+    per = defaultdict(Counter)
+    for stem in stems:
+        rgb = np.asarray(Image.open(root / "images" / f"{stem}.jpg").convert("RGB"))
+        mpp = float((meta.get("images", {}).get(stem) or {}).get("mpp") or meta["mpp"])
+        _, table = segment_image(rgb, mpp, model=model, tissue_detection=False, type_check=type_check)
+        per[organ_of(stem)].update(str(t) or "untyped" for t in table.get("type", []))
+    return {organ: fractions(c) for organ, c in sorted(per.items())}
+
+
+def fractions(c: Counter) -> dict:
+    n = sum(c.values())
+    return {"n": n, **{k: round(v / max(n, 1), 3) for k, v in sorted(c.items())}}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--root", type=Path, default=ROOT)
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--no-type-check", action="store_true", help="every type the model gives is kept")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    res = count_split(a.root.resolve(), a.split, a.model, not a.no_type_check)
+    for organ, f in res.items():
+        print(f"{organ:28s} {f}")
+    out = {"model": a.model or "default", "split": a.split, "type_check": not a.no_type_check,
+           "seconds": round(time.perf_counter() - t0, 1), "organs": res}
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
