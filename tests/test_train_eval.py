@@ -85,3 +85,35 @@ def test_models_lists_every_shipped_model_with_its_card_figures(capsys):
         aji = read_model_config(resolve_model_dir(name))["metrics"]["val"]["aji"]
         assert f"{aji:.3f}" in line
         assert line.startswith("*") == (name == DEFAULT_MODEL)
+
+
+def test_weight_average_starts_on_resume_and_is_exported(shared, tmp_path, capsys):
+    """``train.ema`` turned on for a run that has a checkpoint without it: the average starts from the
+    resumed weights, is checkpointed, and is what the snapshots' ``-ema`` folders and the final model hold."""
+    from safetensors.numpy import load_file
+
+    data = shared / "data" / "monuseg2018-train"
+    out = tmp_path / "run"
+    sets = ["--set", f"data.roots=[{data}]", "--set", "model.base=4", "--set", "model.depth=3",
+            "--set", "train.steps=6", "--set", "train.stop_at=2", "--set", "train.batch=2",
+            "--set", "train.crop=64", "--set", "train.val_every=1000", "--set", "train.threads=1",
+            "--set", "train.snapshot_every=2", "--set", "train.lr=0.01"]
+    assert main(["train", "configs/he-teacher.yaml", "--out", str(out), *sets]) == 0
+    assert not (out / "snapshots" / "step000002-ema").exists()
+    sets[sets.index("train.stop_at=2")] = "train.stop_at=4"
+    assert main(["train", "configs/he-teacher.yaml", "--out", str(out), *sets, "--set", "train.ema=0.5"]) == 0
+    import torch
+
+    assert "ema" in torch.load(out / "checkpoint.pt", weights_only=True)
+    raw4 = load_file(out / "snapshots" / "step000004" / "model.safetensors")
+    ema4 = load_file(out / "snapshots" / "step000004-ema" / "model.safetensors")
+    raw2 = load_file(out / "snapshots" / "step000002" / "model.safetensors")
+    k = next(k for k in raw4 if k.endswith("weight") and raw4[k].ndim == 4)
+    # decay 0.5 from the step-2 weights over steps 3 and 4: strictly between the raw weights of steps 2 and 4
+    assert not np.allclose(ema4[k], raw4[k]) and not np.allclose(ema4[k], raw2[k])
+    assert json.loads((out / "snapshots" / "step000004-ema" / "config.json").read_text())["ema"] == 0.5
+    sets[sets.index("train.stop_at=4")] = "train.stop_at=6"
+    assert main(["train", "configs/he-teacher.yaml", "--out", str(out), *sets, "--set", "train.ema=0.5"]) == 0
+    final = load_file(out / "model" / "model.safetensors")
+    assert json.loads((out / "model" / "config.json").read_text())["ema"] == 0.5
+    assert not np.allclose(final[k], load_file(out / "snapshots" / "step000006" / "model.safetensors")[k])

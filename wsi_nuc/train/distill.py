@@ -47,6 +47,7 @@ from .driver import Job, input_norm, load_data, run_job, val_images
 from .loop import make_optimizer, model_meta
 from .losses import head_losses
 from .speed import fp32_losses, step_settings
+from .type_bounds import bounds_loss
 
 # Defaults of the ``distill:`` config section.
 DISTILL_DEFAULTS = {
@@ -58,6 +59,7 @@ DISTILL_DEFAULTS = {
     "kd_dist": 2.0,
     "kd_hv": 1.0,
     "kd_type": 1.0,          # softmax KL of the type logits (models with a type head)
+    "type_bounds": 0.0,      # bounds on type proportions per image (data.roots type_bounds; not distilled there)
     "feat": 0.5,
     "feature_levels": [0, 1, 2],   # decoder levels counted from the finest (0 = full resolution)
     "rare_weight": 1.0,      # KD pixel weight = 1 + rare_weight * (weight_map - 1)
@@ -136,8 +138,9 @@ def _wmean(loss: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 @fp32_losses
 def kd_losses(s_out: torch.Tensor, t_out: torch.Tensor, pix_w: torch.Tensor, T: float,
-              weights: dict) -> dict:
-    """Head-wise KD terms (unweighted values) for the terms whose weight is non-zero."""
+              weights: dict, type_pix_w: torch.Tensor | None = None) -> dict:
+    """Head-wise KD terms (unweighted values) for the terms whose weight is non-zero; ``type_pix_w``
+    (default ``pix_w``) weighs the type term's pixels."""
     parts = {}
     for key, c in SIGMOID_HEADS.items():
         if weights.get(key, 0):
@@ -148,7 +151,8 @@ def kd_losses(s_out: torch.Tensor, t_out: torch.Tensor, pix_w: torch.Tensor, T: 
         parts["kd_hv"] = _wmean((torch.tanh(s_out[:, 3:5]) - torch.tanh(t_out[:, 3:5])) ** 2, pix_w)
     if weights.get("kd_type", 0) and s_out.shape[1] > 6 and s_out.shape[1] == t_out.shape[1]:
         ls, lt = F.log_softmax(s_out[:, 6:] / T, 1), F.log_softmax(t_out[:, 6:] / T, 1)
-        parts["kd_type"] = _wmean((lt.exp() * (lt - ls)).sum(1) * (T * T), pix_w)
+        parts["kd_type"] = _wmean((lt.exp() * (lt - ls)).sum(1) * (T * T),
+                                  pix_w if type_pix_w is None else type_pix_w)
     return parts
 
 
@@ -249,7 +253,13 @@ def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None, type_tea
     parts["supervised"] = float(sup.detach())
     pix_w = 1.0 + float(d["rare_weight"]) * (t["weight"] - 1.0)
     T = float(d["temperature"])
-    for k, v in kd_losses(s_out, t_out, pix_w, T, d).items():
+    type_pix_w = None
+    if d["type_bounds"] and "tb_group" in t:   # bounded images learn their types from the bounds alone
+        tb = bounds_loss(s_out[:, 6:], t)
+        total = total + d["type_bounds"] * tb
+        parts["type_bounds"] = float(tb.detach())
+        type_pix_w = pix_w * (t["tb_group"] < 0)
+    for k, v in kd_losses(s_out, t_out, pix_w, T, d, type_pix_w).items():
         total = total + d[k] * v
         parts[k] = float(v.detach())
     if d["feat"] and adapters is not None:

@@ -11,8 +11,12 @@ thing ``train`` and ``distill`` do differently), a ``validate()`` function, extr
    of :mod:`wsi_nuc.train.speed` (bfloat16 autocast where the hardware has it, channels-last);
 3. every 10 steps appends a line to ``OUT/log.jsonl``; every ``val_every`` steps validates and prints a
    line a person can read; every ``checkpoint_minutes`` writes the checkpoint atomically; every
-   ``snapshot_every`` steps exports a snapshot model folder;
-4. at the end exports ``OUT/model`` with the steps, samples and CPU-hours; ``train.stop_at: N`` instead
+   ``snapshot_every`` steps exports a snapshot model folder; with ``train.ema: D`` (e.g. 0.998) it keeps an
+   exponential moving average of the weights and buffers (decay D per step, checkpointed; a run resumed
+   with it for the first time starts it from the current weights), exported beside each snapshot as
+   ``stepNNNNNN-ema``;
+4. at the end exports ``OUT/model`` (the averaged weights when ``train.ema`` is on) with the steps,
+   samples and CPU-hours; ``train.stop_at: N`` instead
    stops at step N with a checkpoint and a snapshot (equal-sample comparisons of runs on one schedule), and
    ``train.max_minutes: M`` after M minutes of training (a GPU lease of fixed length). SIGTERM (the end
    of a session, a batch system's time limit) ends the step under way, writes the checkpoint and exits 143.
@@ -85,7 +89,8 @@ def load_data(cfg: dict) -> TrainData:
     """Load ``data.roots`` (train and val splits); with ``data.stain_norm`` Reinhard-normalise every image
     to the pooled CIELAB statistics of the training images, or to ``data.stain_target`` (the model's
     ``stain_norm`` target)."""
-    train, val = load_sources(cfg["data"], "train"), load_sources(cfg["data"], "val")
+    types = (cfg.get("model") or {}).get("types")
+    train, val = load_sources(cfg["data"], "train", types), load_sources(cfg["data"], "val", types)
     stain = None
     if cfg["data"].get("stain_norm"):
         stain = stain_target(cfg) or lab_stats([s.image for s in all_samples(train)])
@@ -152,7 +157,8 @@ def save_checkpoint(path: Path, net, opt, step, cpu_s, extra: dict | None = None
 
 
 def one_step(job: Job, speed, batch) -> tuple[float, dict]:
-    """One optimiser step on a batch of (images, targets) arrays; returns (loss, loss parts)."""
+    """One optimiser step on a batch of (images, targets) arrays, then the weight average's update (``train.ema``);
+    returns (loss, loss parts)."""
     imgs, tgts = batch
     x = to_input(imgs, job.data.norm, speed.device).contiguous(memory_format=speed.memory_format())
     t = {k: v.to(speed.device) for k, v in stack_targets(tgts).items()}
@@ -161,13 +167,33 @@ def one_step(job: Job, speed, batch) -> tuple[float, dict]:
     job.opt.zero_grad(set_to_none=True)
     loss.backward()
     job.opt.step()
+    if job.extra.get("ema") is not None:
+        job.extra["ema"].update_parameters(job.net)
     return float(loss.detach()), parts
+
+
+def weight_average(net: nn.Module, decay: float | None):
+    """An exponential moving average of ``net``'s weights and buffers (``train.ema``), or None."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+
+
+def save_snapshot(job: Job, step: int, ema=None) -> None:
+    """``OUT/snapshots/stepNNNNNN`` (and ``-ema``, the averaged weights) as model folders."""
+    save_model(job.net, job.out / "snapshots" / f"step{step:06d}", job.meta())
+    if ema is not None:
+        save_model(ema.module, job.out / "snapshots" / f"step{step:06d}-ema",
+                   dict(job.meta(), ema=float(job.cfg["train"]["ema"])))
 
 
 def run_job(job: Job, log=print) -> Path:
     """Train ``job`` to ``train.steps`` (resuming); returns the exported model folder."""
     tc = job.cfg["train"]
     speed = step_settings(tc)
+    ema = job.extra.setdefault("ema", weight_average(job.net, tc.get("ema")))
     modules = [job.net] + [m for m in job.extra.values() if m is not None]
     for m in modules:
         m.to(speed.device, memory_format=speed.memory_format())
@@ -196,15 +222,12 @@ def run_job(job: Job, log=print) -> Path:
             run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
             cpu_now = cpu_s + time.process_time() - t_cpu0 + batches.worker_cpu_s()
             if step % 10 == 0 or step == stop:
-                logf.write(json.dumps({"step": step, "loss": lv, "ema": run_loss,
-                                       "lr": job.opt.param_groups[0]["lr"], "cpu_s": cpu_now,
-                                       "time": time.time(), **parts}) + "\n")
-                logf.flush()
+                _jsonl(logf, {"step": step, "loss": lv, "ema": run_loss, "lr": job.opt.param_groups[0]["lr"],
+                              "cpu_s": cpu_now, "time": time.time(), **parts})
             if step % int(tc.get("val_every", 100)) == 0 or step == stop:
                 rate = (step - step0) * bs / (time.perf_counter() - t_wall)
                 v = job.validate()
-                logf.write(json.dumps({"step": step, "samples_per_s": round(rate, 3), **v}) + "\n")
-                logf.flush()
+                _jsonl(logf, {"step": step, "samples_per_s": round(rate, 3), **v})
                 log(f"step {step}/{total} loss {run_loss:.4f} {rate:.2f} samples/s " + " ".join(
                     f"{k} {val:.4f}" for k, val in _flat(v).items()))
                 t_wall, step0 = time.perf_counter(), step
@@ -212,7 +235,7 @@ def run_job(job: Job, log=print) -> Path:
                 save_checkpoint(ckpt, job.net, job.opt, step, cpu_now, extra_state())
                 last_ckpt = time.time()
             if step % int(tc.get("snapshot_every", 250)) == 0 or (step == stop < total):
-                save_model(job.net, job.out / "snapshots" / f"step{step:06d}", job.meta())
+                save_snapshot(job, step, ema)
             if term.set:
                 save_checkpoint(ckpt, job.net, job.opt, step, cpu_now, extra_state())
                 log(f"SIGTERM: checkpoint written at step {step}; run the same command to resume")
@@ -221,8 +244,9 @@ def run_job(job: Job, log=print) -> Path:
     if step < total:
         log(f"stopped at step {step} (train.stop_at / max_minutes); run again to resume")
         return job.out / "snapshots" / f"step{step:06d}"
-    meta = dict(job.meta(), training={"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)})
-    return save_model(job.net, job.out / "model", meta)
+    meta = dict(job.meta(), training={"steps": step, "samples": step * bs, "cpu_hours": round(cpu_s / 3600, 2)},
+                **({} if ema is None else {"ema": float(tc["ema"])}))
+    return save_model(job.net if ema is None else ema.module, job.out / "model", meta)
 
 
 class _TermFlag:
@@ -247,6 +271,11 @@ class _TermFlag:
 
         if self.old is not None:
             signal.signal(signal.SIGTERM, self.old)
+
+
+def _jsonl(f, record: dict) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
 
 
 def _flat(v: dict, prefix: str = "") -> dict:

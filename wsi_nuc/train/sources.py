@@ -1,9 +1,10 @@
 """Training data from several annotated sources: load each at the working scale, draw weighted batches.
 
 A source is one dataset folder in the shared layout, given in ``data.roots`` either as a path or as
-``{path, weight, modality}``: ``weight`` is its share of the drawn crops (default 1, normalised over the
-sources), ``modality`` keeps only images whose ``dataset.json`` entry has that modality (DSB's
-``colour_brightfield``). Images without a known scale (DSB) are brought to the working scale by their
+``{path, weight, modality, type_bounds}``: ``weight`` is its share of the drawn crops (default 1, normalised
+over the sources), ``modality`` keeps only images whose ``dataset.json`` entry has that modality (DSB's
+``colour_brightfield``), ``type_bounds`` a file of bounds on the type proportions of its images by organ
+(:mod:`wsi_nuc.train.type_bounds`). Images without a known scale (DSB) are brought to the working scale by their
 own annotated nuclei: the scale at which their median nucleus area equals ``data.nucleus_area_um2``.
 
 Images smaller than the crop (CoNSeP's 256² crops at 40x are 128² at 0.5 µm/px) are drawn as a 2x2 mosaic
@@ -27,6 +28,7 @@ class Source:
     name: str
     weight: float
     samples: list = field(default_factory=list)
+    bounds: dict = field(default_factory=dict)     # stem -> (lo, hi) type-proportion bounds
 
     @property
     def has_types(self) -> bool:
@@ -38,11 +40,12 @@ def root_specs(data_cfg: dict) -> list[dict]:
     out = []
     for r in data_cfg["roots"]:
         spec = {"path": r} if isinstance(r, str) else dict(r)
-        unknown = set(spec) - {"path", "weight", "modality"}
+        unknown = set(spec) - {"path", "weight", "modality", "type_bounds"}
         if unknown:
             raise ValueError(f"data.roots: unknown keys {sorted(unknown)} in {r!r}")
         spec.setdefault("weight", 1.0)
         spec.setdefault("modality", None)
+        spec.setdefault("type_bounds", None)
         out.append(spec)
     return out
 
@@ -56,7 +59,8 @@ def scale_from_labels(labels: np.ndarray, area_um2: float) -> float | None:
     return float(np.sqrt(area_um2 / np.median(areas)))
 
 
-def load_source(spec: dict, split: str, mpp: float | None, area_um2: float = DEFAULT_AREA_UM2) -> Source:
+def load_source(spec: dict, split: str, mpp: float | None, area_um2: float = DEFAULT_AREA_UM2,
+                types: list[str] | None = None) -> Source:
     from pathlib import Path
 
     root = spec["path"]
@@ -77,13 +81,18 @@ def load_source(spec: dict, split: str, mpp: float | None, area_um2: float = DEF
             s = load_at_mpp(root, stem, mpp, meta)
         if s.labels is not None:
             src.samples.append(s)
+    if spec.get("type_bounds"):
+        from .type_bounds import source_bounds
+
+        src.bounds = source_bounds(spec["type_bounds"], [s.stem for s in src.samples], images, types)
     return src
 
 
-def load_sources(data_cfg: dict, split: str) -> list[Source]:
+def load_sources(data_cfg: dict, split: str, types: list[str] | None = None) -> list[Source]:
+    """Every source of ``data.roots`` for one split; ``types`` (the model's) resolves type bounds."""
     mpp = data_cfg.get("mpp")
     area = float(data_cfg.get("nucleus_area_um2", DEFAULT_AREA_UM2))
-    return [load_source(spec, split, mpp, area) for spec in root_specs(data_cfg)]
+    return [load_source(spec, split, mpp, area, types) for spec in root_specs(data_cfg)]
 
 
 def all_samples(sources: list[Source]) -> list[Sample]:
@@ -108,36 +117,49 @@ def _crop(s: Sample, size: int, aug_cfg, rng) -> tuple[np.ndarray, np.ndarray, n
 
 def draw_crop(src: Source, size: int, aug_cfg, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented (image, labels, type target) crop of ``size`` px from a source."""
+    return _draw(src, size, aug_cfg, rng)[:3]
+
+
+def _draw(src: Source, size: int, aug_cfg, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """:func:`draw_crop` and the placements (stem, y, x, side) of the images it is made of."""
     s = src.samples[rng.integers(len(src.samples))]
     h, w = s.labels.shape
     if min(h, w) * 1.25 >= size:
-        return _crop(s, size, aug_cfg, rng)
+        return (*_crop(s, size, aug_cfg, rng), [(s.stem, 0, 0, size)])
     half = size // 2
     img = np.zeros((size, size, 3), np.float32)
     lab = np.zeros((size, size), np.int32)
     typ = np.zeros((size, size), np.int64)
     offset = 0
+    placements = []
     for y in (0, half):
         for x in (0, half):
             s = src.samples[rng.integers(len(src.samples))]
+            placements.append((s.stem, y, x, half))
             im_q, lab_q, typ_q = _crop(s, half, aug_cfg, rng)
             img[y:y + half, x:x + half] = im_q
             lab[y:y + half, x:x + half] = np.where(lab_q > 0, lab_q + offset, 0)
             typ[y:y + half, x:x + half] = typ_q
             offset += int(lab_q.max())
-    return img, lab, typ
+    return img, lab, typ, placements
 
 
 def make_batch(sources: list[Source], size: int, n: int, aug_cfg, rng) -> tuple[np.ndarray, list[dict]]:
     """``n`` crops drawn source by source with the sources' weights; returns (images, targets)."""
     p = np.array([src.weight for src in sources], float)
     p /= p.sum()
+    bounded = [src for src in sources if src.bounds]
+    n_types = len(next(iter(bounded[0].bounds.values()))[0]) if bounded else 0
     imgs, tgts = [], []
     for _ in range(n):
         src = sources[rng.choice(len(sources), p=p)]
-        img, lab, typ = draw_crop(src, size, aug_cfg, rng)
+        img, lab, typ, placements = _draw(src, size, aug_cfg, rng)
         t = make_targets(lab)
         t["types"] = typ
+        if bounded:     # every crop of the batch carries the maps (unbounded: group -1)
+            from .type_bounds import bounds_maps
+
+            t.update(bounds_maps(placements, src.bounds, size, n_types))
         imgs.append(img)
         tgts.append(t)
     return np.stack(imgs), tgts
