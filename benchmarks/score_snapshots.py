@@ -3,9 +3,10 @@
     python benchmarks/score_snapshots.py runs/he-teacher-v06 \
         --out benchmarks/results/he-teacher-v06-snapshots.json [--threads 1] [--reference he-types]
 
-Each snapshot (``RUN/snapshots/stepNNNNNN`` and ``RUN/model``) is scored with ``wsi-nuc eval``'s code on
+Each snapshot (``RUN/snapshots/stepNNNNNN``, the weight average's ``stepNNNNNN-ema`` when the run keeps one
+(``train.ema``), and ``RUN/model``) is scored with ``wsi-nuc eval``'s code on
 MoNuSeg val, CoNSeP val, DSB H&E val and NuInsSeg val (:mod:`eval_sets`), with its stored post-processing;
-the file keeps one row per step with the samples seen and the run's CPU-hours at that step (from
+the file keeps one row per step and weights (``"weights": "raw"`` or ``"ema"``) with the samples seen and the run's CPU-hours at that step (from
 ``log.jsonl``), so a plateau is a measured curve. ``--reference`` models are scored once beside them.
 Safe to run while the run trains (it reads only finished snapshot folders).
 """
@@ -31,13 +32,15 @@ def cpu_hours_at(run: Path) -> dict[int, float]:
     return out
 
 
-def snapshots(run: Path) -> list[tuple[int, Path]]:
-    found = [(int(p.name[4:]), p) for p in sorted((run / "snapshots").glob("step*"))
+def snapshots(run: Path) -> list[tuple[int, str, Path]]:
+    """(step, "raw" or "ema", folder) of every finished snapshot and the final model."""
+    found = [(int(p.name[4:].split("-")[0]), "ema" if p.name.endswith("-ema") else "raw", p)
+             for p in sorted((run / "snapshots").glob("step*"))
              if (p / "model.safetensors").exists() and (p / "config.json").exists()]
     final = run / "model"
     if (final / "config.json").exists():
         cfg = json.loads((final / "config.json").read_text())
-        found.append((int(cfg.get("training", {}).get("steps", 0)), final))
+        found.append((int(cfg.get("training", {}).get("steps", 0)), "ema" if cfg.get("ema") else "raw", final))
     return found
 
 
@@ -54,28 +57,29 @@ def main() -> None:
     run, out = Path(a.run), Path(a.out)
     res = json.loads(out.read_text()) if out.exists() else {"run": str(run), "rows": [], "reference": []}
     res["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    done = {r["step"] for r in res["rows"]}
+    done = {(r["step"], r.get("weights", "raw")) for r in res["rows"]}
     done_ref = {r["model"] for r in res["reference"]}
     hours = cpu_hours_at(run)
     with tempfile.TemporaryDirectory() as tmp:
         sets = val_sets(Path(tmp))
-        for step, path in snapshots(run):
-            if step in done:
+        for step, weights, path in snapshots(run):
+            if (step, weights) in done:
                 continue
             row = score(str(path), sets, None, a.threads)
-            row.update(step=step, samples=step * a.batch,
+            row.update(step=step, weights=weights, samples=step * a.batch,
                        cpu_hours=hours.get(step, hours.get(max((s for s in hours if s <= step), default=0))))
             res["rows"].append(row)
-            res["rows"].sort(key=lambda r: r["step"])
+            res["rows"].sort(key=lambda r: (r["step"], r.get("weights", "raw")))
             out.write_text(json.dumps(res, indent=1) + "\n")
         for m in a.reference:
             if m not in done_ref:
                 res["reference"].append(score(m, sets, None, a.threads))
                 out.write_text(json.dumps(res, indent=1) + "\n")
     names = [k for k in res["rows"][0] if k.endswith("_val")] if res["rows"] else []
-    print("step  samples  cpu-h  " + "  ".join(names) + "  mean a-AJI")
+    print("step  weights  samples  cpu-h  " + "  ".join(names) + "  mean a-AJI")
     for r in res["rows"] + res["reference"]:
-        print(r.get("step", r["model"]), r.get("samples", ""), r.get("cpu_hours", ""),
+        print(r.get("step", r["model"]), r.get("weights", "raw" if "step" in r else ""), r.get("samples", ""),
+              r.get("cpu_hours", ""),
               *[r[n]["aji"] for n in names], r["mean_aji"])
 
 

@@ -99,3 +99,19 @@ def test_real_nuinsseg_images_get_their_organs_bounds_in_batches(tmp_path):
             assert (lo, hi) in ((0, np.float32(0.05)), (np.float32(0.3), 1))
         assert (t["tb_lo"][2][g < 0] == 0).all() and (t["tb_hi"][2][g < 0] == 1).all()
     assert n_groups >= 6        # 28 of the 62 val images are mouse heart
+
+
+def test_head_losses_carry_the_bounds_term_only_where_a_source_has_bounds():
+    from wsi_nuc.train.losses import head_losses
+
+    logits, t = _batch([0, 0, 0, 2], [0, 0, 0.6, 0], [1, 1, 1, 1])
+    out = torch.cat([torch.zeros(1, 6, 8, 8), logits.detach()], 1)
+    t.update(fg=torch.ones(1, 8, 8), types=torch.full((1, 8, 8), -1))
+    w = {k: 0 for k in ("fg_bce", "fg_dice", "bd_bce", "bd_dice", "centre", "dist_mse", "dist_grad", "hv_mse",
+                        "hv_grad", "type_ce", "type_dice")}
+    t_plain = {k: v for k, v in t.items() if not k.startswith("tb_")}
+    assert "type_bounds" not in head_losses(out, t_plain, w)[1]
+    # min_px is 50 in training: an 8x8 group is 64 nucleus pixels
+    total, parts = head_losses(out, t, dict(w, type_bounds=2.0))
+    assert parts["type_bounds"] > 1.0 and float(total) == pytest.approx(2.0 * parts["type_bounds"], rel=1e-4)
+    assert float(head_losses(out, t, dict(w, type_bounds=0))[0]) == 0.0

@@ -47,7 +47,6 @@ from .driver import Job, input_norm, load_data, run_job, val_images
 from .loop import make_optimizer, model_meta
 from .losses import head_losses
 from .speed import fp32_losses, step_settings
-from .type_bounds import bounds_loss
 
 # Defaults of the ``distill:`` config section.
 DISTILL_DEFAULTS = {
@@ -59,7 +58,6 @@ DISTILL_DEFAULTS = {
     "kd_dist": 2.0,
     "kd_hv": 1.0,
     "kd_type": 1.0,          # softmax KL of the type logits (models with a type head)
-    "type_bounds": 0.0,      # bounds on type proportions per image (data.roots type_bounds; not distilled there)
     "feat": 0.5,
     "feature_levels": [0, 1, 2],   # decoder levels counted from the finest (0 = full resolution)
     "rare_weight": 1.0,      # KD pixel weight = 1 + rare_weight * (weight_map - 1)
@@ -253,12 +251,8 @@ def _step_loss(student, teacher, adapters, x, t, sup_w, d, type_w=None, type_tea
     parts["supervised"] = float(sup.detach())
     pix_w = 1.0 + float(d["rare_weight"]) * (t["weight"] - 1.0)
     T = float(d["temperature"])
-    type_pix_w = None
-    if d["type_bounds"] and "tb_group" in t:   # bounded images learn their types from the bounds alone
-        tb = bounds_loss(s_out[:, 6:], t)
-        total = total + d["type_bounds"] * tb
-        parts["type_bounds"] = float(tb.detach())
-        type_pix_w = pix_w * (t["tb_group"] < 0)
+    # images with type bounds (head_losses' type_bounds term) learn their types from the bounds, not the teacher
+    type_pix_w = pix_w * (t["tb_group"] < 0) if "tb_group" in t else None
     for k, v in kd_losses(s_out, t_out, pix_w, T, d, type_pix_w).items():
         total = total + d[k] * v
         parts[k] = float(v.detach())

@@ -56,7 +56,9 @@ def mse_grad(pred, target, mask) -> tuple[torch.Tensor, torch.Tensor]:
 @fp32_losses
 def head_losses(out: torch.Tensor, t: dict, w: dict, type_weights=None) -> tuple[torch.Tensor, dict]:
     """Weighted sum of all head losses; ``out`` is (B, 6 [+ types + 1], H, W) in the order of
-    ``net.HEADS`` then the type logits; ``t["types"]`` (when present) is the per-pixel type target."""
+    ``net.HEADS`` then the type logits; ``t["types"]`` (when present) is the per-pixel type target, and
+    ``t["tb_group"]`` with ``tb_lo``/``tb_hi`` (when a source has ``type_bounds``) the bounds on type
+    proportions of :mod:`wsi_nuc.train.type_bounds`."""
     fg, bd, dist, hv, ctr = out[:, 0], out[:, 1], out[:, 2], out[:, 3:5], out[:, 5]
     on = lambda *keys: any(w.get(k, 1.0) for k in keys)  # noqa: E731 - a weight of 0 skips the term
     terms = {
@@ -74,6 +76,10 @@ def head_losses(out: torch.Tensor, t: dict, w: dict, type_weights=None) -> tuple
         parts["hv_mse"], parts["hv_grad"] = mse_grad(torch.tanh(hv), t["hv"], t["fg"])
     if out.shape[1] > 6 and "types" in t:
         parts.update(type_losses(out[:, 6:], t["types"], type_weights))
+    if out.shape[1] > 6 and "tb_group" in t and w.get("type_bounds", 1.0):   # sources with type_bounds
+        from .type_bounds import bounds_loss
+
+        parts["type_bounds"] = bounds_loss(out[:, 6:], t)
     total = sum((w.get(k, 1.0) * v for k, v in parts.items() if w.get(k, 1.0)), out.new_zeros(()))
     return total, {k: float(v.detach()) for k, v in parts.items()}
 

@@ -93,7 +93,8 @@ def bounds_maps(placements: list[tuple[str, int, int, int]], bounds: dict, size:
 
 def bounds_loss(type_logits: torch.Tensor, t: dict, min_px: int = 50, eps: float = 1e-4) -> torch.Tensor:
     """Mean over bounded groups (with at least ``min_px`` true nucleus pixels) of the summed per-type
-    penalties ``relu(log lo - log q)`` + ``relu(log(1 - hi) - log(1 - q))``, where q is the group's mean
+    penalties ``relu(log lo - log q)`` + ``relu(log q - log hi)`` (the factor by which the share misses its
+    bound, both ways alike), where q is the group's mean
     P(type | nucleus) (softmax over the type channels of ``type_logits`` (B, T+1, H, W), background first,
     renormalised without it). Zero when the batch holds no such group."""
     p = torch.softmax(type_logits.float(), 1)[:, 1:]
@@ -116,7 +117,7 @@ def bounds_loss(type_logits: torch.Tensor, t: dict, min_px: int = 50, eps: float
     ok = cnt >= min_px
     if not bool(ok.any()):
         return type_logits.sum() * 0.0
-    pen = (torch.relu(torch.log(lo + eps) - torch.log(q + eps))
-           + torch.relu(torch.log(1 - hi + eps) - torch.log(1 - q + eps)))
+    lq = torch.log(q + eps)
+    pen = torch.relu(torch.log(lo + eps) - lq) + torch.relu(lq - torch.log(hi + eps))
     return pen[ok].sum(1).mean()
 
