@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reference", nargs="*", default=[])
     ap.add_argument("--batch", type=int, default=8, help="samples per step, for the samples column")
+    ap.add_argument("--weights", choices=("raw", "ema", "both"), default="both",
+                    help="which snapshots of a run with a weight average to score (default both)")
     a = ap.parse_args()
     run, out = Path(a.run), Path(a.out)
     res = json.loads(out.read_text()) if out.exists() else {"run": str(run), "rows": [], "reference": []}
@@ -63,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = val_sets(Path(tmp))
         for step, weights, path in snapshots(run):
-            if (step, weights) in done:
+            if (step, weights) in done or a.weights not in ("both", weights):
                 continue
             row = score(str(path), sets, None, a.threads)
             row.update(step=step, weights=weights, samples=step * a.batch,
