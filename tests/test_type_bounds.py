@@ -56,7 +56,7 @@ def test_bounds_loss_is_zero_inside_and_pushes_towards_the_bound():
     assert float(bounds_loss(inside, t, min_px=10).detach()) == 0.0
     outside, t = _batch([0, 0, 0, 2], lo, hi)                # P(epithelial) ~ 0.09 < 0.6
     loss = bounds_loss(outside, t, min_px=10)
-    assert float(loss) == pytest.approx(np.log(0.6) - np.log(np.exp(0) / (3 + np.exp(2))), abs=1e-3)
+    assert float(loss.detach()) == pytest.approx(np.log(0.6) - np.log(np.exp(0) / (3 + np.exp(2))), abs=1e-3)
     loss.backward()
     assert float(outside.grad[0, 3].sum()) < 0              # gradient descent raises the epithelial logit
     # an upper bound: at most 5 % epithelial
