@@ -61,9 +61,9 @@ def test_bounds_loss_is_zero_inside_and_pushes_towards_the_bound():
     assert float(outside.grad[0, 3].sum()) < 0              # gradient descent raises the epithelial logit
     # an upper bound: at most 5 % epithelial
     over, t = _batch([0, 0, 2, 0], [0, 0, 0, 0], [1, 1, 0.05, 1])
-    assert float(bounds_loss(over, t, min_px=10)) > 0.5
+    assert float(bounds_loss(over, t, min_px=10).detach()) > 0.5
     # too few nucleus pixels in the group: no term
-    assert float(bounds_loss(outside, t, min_px=100)) == 0.0
+    assert float(bounds_loss(outside, t, min_px=100).detach()) == 0.0
 
 
 def test_unbounded_placements_are_group_minus_one():
