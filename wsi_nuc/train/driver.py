@@ -85,11 +85,21 @@ def stain_target(cfg: dict) -> LabStats | None:
     return LabStats.from_dict(read_model_config(resolve_model_dir(name, "cpu")).get("stain_norm"))
 
 
+def model_types(cfg: dict) -> list[str] | None:
+    """The type names of the config's network: ``model.types``, else a MobileNet U-Net's default ones."""
+    arch = cfg.get("model") or {}
+    if arch.get("types") is None and arch.get("kind") == "mobileunet":
+        from ..model.mobilenet import TYPE_NAMES
+
+        return list(TYPE_NAMES)
+    return list(arch["types"]) if arch.get("types") else None
+
+
 def load_data(cfg: dict) -> TrainData:
     """Load ``data.roots`` (train and val splits); with ``data.stain_norm`` Reinhard-normalise every image
     to the pooled CIELAB statistics of the training images, or to ``data.stain_target`` (the model's
     ``stain_norm`` target)."""
-    types = (cfg.get("model") or {}).get("types")
+    types = model_types(cfg)
     train, val = load_sources(cfg["data"], "train", types), load_sources(cfg["data"], "val", types)
     stain = None
     if cfg["data"].get("stain_norm"):

@@ -15,7 +15,7 @@ import torch
 from ..config import write_config
 from ..model.net import build_net, count_params, net_macs_per_pixel
 from ..scale import median_area_um2
-from .driver import Job, TrainData, input_norm, load_data, run_job, val_images
+from .driver import Job, TrainData, input_norm, load_data, model_types, run_job, val_images
 from .losses import head_losses
 from .sources import all_samples
 
@@ -52,11 +52,7 @@ def model_meta(cfg: dict, data: TrainData | None = None) -> dict:
         meta["nucleus_area_um2"] = round(median_area_um2([s.labels for s in all_samples(data.train)], mpp), 2)
     if data is not None and data.stain is not None:
         meta["stain_norm"] = data.stain.to_dict()
-    types = (cfg.get("model") or {}).get("types")
-    if (cfg.get("model") or {}).get("kind") == "mobileunet" and types is None:
-        from ..model.mobilenet import TYPE_NAMES
-
-        types = list(TYPE_NAMES)
+    types = model_types(cfg)
     if types:
         meta["types"] = list(types)
     return meta

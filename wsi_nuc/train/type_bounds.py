@@ -10,7 +10,7 @@ overrides its organ)::
       heart: {epithelial: [0, 0.05]}           # at most 5 % of its nuclei epithelial
       liver: {epithelial: [0.6, 1]}            # at least 60 %
     by_image:
-      human_oesophagus_3: {epithelial: [0.6, 1]}
+      human_oesophagus_03: {epithelial: [0.6, 1]}
 
 A data source takes it as ``type_bounds: FILE`` in ``data.roots``. During training each crop (or each
 quadrant of a mosaic crop) of a bounded image is a group; :func:`bounds_loss` takes the mean type
