@@ -81,6 +81,24 @@ def test_stop_at_then_resume_to_the_end(shared, tmp_path, capsys):
     assert cfg["training"]["steps"] == 3 and cfg["training"]["samples"] == 6
 
 
+def test_cooldown_branch_falls_linearly_from_the_long_runs_rate():
+    """``train.cooldown: [S, L]``: the long run's schedule up to S, then a straight fall to the cosine floor
+    at S + L, where the branch stops (the long run's own schedule, total steps included, is untouched)."""
+    from wsi_nuc.train.driver import lr_at, schedule_lr, stop_step
+
+    tc = {"steps": 12000, "lr": 1e-3, "warmup": 200}
+    assert stop_step(tc) == 12000 and stop_step(dict(tc, stop_at=300)) == 300
+    cool = dict(tc, cooldown=[4500, 500])
+    assert stop_step(cool) == 5000 and stop_step(dict(cool, stop_at=4700)) == 4700
+    for step in (0, 100, 4499):
+        assert schedule_lr(step, cool) == schedule_lr(step, tc) == lr_at(step, 12000, 1e-3, 200)
+    top = lr_at(4500, 12000, 1e-3, 200)
+    assert schedule_lr(4500, cool) == pytest.approx(top)
+    assert schedule_lr(4750, cool) == pytest.approx((top + 2e-5) / 2)
+    assert schedule_lr(5000, cool) == pytest.approx(2e-5)
+    assert schedule_lr(4750, cool) < lr_at(4750, 12000, 1e-3, 200)
+
+
 def test_gpu_script_runs_for_its_minutes_and_leaves_a_resumable_checkpoint(shared, tmp_path):
     """The prepared GPU script, on the CPU with a tiny config: it stops on its clock with a checkpoint and a
     snapshot, and the run resumes from them."""

@@ -60,6 +60,27 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
+def schedule_lr(step: int, tc: dict) -> float:
+    """The base learning rate of ``step``: warm-up + cosine over ``train.steps``; with ``train.cooldown:
+    [S, L]`` it falls linearly from step S's rate to the cosine floor over L steps (a cooled-down branch
+    of a long run, as in warm-up-stable-decay schedules: what the run would score if it ended at S)."""
+    total, base, warmup = int(tc["steps"]), float(tc["lr"]), int(tc.get("warmup", 50))
+    cool = tc.get("cooldown")
+    if not cool or step < int(cool[0]):
+        return lr_at(step, total, base, warmup)
+    start, length = int(cool[0]), max(1, int(cool[1]))
+    top, floor = lr_at(start, total, base, warmup), 0.02 * base
+    return floor + (top - floor) * max(0.0, 1.0 - (step - start) / length)
+
+
+def stop_step(tc: dict) -> int:
+    """Where a run stops: ``train.steps``, or earlier at ``train.stop_at`` or a cool-down's end."""
+    total = int(tc["steps"])
+    cool = tc.get("cooldown")
+    ends = [total, int(tc.get("stop_at") or total)] + ([int(cool[0]) + int(cool[1])] if cool else [])
+    return min(ends)
+
+
 @dataclass
 class TrainData:
     """The sources of a run at the working scale, stain-normalised when the config asks for it."""
@@ -212,7 +233,7 @@ def run_job(job: Job, log=print) -> Path:
     step, cpu_s = resume(ckpt, job.net, job.opt, log, job.extra)
     aug_cfg = augment_config(job.cfg)
     total, bs, size = int(tc["steps"]), int(tc["batch"]), int(tc["crop"])
-    stop = min(total, int(tc.get("stop_at") or total))
+    stop = stop_step(tc)
     log(f"training step: {speed.describe()}; steps {step} -> {stop} of {total}")
     last_ckpt, t_cpu0, run_loss = time.time(), time.process_time(), None
     t_wall, step0 = time.perf_counter(), step
@@ -224,7 +245,7 @@ def run_job(job: Job, log=print) -> Path:
             for m in modules:
                 m.train()
             for g in job.opt.param_groups:
-                g["lr"] = lr_at(step, total, tc["lr"], int(tc.get("warmup", 50))) * g.get("lr_mult", 1.0)
+                g["lr"] = schedule_lr(step, tc) * g.get("lr_mult", 1.0)
             lv, parts = one_step(job, speed, batches.get(step))
             step += 1
             if deadline is not None and time.time() > deadline:
