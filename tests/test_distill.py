@@ -221,3 +221,33 @@ def test_merge_interpolates_weights_and_refuses_mismatches(tmp_path):
         merge_folders(a, b, 0.5, tmp_path / "m0.5")
     with pytest.raises(InputError, match="INT8"):
         merge_folders("he-student-int8", b, 0.5, tmp_path / "y")
+
+
+def test_teacher_of_other_colours_and_scaling_sees_the_batch_its_way(shared):
+    """A teacher with its own stain target and input scaling (the v0.6 MobileNetV2 teacher: RGB in [-1, 1])
+    gets the student's batch mapped to what it would have seen had the crop been normalised for it."""
+    from wsi_nuc.dataset import list_stems, load_sample
+    from wsi_nuc.model.inputs import to_input
+    from wsi_nuc.stainnorm import lab_stats, normalise
+    from wsi_nuc.train.teachers import TeacherInput
+
+    root = shared / "data" / "monuseg2018-train"
+    rgb = load_sample(root, list_stems(root, "val")[0]).image[:128, :128]
+    own = lab_stats([rgb])
+    a = load_model("he-student", "cpu")[1]
+    b = json.loads((REPO / "wsi_nuc" / "models" / "he-mobilenet" / "config.json").read_text())
+    from wsi_nuc.stainnorm import LabStats
+
+    sa, sb = LabStats.from_dict(a["stain_norm"]), LabStats.from_dict(b["stain_norm"])
+    assert sa.to_dict() != sb.to_dict() and a["norm"] != b["norm"]
+    x = to_input(normalise(rgb[None], own, sa), a["norm"], "cpu")
+    want = to_input(normalise(rgb[None], own, sb), b["norm"], "cpu")
+    got = TeacherInput(a["norm"], sa, b)(x)
+    assert got.shape == want.shape
+    step = 1 / 255 / b["norm"]["std"]
+    assert float((got - want).abs().mean()) < 1.5 * step
+    assert float((x - want).abs().mean()) > 10 * step          # unmapped it would be far off
+    same = TeacherInput(a["norm"], sa, a)
+    assert same.identity and same(x) is x
+    scaled = TeacherInput(a["norm"], None, b)(x)                 # scaling alone: exact affine map
+    assert torch.allclose(scaled, (x * a["norm"]["std"] + a["norm"]["mean"] - b["norm"]["mean"]) / b["norm"]["std"], atol=1e-6)

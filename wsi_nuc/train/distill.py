@@ -28,6 +28,8 @@ teacher's shape from the teacher's (fine-tuned) encoder. ``trainable: type_branc
 (:class:`wsi_nuc.model.net.TypeBranch`) on a frozen, warm-started trunk, so the instance outputs stay those of
 ``init_student_from``; the instance teacher is then not run when no instance KD term is on. The run folder, checkpoints (keys
 model/optim/step/cpu_s + adapters), resume, logs and export are :func:`wsi_nuc.train.driver.run_job`'s.
+A teacher trained with another stain target or input scaling sees the batch mapped its way
+(:mod:`wsi_nuc.train.teachers`).
 """
 from __future__ import annotations
 
@@ -41,12 +43,12 @@ import torch.nn.functional as F
 from ..config import write_config
 from ..errors import InputError
 from ..model.io import load_model
-from ..model.inputs import to_input
 from ..model.net import build_net, count_params, net_macs_per_pixel
-from .driver import Job, input_norm, load_data, run_job, val_images
+from .driver import Job, load_data, run_job, val_images
 from .loop import make_optimizer, model_meta
 from .losses import head_losses
 from .speed import fp32_losses, step_settings
+from .teachers import TypeTeacher, load_teacher
 
 # Defaults of the ``distill:`` config section.
 DISTILL_DEFAULTS = {
@@ -167,23 +169,6 @@ def feature_loss(pairs, pix_w: torch.Tensor) -> torch.Tensor:
     return total / max(1, len(pairs))
 
 
-def load_teacher(cfg: dict) -> tuple[nn.Module, dict]:
-    name = cfg.get("teacher")
-    if not name:
-        raise InputError("distill: the config needs 'teacher' (a shipped model name or a model folder)")
-    teacher, tcfg = load_model(name, "cpu")
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    mpp = cfg["data"].get("mpp")
-    if tcfg.get("mpp") and mpp and abs(float(tcfg["mpp"]) - float(mpp)) > 1e-6:
-        raise InputError(f"teacher works at mpp {tcfg['mpp']}, the config at {mpp}: they must match")
-    norm = tcfg.get("norm") or {}
-    if norm and norm != input_norm(cfg):
-        raise InputError(f"teacher normalisation {norm} differs from the config's data.norm {input_norm(cfg)}")
-    return teacher, tcfg
-
-
 def check_student(student: nn.Module, teacher: nn.Module, d: dict) -> dict:
     """Param and FLOP budget of the student against the teacher; raises if over budget."""
     n = count_params(student)
@@ -196,35 +181,6 @@ def check_student(student: nn.Module, teacher: nn.Module, d: dict) -> dict:
                          f"{t_macs:,.0f} (distill.min_flop_ratio {d['min_flop_ratio']})")
     return {"params": n, "student_macs_per_px": s_macs, "teacher_macs_per_px": t_macs,
             "flop_ratio": round(ratio, 3)}
-
-
-class TypeTeacher:
-    """A second, typed teacher for the type head only. It may expect other input colours and scaling than
-    the student (its own ``stain_norm`` and ``norm``): the batch is mapped back to RGB, recoloured from the
-    student's stain target to the type teacher's (one Reinhard map between the two fixed targets) and
-    normalised its way."""
-
-    def __init__(self, name: str, data_norm: dict, data_stain):
-        from ..stainnorm import LabStats
-
-        self.net, self.cfg = load_model(name, "cpu")
-        self.net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        if not self.cfg.get("types"):
-            raise InputError(f"distill.type_teacher {name}: the model has no type head")
-        self.norm_in, self.norm_out = data_norm, self.cfg.get("norm") or {"mean": 0.5, "std": 0.25}
-        self.stain_in, self.stain_out = data_stain, LabStats.from_dict(self.cfg.get("stain_norm"))
-
-    @torch.no_grad()
-    def type_logits(self, x: torch.Tensor) -> torch.Tensor:
-        from ..stainnorm import normalise
-
-        rgb = (x * self.norm_in["std"] + self.norm_in["mean"]).clamp(0, 1).mul(255).round()
-        rgb = rgb.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        if self.stain_in is not None and self.stain_out is not None:
-            rgb = normalise(rgb, self.stain_in, self.stain_out)
-        return self.net(to_input(rgb, self.norm_out, x.device))[:, 6:]
 
 
 INSTANCE_KD = ("kd_fg", "kd_boundary", "kd_centre", "kd_dist", "kd_hv", "feat")
@@ -335,10 +291,11 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     d = distill_settings(cfg)
     torch.set_num_threads(int(tc.get("threads", 2)))
     torch.manual_seed(int(tc.get("seed", 0)))
-    teacher, tcfg = load_teacher(cfg)
+    data = load_data(cfg)
+    teacher, tcfg = load_teacher(cfg, data.norm, data.stain)
     speed = step_settings(tc)
     teacher.to(speed.device, memory_format=speed.memory_format())
-    student = build_student(cfg, teacher, d)
+    student = build_student(cfg, teacher.net, d)
     budget = check_student(student, teacher, d)
     adapters = FeatureAdapters(student, teacher, d["feature_levels"]) if d["feat"] else None
     if d["trainable"] not in ("all", "type_branch"):
@@ -347,7 +304,6 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     params = own + (list(adapters.parameters()) if adapters is not None else [])
     opt = make_optimizer(params, tc)
     sup_w, type_w = tc.get("loss_weights", {}), tc.get("type_class_weights")
-    data = load_data(cfg)
     type_teacher = TypeTeacher(d["type_teacher"], data.norm, data.stain) if d["type_teacher"] else None
     if type_teacher is not None:
         type_teacher.net.to(speed.device, memory_format=speed.memory_format())
