@@ -5,7 +5,9 @@
 
 Each snapshot (``RUN/snapshots/stepNNNNNN``, the weight average's ``stepNNNNNN-ema`` when the run keeps one
 (``train.ema``), and ``RUN/model``) is scored with ``wsi-nuc eval``'s code on
-MoNuSeg val, CoNSeP val, DSB H&E val and NuInsSeg val (:mod:`eval_sets`), with its stored post-processing;
+MoNuSeg val, CoNSeP val, DSB H&E val and NuInsSeg val (:mod:`eval_sets`), with its stored post-processing
+or, with ``--postprocess FILE``, one fixed setting for every snapshot and reference (a curve that the
+post-processing does not bend);
 the file keeps one row per step and weights (``"weights": "raw"`` or ``"ema"``) with the samples seen and the run's CPU-hours at that step (from
 ``log.jsonl``), so a plateau is a measured curve. ``--reference`` models are scored once beside them.
 Safe to run while the run trains (it reads only finished snapshot folders).
@@ -53,11 +55,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reference", nargs="*", default=[])
     ap.add_argument("--batch", type=int, default=8, help="samples per step, for the samples column")
+    ap.add_argument("--postprocess", help="JSON file of post-processing settings for every snapshot (a curve "
+                    "on one fixed setting; default: each snapshot's stored settings)")
+    ap.add_argument("--steps", type=int, nargs="*", help="score only these steps (default: every snapshot)")
     ap.add_argument("--weights", choices=("raw", "ema", "both"), default="both",
                     help="which snapshots of a run with a weight average to score (default both)")
     a = ap.parse_args()
     run, out = Path(a.run), Path(a.out)
+    params = json.loads(Path(a.postprocess).read_text()) if a.postprocess else None
     res = json.loads(out.read_text()) if out.exists() else {"run": str(run), "rows": [], "reference": []}
+    if res.get("postprocess_override") != params and res["rows"]:
+        raise SystemExit(f"{out}: scored with postprocess {res.get('postprocess_override')}, not {params}")
+    res["postprocess_override"] = params
     res["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     done = {(r["step"], r.get("weights", "raw")) for r in res["rows"]}
     done_ref = {r["model"] for r in res["reference"]}
@@ -65,9 +74,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = val_sets(Path(tmp))
         for step, weights, path in snapshots(run):
-            if (step, weights) in done or a.weights not in ("both", weights):
+            if (step, weights) in done or a.weights not in ("both", weights) or (a.steps and step not in a.steps):
                 continue
-            row = score(str(path), sets, None, a.threads)
+            row = score(str(path), sets, params, a.threads)
             row.update(step=step, weights=weights, samples=step * a.batch,
                        cpu_hours=hours.get(step, hours.get(max((s for s in hours if s <= step), default=0))))
             res["rows"].append(row)
@@ -75,7 +84,7 @@ def main() -> None:
             out.write_text(json.dumps(res, indent=1) + "\n")
         for m in a.reference:
             if m not in done_ref:
-                res["reference"].append(score(m, sets, None, a.threads))
+                res["reference"].append(score(m, sets, params, a.threads))
                 out.write_text(json.dumps(res, indent=1) + "\n")
     names = [k for k in res["rows"][0] if k.endswith("_val")] if res["rows"] else []
     print("step  weights  samples  cpu-h  " + "  ".join(names) + "  mean a-AJI")
