@@ -12,18 +12,15 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model.inputs import to_input
+from ..model.inputs import DEFAULT_NORM, to_input
 from ..model.io import load_model
 from ..stainnorm import LabStats, normalise
-
-V01_NORM = {"mean": 0.5, "std": 0.25}
-
 
 class TeacherInput:
     """Maps the run's input batch to a teacher's input (``__call__``)."""
 
     def __init__(self, data_norm: dict, data_stain: LabStats | None, tcfg: dict):
-        self.norm_in, self.norm_out = dict(data_norm), dict(tcfg.get("norm") or V01_NORM)
+        self.norm_in, self.norm_out = dict(data_norm), dict(tcfg.get("norm") or DEFAULT_NORM)
         self.stain_in = data_stain
         self.stain_out = LabStats.from_dict(tcfg["stain_norm"]) if tcfg.get("stain_norm") else None
         self.recolour = (self.stain_in is not None and self.stain_out is not None
