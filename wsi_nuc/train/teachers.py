@@ -22,7 +22,7 @@ class TeacherInput:
     def __init__(self, data_norm: dict, data_stain: LabStats | None, tcfg: dict):
         self.norm_in, self.norm_out = dict(data_norm), dict(tcfg.get("norm") or DEFAULT_NORM)
         self.stain_in = data_stain
-        self.stain_out = LabStats.from_dict(tcfg["stain_norm"]) if tcfg.get("stain_norm") else None
+        self.stain_out = LabStats.from_dict(tcfg.get("stain_norm"))
         self.recolour = (self.stain_in is not None and self.stain_out is not None
                          and self.stain_in.to_dict() != self.stain_out.to_dict())
         self.identity = not self.recolour and self.norm_in == self.norm_out
