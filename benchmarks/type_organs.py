@@ -1,6 +1,11 @@
 """Type proportions per organ on NuInsSeg (no type labels, 25 organs): how a model types tissue that is not colon.
 
     python benchmarks/type_organs.py [--model he-types-int8] [--split val] [--no-type-check] [--json FILE]
+    python benchmarks/type_organs.py --bounds configs/type-bounds-nuinsseg.yaml --model M --no-type-check
+
+With ``--bounds``, the images that file bounds one by one (``by_image``, train split) are counted per bound
+instead: whether a model meets the bounds it was trained with, which tells a type head that did not learn
+them from one that learned them and does not carry them to other tissue.
 
 Each image of the split (``../shared/data/nuinsseg-train``, its estimated scale) goes through
 :func:`wsi_nuc.segment_image` as ``run`` would take it (tissue detection off: every image is tissue), and
@@ -46,17 +51,30 @@ def organ_of(stem: str) -> str:
 
 
 def count_split(root: Path, split: str, model: str | None, type_check: bool) -> dict:
+    meta = json.loads((root / "dataset.json").read_text())
+    return count_groups(root, {s: organ_of(s) for s in meta["split"][split]}, model, type_check)
+
+
+def bound_groups(bounds_file: Path) -> dict:
+    """stem -> its bound as text (``by_image`` of a type-bounds file), e.g. ``epithelial in [0.6, 1]``."""
+    import yaml
+
+    by_image = yaml.safe_load(bounds_file.read_text()).get("by_image") or {}
+    return {stem: "; ".join(f"{t} in {list(lohi)}" for t, lohi in sorted(b.items())) for stem, b in by_image.items()}
+
+
+def count_groups(root: Path, group_of: dict, model: str | None, type_check: bool) -> dict:
+    """group -> type shares of the nuclei :func:`wsi_nuc.segment_image` finds in the group's images."""
     from wsi_nuc import segment_image
 
     meta = json.loads((root / "dataset.json").read_text())
-    stems = meta["split"][split]
     per = defaultdict(Counter)
-    for stem in stems:
+    for stem, group in group_of.items():
         rgb = np.asarray(Image.open(root / "images" / f"{stem}.jpg").convert("RGB"))
         mpp = float((meta.get("images", {}).get(stem) or {}).get("mpp") or meta["mpp"])
         _, table = segment_image(rgb, mpp, model=model, tissue_detection=False, type_check=type_check)
-        per[organ_of(stem)].update(str(t) or "untyped" for t in table.get("type", []))
-    return {organ: fractions(c) for organ, c in sorted(per.items())}
+        per[group].update(str(t) or "untyped" for t in table.get("type", []))
+    return {group: fractions(c) for group, c in sorted(per.items())}
 
 
 def fractions(c: Counter) -> dict:
@@ -70,16 +88,21 @@ def main(argv=None) -> None:
     ap.add_argument("--root", type=Path, default=ROOT)
     ap.add_argument("--split", default="val")
     ap.add_argument("--no-type-check", action="store_true", help="every type the model gives is kept")
+    ap.add_argument("--bounds", type=Path, help="count the images this type-bounds file bounds, per bound")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    res = count_split(a.root.resolve(), a.split, a.model, not a.no_type_check)
+    if a.bounds:
+        res = count_groups(a.root.resolve(), bound_groups(a.bounds), a.model, not a.no_type_check)
+    else:
+        res = count_split(a.root.resolve(), a.split, a.model, not a.no_type_check)
     for organ, f in res.items():
         print(f"{organ:28s} {f}")
     bars = check(res)
     for organ, b in bars.items():
         print(f"{organ:28s} {b['bar']}: {b['got']:.3f} {'ok' if b['ok'] else 'MISSED'}")
-    out = {"model": a.model or "default", "split": a.split, "type_check": not a.no_type_check,
+    split = "train, bounded images" if a.bounds else a.split
+    out = {"model": a.model or "default", "split": split, "type_check": not a.no_type_check,
            "seconds": round(time.perf_counter() - t0, 1), "organs": res, "bars": bars}
     if a.json:
         a.json.write_text(json.dumps(out, indent=1) + "\n")
