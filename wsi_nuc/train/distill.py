@@ -67,6 +67,7 @@ DISTILL_DEFAULTS = {
     "min_flop_ratio": 4.0,   # teacher MACs/px / student MACs/px
     "init_encoder_from_teacher": False,
     "init_student_from": None,   # a model (name or folder) of the student's architecture to start from
+    "init_narrow": False,        # and where the student is narrower, from the source's first channels
     "type_teacher": None,        # a typed model whose type logits teach the student's type head
     "trainable": "all",          # "type_branch": train only the student's type branch on a frozen trunk
 }
@@ -235,9 +236,13 @@ def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None, ty
     return {"val_loss": float(np.nanmean([v["val_loss"] for v in out.values()])), "val": out}
 
 
-def warm_start(student: nn.Module, source: str) -> list[str]:
+def warm_start(student: nn.Module, source: str, narrow: bool = False) -> list[str]:
     """Copy a model's weights into ``student`` wherever names and shapes agree; an output head with fewer
-    channels (a model without the type head) fills the first rows. Returns the names left as initialised."""
+    channels (a model without the type head) fills the first rows. With ``narrow``, a tensor the student has
+    smaller in some dimensions takes the source's leading slice (its first channels): a narrower layer
+    starts as the source's first channels, and a concatenation whose trailing part is narrower keeps its
+    leading part whole (the MobileUNet decoder concatenates [up-sampled, skip], so a narrower last level
+    and stem read the same up-sampled channels). Returns the names left as initialised, or sliced."""
     src, _ = load_model(source, "cpu")
     src_state, dst_state = src.state_dict(), student.state_dict()
     fresh = []
@@ -249,6 +254,9 @@ def warm_start(student: nn.Module, source: str) -> list[str]:
             elif w is not None and k.startswith("head.") and w.shape[1:] == v.shape[1:] and w.shape[0] < v.shape[0]:
                 v[:w.shape[0]].copy_(w)
                 fresh.append(f"{k}[{w.shape[0]}:]")
+            elif narrow and w is not None and w.dim() == v.dim() and all(a <= b for a, b in zip(v.shape, w.shape)):
+                v.copy_(w[tuple(slice(0, n) for n in v.shape)])
+                fresh.append(f"{k}[sliced {tuple(w.shape)} -> {tuple(v.shape)}]")
             else:
                 fresh.append(k)
     return fresh
@@ -274,7 +282,7 @@ def inherited_meta(cfg: dict, d: dict) -> dict:
 def build_student(cfg: dict, teacher: nn.Module, d: dict) -> nn.Module:
     student = build_net(dict(cfg["model"]))
     if d["init_student_from"]:
-        warm_start(student, d["init_student_from"])
+        warm_start(student, d["init_student_from"], narrow=bool(d["init_narrow"]))
     if d["init_encoder_from_teacher"]:
         if not (hasattr(student, "encoder") and hasattr(teacher, "encoder")):
             raise InputError("distill.init_encoder_from_teacher: both networks need an encoder")
