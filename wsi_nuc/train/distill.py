@@ -236,14 +236,20 @@ def validate_distill(student, teacher, adapters, data, sup_w, d, type_w=None, ty
     return {"val_loss": float(np.nanmean([v["val_loss"] for v in out.values()])), "val": out}
 
 
-def warm_start(student: nn.Module, source: str, narrow: bool = False) -> list[str]:
+def warm_start(student: nn.Module, source: str, narrow: bool = False, sample: torch.Tensor | None = None) -> list[str]:
     """Copy a model's weights into ``student`` wherever names and shapes agree; an output head with fewer
     channels (a model without the type head) fills the first rows. With ``narrow``, a tensor the student has
-    smaller in some dimensions takes the source's leading slice (its first channels): a narrower layer
-    starts as the source's first channels, and a concatenation whose trailing part is narrower keeps its
+    smaller in some dimensions takes the source's leading slice (its first channels; a MobileUNet source's
+    full-resolution channels are first put in order of importance on the input ``sample``, the means of
+    those the student lacks folded in: :mod:`wsi_nuc.train.narrow`): a narrower layer starts as the
+    source's first channels, and a concatenation whose trailing part is narrower keeps its
     leading part whole (the MobileUNet decoder concatenates [up-sampled, skip], so a narrower last level
     and stem read the same up-sampled channels). Returns the names left as initialised, or sliced."""
     src, _ = load_model(source, "cpu")
+    if narrow and getattr(src.cfg, "kind", None) == "mobileunet" and sample is not None:
+        from .narrow import narrow_full_resolution
+
+        narrow_full_resolution(src, sample, student.cfg.stem, student.cfg.decoder[-1])
     src_state, dst_state = src.state_dict(), student.state_dict()
     fresh = []
     with torch.no_grad():
@@ -279,10 +285,15 @@ def inherited_meta(cfg: dict, d: dict) -> dict:
     return keep
 
 
-def build_student(cfg: dict, teacher: nn.Module, d: dict) -> nn.Module:
+def build_student(cfg: dict, teacher: nn.Module, d: dict, data=None) -> nn.Module:
     student = build_net(dict(cfg["model"]))
     if d["init_student_from"]:
-        warm_start(student, d["init_student_from"], narrow=bool(d["init_narrow"]))
+        sample = None
+        if d["init_narrow"] and data is not None:
+            from .narrow import sample_crops
+
+            sample = sample_crops(data)
+        warm_start(student, d["init_student_from"], narrow=bool(d["init_narrow"]), sample=sample)
     if d["init_encoder_from_teacher"]:
         if not (hasattr(student, "encoder") and hasattr(teacher, "encoder")):
             raise InputError("distill.init_encoder_from_teacher: both networks need an encoder")
@@ -303,7 +314,7 @@ def distill(cfg: dict, out_dir: str | Path, log=print) -> Path:
     teacher, tcfg = load_teacher(cfg, data.norm, data.stain)
     speed = step_settings(tc)
     teacher.to(speed.device, memory_format=speed.memory_format())
-    student = build_student(cfg, teacher.net, d)
+    student = build_student(cfg, teacher.net, d, data)
     budget = check_student(student, teacher, d)
     adapters = FeatureAdapters(student, teacher, d["feature_levels"]) if d["feat"] else None
     if d["trainable"] not in ("all", "type_branch"):
