@@ -288,3 +288,43 @@ def test_avx2_kernels_find_the_same_nuclei(slides, tmp_path):
             assert r.stdout.strip().splitlines()[-1] == "AVX2"
         f1 = f1_at(ref.astype(np.int64), np.load(out).astype(np.int64), 0.5)
         assert f1 >= 0.99, (engine, f1)
+
+
+def test_onnx_int8_folder_runs_its_onnx_file_on_cpus_and_fp32_on_cuda(slides, shared, tmp_path, monkeypatch):
+    """An fp32 folder exported with ``int8_default`` (``"quantized": "onnx-int8"``, for networks PyTorch's FX
+    INT8 serves badly): CPUs run its ONNX Runtime-calibrated model.int8.onnx by default, CUDA the fp32 network,
+    a CPU without onnxruntime the fp32 network (said so); its nuclei's foreground is the fp32 network's on a
+    real window; a PyTorch INT8 folder is refused."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from wsi_nuc.model.io import load_model
+    from wsi_nuc.predict import get_predictor
+    from wsi_nuc.stainnorm import lab_stats
+    from wsi_nuc.train.onnx_export import export_onnx
+
+    folder = tmp_path / "he-student-onnx-int8"
+    shutil.copytree(resolve_model_dir("he-student"), folder)
+    for f in ("model.onnx", "model.int8.onnx"):
+        (folder / f).unlink(missing_ok=True)
+    data = shared / "data" / "monuseg2018-train"
+    export_onnx(folder, data, n_crops=8, crop=128, log=None, int8_default=True)
+    cfg = read_model_config(folder)
+    assert cfg["quantized"] == "onnx-int8" and cfg["onnx"]["int8"]["qparams"] == "calibrate"
+    load_model(folder)                                   # the fp32 weights load as they are
+    assert EC.default_engine(cfg, "cpu", folder) == "onnx-int8"
+    assert EC.explain(folder, cfg, "cuda")[0] == "torch-fp32"
+    monkeypatch.setattr(EC, "onnxruntime_available", lambda: False)
+    engine, why = EC.explain(folder, cfg)
+    assert engine == "torch-fp32" and "differ slightly" in why
+    monkeypatch.undo()
+    img = _cmu_window(slides)
+    stain = lab_stats(img)
+    p = get_predictor(str(folder), "cpu")
+    assert p.engine == "onnx-int8"
+    m = p.maps(img[None], stain)[0]
+    ref = get_predictor(str(folder), "cpu", engine="torch-fp32").maps(img[None], stain)[0]
+    assert float(((m[0] > 0.5) == (ref[0] > 0.5)).mean()) > 0.98
+    with pytest.raises(ValueError, match="already an INT8 folder"):
+        export_onnx(shutil.copytree(resolve_model_dir("he-student-int8"), tmp_path / "i8"), data, n_crops=4,
+                    crop=64, log=None, int8_default=True)

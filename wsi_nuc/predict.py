@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .model.folders import read_model_config, resolve_model_dir
+from .model.folders import cuda_available, read_model_config, resolve_model_dir
 from .model.heads import HEADS
 
 # Output channels of ``Predictor.maps`` (after the activations).
@@ -244,8 +244,9 @@ def get_predictor(model: str | None = None, device: str = "auto", threads: int |
     """
     model = str(resolve_model_dir(model, device))
     cfg = read_model_config(Path(model))
-    if device == "auto" and cfg.get("quantized") == "int8":
-        device = "cpu"  # INT8 kernels are CPU kernels
+    if device == "auto" and (cfg.get("quantized") == "int8" or
+                             (cfg.get("quantized") == "onnx-int8" and not cuda_available())):
+        device = "cpu"  # INT8 kernels are CPU kernels; an onnx-int8 folder runs its fp32 network on CUDA
     from .model.engine_choice import ONNX_FILES, choose_engine, default_engine
 
     if device == "cpu" and (engine in ONNX_FILES or (engine in (None, "auto") and

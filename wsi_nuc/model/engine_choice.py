@@ -12,6 +12,10 @@ Only engines that give the same nuclei as the default are candidates, so ``auto`
   engines (that graph: ``x86`` = oneDNN on AVX512-VNNI / fbgemm elsewhere, ``onednn``, ``fbgemm``) run only
   when named; they are the reference the ONNX file is built from. Without onnxruntime: ``torch-int8`` on
   x86, ``torch-fp32`` elsewhere.
+- An ``onnx-int8`` folder (``config.json`` ``"quantized": "onnx-int8"``: the fp32 network, whose INT8 form is
+  only the prebuilt ``model.int8.onnx``, calibrated by ONNX Runtime; for networks PyTorch's FX INT8 serves
+  badly, e.g. the MobileNetV2 U-Net): ``onnx-int8`` on the CPU, ``torch-fp32`` on CUDA (and on a CPU
+  without onnxruntime, with slightly different nuclei).
 - An fp32 model folder: ``onnx-fp32`` when it ships ``model.onnx`` and onnxruntime is installed (the same
   nuclei as torch-fp32, F1 1.000), else ``torch-fp32``. CUDA: ``torch-fp32`` (fp16 autocast).
 
@@ -113,11 +117,14 @@ def explain(model_dir: Path, cfg: dict, device: str = "cpu") -> tuple[str, str]:
         return "torch-fp32", "CUDA device"
     avail = available_engines(model_dir, cfg, device)
     cpu = cpu_summary()
-    if cfg.get("quantized") == "int8":
+    if cfg.get("quantized") in ("int8", "onnx-int8"):
         if "onnx-int8" in avail:
             return "onnx-int8", f"{cpu}: ONNX Runtime INT8 (the default on every CPU)"
         if "torch-int8" in avail:
             return "torch-int8", f"{cpu}: PyTorch's x86 INT8 engine (no onnxruntime or no model.int8.onnx)"
+        if cfg.get("quantized") == "onnx-int8":
+            return "torch-fp32", (f"{cpu}: the fp32 network (no onnxruntime or no model.int8.onnx; its nuclei "
+                                  "differ slightly from the INT8 default's)")
         return "torch-fp32", f"{cpu}: no INT8 engine available here"
     if "onnx-fp32" in avail:
         return "onnx-fp32", f"{cpu}: fp32 model, ONNX Runtime"

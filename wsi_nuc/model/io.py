@@ -21,6 +21,12 @@ _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 
 _MAX_HEADER = 100 << 20
 
 
+# config.json "quantized": None (fp32 network), "int8" (model.safetensors holds PyTorch's FX INT8 graph, the
+# v0.2-v0.5 defaults) or "onnx-int8" (model.safetensors holds the fp32 network; its INT8 form is only the
+# folder's model.int8.onnx, calibrated by ONNX Runtime, which CPUs run by default: wsi_nuc.model.engine_choice)
+QUANTIZED = (None, "int8", "onnx-int8")
+
+
 def safetensors_header(path: Path) -> dict:
     """{name: (dtype, shape)} of a safetensors file, checked without loading it (and without torch):
     the header is valid JSON, every tensor's bytes lie in the file, back to back, and match its dtype
@@ -149,8 +155,8 @@ def check_model_dir(model_dir: Path) -> dict:
         if not ok or any(v <= 0 for v in sn["std"]) or sn.get("method", "reinhard-lab") != "reinhard-lab":
             raise InputError(f"{cfg_path}: 'stain_norm' is not three means and three positive spreads")
     quantized = cfg.get("quantized")
-    if quantized not in (None, "int8"):
-        raise InputError(f"{cfg_path}: unknown 'quantized' value {quantized!r}")
+    if quantized not in QUANTIZED:
+        raise InputError(f"{cfg_path}: unknown 'quantized' value {quantized!r} (known: int8, onnx-int8)")
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
         raise InputError(f"{model_dir}: no weights file (model.safetensors)")
@@ -165,7 +171,7 @@ def check_model_dir(model_dir: Path) -> dict:
     got = {k: shape for k, (_, shape) in header.items()}
     missing = [k for k in want if k not in got]
     wrong = [k for k in want if k in got and got[k] != want[k]]
-    extra = [] if quantized else [k for k in got if k not in want]
+    extra = [] if quantized == "int8" else [k for k in got if k not in want]
     if missing or wrong or extra:
         k = (wrong or missing or extra)[0]
         detail = (f"{k} is {list(got[k])}, config implies {list(want[k])}" if wrong else

@@ -201,12 +201,14 @@ def _check(net, path: Path, x: np.ndarray) -> dict:
 
 
 def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: int = 0, batch: int = 8,
-                method: str = "MinMax", qparams: str | None = None, log=print) -> dict:
+                method: str = "MinMax", qparams: str | None = None, log=print, int8_default: bool = False) -> dict:
     """Write ``model.onnx`` and ``model.int8.onnx`` into ``model_dir`` and record them in its config.json.
 
     ``qparams``: ``torch`` (the default for an INT8 folder) gives the ONNX INT8 model the PyTorch INT8 graph's
     scales and zero points (:func:`torch_int8_overrides`; weights in 8 bits as torch has them); ``calibrate``
     (the only choice for an fp32 folder) lets ONNX Runtime calibrate its own (``method``, 7-bit weights).
+    ``int8_default`` marks an fp32 folder ``"quantized": "onnx-int8"``: CPUs then run ``model.int8.onnx`` by
+    default (:mod:`wsi_nuc.model.engine_choice`), CUDA the fp32 network.
     """
     import onnxruntime
 
@@ -221,6 +223,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     qparams = qparams or ("torch" if int8 else "calibrate")
     if qparams == "torch" and not int8:
         raise ValueError(f"{model_dir}: qparams 'torch' needs an INT8 model folder")
+    if int8_default and int8:
+        raise ValueError(f"{model_dir}: already an INT8 folder (PyTorch FX); int8_default is for fp32 folders")
     norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
     net = folded_fp32(model_dir, cfg)
     crops = calibration_crops(dataset, cfg.get("mpp"), n_crops, crop, seed, cfg.get("stain_norm"))
@@ -255,6 +259,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     cfg_path = model_dir / "config.json"
     full = json.loads(cfg_path.read_text())
     full["onnx"] = info
+    if int8_default:
+        full["quantized"] = "onnx-int8"
     cfg_path.write_text(json.dumps(full, indent=2) + "\n")
     if log:
         log(f"{f32.name}: {info['fp32']['check']}\n{i8.name}: {q['check']}")
@@ -269,8 +275,10 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="MinMax", choices=("MinMax", "Entropy", "Percentile", "Distribution"))
     ap.add_argument("--qparams", choices=("torch", "calibrate"),
                     help="INT8 scales: the torch INT8 graph's (default for INT8 folders) or ONNX Runtime's own")
+    ap.add_argument("--int8-default", action="store_true",
+                    help="fp32 folder: make model.int8.onnx what CPUs run by default (\"quantized\": \"onnx-int8\")")
     a = ap.parse_args(argv)
-    export_onnx(a.model, a.dataset, a.crops, method=a.method, qparams=a.qparams)
+    export_onnx(a.model, a.dataset, a.crops, method=a.method, qparams=a.qparams, int8_default=a.int8_default)
     return 0
 
 
