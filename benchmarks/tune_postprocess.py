@@ -2,9 +2,9 @@
 
     python benchmarks/tune_postprocess.py --model runs/he-teacher-v03/model --json results/tune.json
 
-Every setting is scored with the same code as `wsi-nuc eval` on MoNuSeg val, CoNSeP val and DSB H&E val
+Every setting is scored with the same code as `wsi-nuc eval` on MoNuSeg val, CoNSeP val, DSB H&E val and NuInsSeg val
 (see eval_sets.py); the network runs once per image and scale (its maps are cached), only the watershed
-is repeated. The objective is the mean over the three sets of (a-AJI + PQ) / 2, so no set decides alone.
+is repeated. The objective is the mean over the sets of (a-AJI + PQ) / 2, so no set decides alone.
 Prints one line per setting, best last. Tune on val sparingly: the hidden sets differ.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # he-types v0.6 from a distilled MobileNetV2 U-Net folder (configs/he-types-v06-slim.yaml): the steps after
 # training, in order, each one a project command.
-#   1. LTS calibration of the foreground on the four val sets (fp32 network);
+#   1. LTS calibration of the foreground on the four val sets (fp32 network), then the watershed settings
+#      swept on the same sets (benchmarks/tune_postprocess.py) and the best written into config.json;
 #   2. type weights fitted on CoNSeP val (benchmarks/tune_types.py), written into config.json;
 #   3. ONNX files, the INT8 one calibrated by ONNX Runtime and made the CPU default ("quantized":
 #      "onnx-int8"), with 1. and 2. baked in;
@@ -17,6 +18,17 @@ if [ -e "$Q" ]; then echo "$Q: exists; give a new folder" >&2; exit 2; fi
 cp -r "$M" "$Q"
 $PY -m wsi_nuc.cli calibrate "$Q" --dataset $D/monuseg2018-train --dataset $D/consep-train \
     --dataset $D/dsb2018-stage1-train:colour_brightfield --dataset $D/nuinsseg-train
+TP=$(mktemp -d)/tune-postprocess.json
+$PY benchmarks/tune_postprocess.py --model "$Q" --threads 2 --json "$TP" | tail -1
+$PY - "$Q" "$TP" <<'PY'
+import json, sys
+q, tp = sys.argv[1], sys.argv[2]
+best = json.load(open(tp))["results"][-1]["params"]     # sorted by the objective, best last
+cfg = json.load(open(f"{q}/config.json"))
+cfg["postprocess"] = {**(cfg.get("postprocess") or {}), **best}
+json.dump(cfg, open(f"{q}/config.json", "w"), indent=2)
+print("postprocess", cfg["postprocess"])
+PY
 TT=$(mktemp -d)/tune-types.json
 $PY benchmarks/tune_types.py --model "$Q" --json "$TT"
 $PY - "$Q" "$TT" <<'PY'
