@@ -33,12 +33,14 @@ def onnx_file(spec: str) -> Path:
     return path
 
 
-def session(path: Path, threads: int, profile: bool = False):
+def session(path: Path, threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    so.enable_profiling = profile
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix      # ONNX Runtime writes its trace here, not in the cwd
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -58,11 +60,14 @@ def timings(paths: dict, threads: int, rounds: int, size: int = 640) -> dict:
 
 def profile(path: Path, runs: int = 3, size: int = 640) -> dict:
     """Share of ONNX Runtime's kernel time per operator type and for the ten costliest nodes (one thread)."""
-    s = session(path, 1, profile=True)
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-    for _ in range(runs):
-        s.run(None, {s.get_inputs()[0].name: x})
-    events = json.loads(Path(s.end_profiling()).read_text())
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s = session(path, 1, profile_prefix=str(Path(tmp) / "ort"))
+        x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+        for _ in range(runs):
+            s.run(None, {s.get_inputs()[0].name: x})
+        events = json.loads(Path(s.end_profiling()).read_text())
     by_op, by_node = Counter(), Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
