@@ -67,7 +67,7 @@ DISTILL_DEFAULTS = {
     "min_flop_ratio": 4.0,   # teacher MACs/px / student MACs/px
     "init_encoder_from_teacher": False,
     "init_student_from": None,   # a model (name or folder) of the student's architecture to start from
-    "init_narrow": False,        # and where the student is narrower, from the source's first channels
+    "init_narrow": False,        # and where it is narrower, from the source's best channels (train/narrow.py)
     "type_teacher": None,        # a typed model whose type logits teach the student's type head
     "trainable": "all",          # "type_branch": train only the student's type branch on a frozen trunk
 }
