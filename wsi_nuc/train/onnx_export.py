@@ -200,6 +200,17 @@ def _check(net, path: Path, x: np.ndarray) -> dict:
             "raw_max_abs_diff": round(float((a - b).abs().max()), 5)}
 
 
+def _int8_record(i8: Path, qparams: str, torch_qparams: bool, method: str, calibration: dict) -> dict:
+    """config.json's description of ``model.int8.onnx``."""
+    return {"file": i8.name, "sha256": _sha256(i8), "format": "QDQ", "qparams": qparams,
+            "weights": "int8 per-channel symmetric" + (", scale max|w|/127.5 as torch" if torch_qparams else
+                                                      ", 7-bit (reduce_range)"),
+            "activations": "uint8 asymmetric" + (", the PyTorch INT8 graph's scales and zero points"
+                                                 if torch_qparams else f", {method} over the calibration crops"),
+            "integers": "the PyTorch INT8 graph's weights and biases" if torch_qparams else "ONNX Runtime's",
+            "post": "second output 'maps': LTS, activations, type weights (wsi_nuc.train.onnx_post)", **calibration}
+
+
 def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: int = 0, batch: int = 8,
                 method: str = "MinMax", qparams: str | None = None, log=print, int8_default: bool = False) -> dict:
     """Write ``model.onnx`` and ``model.int8.onnx`` into ``model_dir`` and record them in its config.json.
@@ -239,14 +250,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
         torch_int8_integers(i8, model_dir)
     for f in (f32, i8):
         with_post(f, model_dir, cfg)
-    q = {"file": i8.name, "sha256": _sha256(i8), "format": "QDQ", "qparams": qparams,
-         "weights": "int8 per-channel symmetric" + (", 7-bit (reduce_range)" if overrides is None else
-                                                   ", scale max|w|/127.5 as torch"),
-         "activations": "uint8 asymmetric" + (", the PyTorch INT8 graph's scales and zero points"
-                                              if overrides else f", {method} over the calibration crops"),
-         "integers": "the PyTorch INT8 graph's weights and biases" if overrides else "ONNX Runtime's",
-         "post": "second output 'maps': LTS, activations, type weights (wsi_nuc.train.onnx_post)",
-         "calibration_crops": int(n_crops), "crop": int(crop), "seed": int(seed), "batch": int(batch)}
+    q = _int8_record(i8, qparams, overrides is not None, method,
+                     {"calibration_crops": int(n_crops), "crop": int(crop), "seed": int(seed), "batch": int(batch)})
     info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "fp32": {"file": f32.name, "sha256": _sha256(f32), "source": "BatchNorm-folded fp32 network"
                      + (" of the INT8 folder (observers removed)" if int8 else "")}, "int8": q}
