@@ -291,3 +291,26 @@ def test_narrow_warm_start_keeps_the_sources_outputs(tmp_path):
         want = wide(x)[inner]
         assert torch.allclose(narrow(x)[inner], want, atol=1e-4)
         assert not torch.allclose(first(x)[inner], want, atol=1e-2)
+
+
+def test_narrow_student_starts_from_its_teachers_best_channels_on_real_crops(shared, tmp_path):
+    """``distill.init_narrow`` wired through ``build_student``: on real training crops, the student's
+    full-resolution stem is a subset of its source's stem filters (reordered), every coarser level is the
+    source's unchanged, and the head's bias took the dropped channels' means."""
+    from wsi_nuc.model.mobilenet import MobileUNet, MobileUNetConfig
+    from wsi_nuc.train.distill import build_student, distill_settings
+    from wsi_nuc.train.driver import load_data
+
+    torch.manual_seed(0)
+    src = MobileUNet(MobileUNetConfig(decoder=(16, 16, 16, 16, 12), stem=12)).eval()
+    save_model(src, tmp_path / "src", {"name": "s", "mpp": 0.5, "norm": {"mean": 0.5, "std": 0.5}})
+    cfg = {"data": {"roots": [{"path": str(dataset_view(shared, tmp_path / "data")), "weight": 1}], "mpp": 0.5,
+                    "norm": {"mean": 0.5, "std": 0.5}},
+           "model": {"kind": "mobileunet", "decoder": [16, 16, 16, 16, 8], "stem": 8},
+           "distill": {"init_student_from": str(tmp_path / "src"), "init_narrow": True}}
+    student = build_student(cfg, src, distill_settings(cfg), load_data(cfg))
+    src_rows = {tuple(r.flatten().tolist()) for r in src.stem[0].weight}
+    assert all(tuple(r.flatten().tolist()) in src_rows for r in student.stem[0].weight)
+    for k, v in student.dec[:4].state_dict().items():
+        assert torch.equal(v, src.dec[:4].state_dict()[k]), k
+    assert not torch.equal(student.head.bias, src.head.bias)

@@ -14,26 +14,18 @@ one at 0.49 (ordered on 8 MoNuSeg crops; the teacher: 0.53), all before any trai
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 
-def sample_crops(data, n: int = 8, size: int = 256) -> torch.Tensor:
-    """(n, 3, size, size) network input: centre crops of training images spread over every source of
-    ``data`` (a :class:`wsi_nuc.train.driver.TrainData`, images already stain-normalised)."""
+def sample_crops(data, n: int = 8, size: int = 256, seed: int = 0) -> torch.Tensor:
+    """(n, 3, size, size) network input: random crops of the training images of ``data`` (a
+    :class:`wsi_nuc.train.driver.TrainData`, images already stain-normalised), as quantisation takes them."""
     from ..model.inputs import to_input
+    from .quantize import crops_of
+    from .sources import all_samples
 
-    samples = [s for src in data.train for s in src.samples if min(s.image.shape[:2]) >= size]
-    if not samples:
-        raise ValueError(f"no training image of at least {size}x{size} px to order channels on")
-    picks = [samples[i] for i in np.linspace(0, len(samples) - 1, n).round().astype(int)]
-    crops = []
-    for s in picks:
-        h, w = s.image.shape[:2]
-        y, x = (h - size) // 2, (w - size) // 2
-        crops.append(s.image[y:y + size, x:x + size, :3])
-    return to_input(np.stack(crops), data.norm)
+    return to_input(crops_of(all_samples(data.train), n, size, seed), data.norm)
 
 
 def _permute_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, order: torch.Tensor) -> None:

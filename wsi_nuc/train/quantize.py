@@ -27,11 +27,11 @@ from ..errors import InputError
 from ..model.inputs import to_input
 from ..model.int8 import BACKEND, Int8UNet, convert, load_int8, prepare  # noqa: F401 (re-exported)
 
+
 def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: int = 0,
                       stain: dict | None = None) -> np.ndarray:
     """(n, size, size, 3) uint8 random unaugmented crops of the train split at the working mpp (each
     image Reinhard-normalised to ``stain``, a model's ``stain_norm``, when given)."""
-    from ..stainnorm import normalise_to
     from .sources import all_samples, load_sources
 
     if isinstance(data_cfg, (str, Path)):
@@ -39,6 +39,14 @@ def calibration_crops(data_cfg, mpp, n_crops: int = 80, size: int = 256, seed: i
     samples = all_samples(load_sources(dict(data_cfg, mpp=mpp), "train"))
     if not samples:
         raise InputError(f"no labelled train images in {data_cfg.get('roots')}")
+    return crops_of(samples, n_crops, size, seed, stain)
+
+
+def crops_of(samples, n_crops: int, size: int = 256, seed: int = 0, stain: dict | None = None) -> np.ndarray:
+    """(n, size, size, 3) uint8 random crops of loaded training ``samples`` (padded with background where an
+    image is smaller; each Reinhard-normalised to ``stain`` when given)."""
+    from ..stainnorm import normalise_to
+
     rng = np.random.default_rng(seed)
     crops = []
     for _ in range(int(n_crops)):

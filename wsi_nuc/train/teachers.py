@@ -16,6 +16,7 @@ from ..model.inputs import DEFAULT_NORM, to_input
 from ..model.io import load_model
 from ..stainnorm import LabStats, normalise
 
+
 class TeacherInput:
     """Maps the run's input batch to a teacher's input (``__call__``)."""
 
