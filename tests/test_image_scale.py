@@ -69,3 +69,23 @@ def test_eval_estimates_the_scale_of_a_40x_tile_without_mpp(shared, tmp_path):
     assert img["mpp_source"] == "estimated" and 0.18 < img["mpp"] < 0.35
     assert native["images"][0]["mpp_source"] == "native"
     assert auto["aggregate"]["aji"] > native["aggregate"]["aji"] + 0.05
+
+
+def test_a_models_scale_rule_comes_from_its_sources_of_known_scale(shared):
+    """MoNuSeg gives its scale; NuInsSeg's is estimated and DSB has none. The scale rule written into a
+    trained model (loop.model_meta) is the median nucleus of MoNuSeg alone, not of the pool."""
+    from wsi_nuc.train.loop import model_meta
+    from wsi_nuc.train.driver import TrainData
+    from wsi_nuc.train.sources import load_source
+
+    d = shared / "data"
+    specs = [{"path": str(d / "monuseg2018-train")}, {"path": str(d / "nuinsseg-train")},
+             {"path": str(d / "dsb2018-stage1-train"), "modality": "colour_brightfield"}]
+    srcs = [load_source({"weight": 1, "modality": None, "type_bounds": None, **s}, "val", 0.5) for s in specs]
+    assert [s.scale_known for s in srcs] == [True, False, False]
+    monuseg = median_area_um2([s.labels for s in srcs[0].samples], 0.5)
+    pooled = median_area_um2([s.labels for src in srcs for s in src.samples], 0.5)
+    assert abs(pooled - monuseg) > 1.0          # the rule would move if the pool set it
+    cfg = {"data": {"mpp": 0.5, "roots": specs}, "model": {"base": 16}}
+    meta = model_meta(cfg, TrainData(train=srcs, val=[], norm=None, stain=None))
+    assert meta["nucleus_area_um2"] == pytest.approx(round(monuseg, 2))

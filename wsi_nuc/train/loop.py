@@ -17,7 +17,7 @@ from ..model.net import build_net, count_params, net_macs_per_pixel
 from ..scale import median_area_um2
 from .driver import Job, TrainData, input_norm, load_data, model_types, run_job, val_images
 from .losses import head_losses
-from .sources import all_samples
+from .sources import known_scale_samples
 
 
 def build_training_net(cfg: dict):
@@ -37,7 +37,8 @@ def build_training_net(cfg: dict):
 
 def model_meta(cfg: dict, data: TrainData | None = None) -> dict:
     """config.json fields of a trained model; with ``data``, also the median area (µm²) of its training
-    nuclei, by which images of unknown scale are scaled (:mod:`wsi_nuc.scale`), and its stain target."""
+    nuclei of known scale, by which images of unknown scale are scaled (:mod:`wsi_nuc.scale`), and its
+    stain target."""
     meta = {
         "name": cfg.get("name", "model"),
         "version": cfg.get("version", "0.1.0"),
@@ -49,7 +50,8 @@ def model_meta(cfg: dict, data: TrainData | None = None) -> dict:
     }
     mpp = cfg["data"].get("mpp")
     if data is not None and mpp:
-        meta["nucleus_area_um2"] = round(median_area_um2([s.labels for s in all_samples(data.train)], mpp), 2)
+        labels = [s.labels for s in known_scale_samples(data.train)]
+        meta["nucleus_area_um2"] = round(median_area_um2(labels, mpp), 2)
     if data is not None and data.stain is not None:
         meta["stain_norm"] = data.stain.to_dict()
     types = model_types(cfg)

@@ -6,6 +6,9 @@ over the sources), ``modality`` keeps only images whose ``dataset.json`` entry h
 ``colour_brightfield``), ``type_bounds`` a file of bounds on the type proportions of its images by organ
 (:mod:`wsi_nuc.train.type_bounds`). Images without a known scale (DSB) are brought to the working scale by their
 own annotated nuclei: the scale at which their median nucleus area equals ``data.nucleus_area_um2``.
+A model's own scale rule (``nucleus_area_um2`` in its config, :mod:`wsi_nuc.scale`) is the median nucleus
+of the sources whose scale is known (:func:`known_scale_samples`): a scale estimated from nucleus sizes
+(DSB, NuInsSeg) must not set the sizes that later estimates are made against.
 
 Images smaller than the crop (CoNSeP's 256² crops at 40x are 128² at 0.5 µm/px) are drawn as a 2x2 mosaic
 of four half-size crops of the same source, each augmented on its own, so no crop is mostly padding.
@@ -29,6 +32,7 @@ class Source:
     weight: float
     samples: list = field(default_factory=list)
     bounds: dict = field(default_factory=dict)     # stem -> (lo, hi) type-proportion bounds
+    scale_known: bool = True                       # False: dataset.json gives no scale, or an estimated one
 
     @property
     def has_types(self) -> bool:
@@ -67,7 +71,10 @@ def load_source(spec: dict, split: str, mpp: float | None, area_um2: float = DEF
     meta = read_index(root)
     images = meta.get("images") or {}
     src = Source(Path(root).name + (f":{spec['modality']}" if spec["modality"] else ""), float(spec["weight"]))
-    for stem in list_stems(root, split):
+    stems = list_stems(root, split)
+    src.scale_known = not meta.get("mpp_estimated") and bool(
+        meta.get("mpp") or all((images.get(st) or {}).get("mpp") for st in stems))
+    for stem in stems:
         if spec["modality"] and (images.get(stem) or {}).get("modality") != spec["modality"]:
             continue
         if mpp and not (images.get(stem) or {}).get("mpp") and not meta.get("mpp"):
@@ -97,6 +104,12 @@ def load_sources(data_cfg: dict, split: str, types: list[str] | None = None) -> 
 
 def all_samples(sources: list[Source]) -> list[Sample]:
     return [s for src in sources for s in src.samples]
+
+
+def known_scale_samples(sources: list[Source]) -> list[Sample]:
+    """The samples of the sources whose scale is known (all samples when none is)."""
+    known = [s for src in sources if src.scale_known for s in src.samples]
+    return known or all_samples(sources)
 
 
 def type_target(lab: np.ndarray, types: np.ndarray | None) -> np.ndarray:
