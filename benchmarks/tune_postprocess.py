@@ -40,7 +40,7 @@ def cache_maps(pred) -> None:
 def grid(hv_weights=(0.0,)) -> list[dict]:
     out = []
     for fg, mt, bw, hv, conf in itertools.product((0.4, 0.5), (0.2, 0.3, 0.4), (0.25, 0.5, 1.0), hv_weights,
-                                                  (0.5, 0.6)):
+                                                  (0.5, 0.6, 0.7)):
         out.append(dict(marker="dist", fg_threshold=fg, marker_threshold=mt, boundary_weight=bw,
                         hv_weight=hv, min_confidence=conf))
     return out
