@@ -3,7 +3,8 @@
 Datasets without a known scale (``mpp`` null, as in DSB 2018) would otherwise be read as if their pixels
 were the model's working pixels. A 0.5 µm/px model then sees 40x nuclei four times too large and splits
 or misses them. Instead the image is segmented once at its own pixels, the median nucleus area is
-compared with the median of the model's training nuclei (``nucleus_area_um2`` in its config), and the
+compared with the median of the model's training nuclei of known scale (``nucleus_area_um2`` in its
+config; :func:`wsi_nuc.train.sources.known_scale_samples`), and the
 scale that makes the two agree is used for a second pass.
 """
 from __future__ import annotations
