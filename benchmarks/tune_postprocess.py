@@ -37,10 +37,10 @@ def cache_maps(pred) -> None:
     pred.maps = maps
 
 
-def grid(hv_weights=(0.0,)) -> list[dict]:
+def grid(hv_weights=(0.0,), floors=(0.5, 0.6, 0.7)) -> list[dict]:
     out = []
     for fg, mt, bw, hv, conf in itertools.product((0.4, 0.5), (0.2, 0.3, 0.4), (0.25, 0.5, 1.0), hv_weights,
-                                                  (0.5, 0.6, 0.7)):
+                                                  floors):
         out.append(dict(marker="dist", fg_threshold=fg, marker_threshold=mt, boundary_weight=bw,
                         hv_weight=hv, min_confidence=conf))
     return out
@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--hv-weights", type=float, nargs="+", default=[0.0],
                     help="HoVer-Net centre-offset edge weights to try (models with those maps)")
+    ap.add_argument("--floors", type=float, nargs="+", default=[0.5, 0.6, 0.7],
+                    help="confidence floors (min_confidence) to try")
     a = ap.parse_args()
     import torch
 
@@ -62,7 +64,7 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         sets = val_sets(Path(tmp))
-        for g in grid(tuple(a.hv_weights)):
+        for g in grid(tuple(a.hv_weights), tuple(a.floors)):
             row = {"params": g}
             for name, (root, split) in sets.items():
                 agg = evaluate(root, a.model, split, "cpu", params=g)["aggregate"]
