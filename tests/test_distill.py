@@ -246,6 +246,11 @@ def test_teacher_of_other_colours_and_scaling_sees_the_batch_its_way(shared):
     assert got.shape == want.shape
     step = 1 / 255 / b["norm"]["std"]
     assert float((got - want).abs().mean()) < 1.5 * step
+    # a training step hands over its batch contiguous in (B, C, H, W), not as to_input's channels-last view:
+    # the same input (before the stain fix the teacher saw uninitialised memory there and taught "no nuclei")
+    pair = torch.cat([x, x]).contiguous()
+    both = TeacherInput(a["norm"], sa, b)(pair)
+    assert torch.equal(both[0], got[0]) and torch.equal(both[1], got[0])
     assert float((x - want).abs().mean()) > 10 * step          # unmapped it would be far off
     same = TeacherInput(a["norm"], sa, a)
     assert same.identity and same(x) is x

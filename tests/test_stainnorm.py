@@ -67,6 +67,27 @@ def test_table_path_agrees_with_the_formulas():
     assert np.abs(fast.astype(int) - exact).max() <= 1 and (fast != exact).mean() < 0.01
 
 
+def test_normalise_reads_and_writes_any_memory_layout(shared):
+    """A batch in another memory order (a channels-first tensor permuted to channels-last, as a distillation
+    teacher's input map hands it over) is recoloured exactly as its C-order copy. Before the fix the strips
+    were written into a reshaped copy and the result was uninitialised memory."""
+    from PIL import Image
+
+    mon = shared / "data" / "monuseg2018-train"
+    stem = json.loads((mon / "dataset.json").read_text())["split"]["val"][0]
+    rgb = np.asarray(Image.open(mon / "images" / f"{stem}.png").convert("RGB"))[:192, :160]
+    batch = np.stack([rgb, rgb[::-1], rgb[:, ::-1]])
+    permuted = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)   # B, H, W, 3 view
+    assert not permuted.flags.c_contiguous and (permuted == batch).all()
+    src, dst = lab_stats(rgb), LabStats((43.8, 23.5, -10.2), (17.6, 10.8, 10.2))
+    want = normalise(batch, src, dst)
+    for view in (permuted, batch[:, ::2, ::3], np.asfortranarray(rgb)):
+        got = normalise(view, src, dst)
+        assert got.shape == view.shape
+        assert (got == normalise(np.ascontiguousarray(view), src, dst)).all()
+    assert (normalise(permuted, src, dst) == want).all()
+
+
 def test_slide_stats_fall_back_to_slivers_and_need_tissue(slides):
     """A slide whose tissue is a thin strip still gets statistics; one with no tissue gets none."""
     from wsi_nuc.slide import open_slide

@@ -123,8 +123,12 @@ def normalise(rgb: np.ndarray, source: LabStats, target: LabStats) -> np.ndarray
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8:
         return normalise_exact(rgb, source, target)
+    # C order for both: the strips below are reshaped views of them. An array of another layout (a
+    # channels-first batch permuted to channels-last) reshapes to a copy, and its result went to the copy
+    # while ``out`` stayed uninitialised memory.
+    rgb = np.ascontiguousarray(rgb)
     a, c = _f_affine(source, target)
-    out = np.empty_like(rgb)
+    out = np.empty(rgb.shape, np.uint8)
     if rgb.ndim < 3 or rgb.size == 0:
         _normalise_block(rgb, a.T, c, out)
         return out
