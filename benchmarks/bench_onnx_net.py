@@ -3,10 +3,12 @@
     python benchmarks/bench_onnx_net.py FOLDER[:fp32|:int8] ... [--threads 2] [--rounds 5] [--profile] [--json OUT]
 
 Each argument is a model folder (a shipped name or a path) with ``model.onnx`` / ``model.int8.onnx``
-(``python -m wsi_nuc.train.onnx_export``); ``:int8`` (the default) or ``:fp32`` picks the file. Every round
+(``python -m wsi_nuc.train.onnx_export``), ``:int8`` (the default) or ``:fp32`` picking the file, or an
+``.onnx`` file. Every round
 runs each network once on the same 640² input (A B C A B C ...), so load on a shared machine falls on all
 alike: compare the ratios, not the milliseconds. ``--profile`` adds ONNX Runtime's own per-node profile of
-each network at one thread: the share of the time per operator type and the ten costliest nodes.
+each network at one thread: kernel ms and share per operator type and the ``--top`` costliest nodes with their
+output shapes (where a network's time goes).
 Network only: no recolouring, tiling or watershed (``bench_engines.py`` and ``bench_e2e.py`` have those).
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ FILES = {"int8": "model.int8.onnx", "fp32": "model.onnx"}
 def onnx_file(spec: str) -> Path:
     from wsi_nuc.model.io import resolve_model_dir
 
+    if spec.endswith(".onnx"):
+        return Path(spec)
     folder, _, kind = spec.partition(":")
     path = Path(resolve_model_dir(folder)) / FILES[kind or "int8"]
     if not path.is_file():
@@ -58,8 +62,9 @@ def timings(paths: dict, threads: int, rounds: int, size: int = 640) -> dict:
     return {k: {"median_ms": round(statistics.median(v), 1), "min_ms": round(min(v), 1)} for k, v in ms.items()}
 
 
-def profile(path: Path, runs: int = 3, size: int = 640) -> dict:
-    """Share of ONNX Runtime's kernel time per operator type and for the ten costliest nodes (one thread)."""
+def profile(path: Path, runs: int = 3, size: int = 640, top: int = 10) -> dict:
+    """ONNX Runtime's own profile at one thread: kernel ms per run and share per operator type, and the
+    ``top`` costliest nodes with their output shapes. Every run is profiled (the first one included)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,15 +73,29 @@ def profile(path: Path, runs: int = 3, size: int = 640) -> dict:
         for _ in range(runs):
             s.run(None, {s.get_inputs()[0].name: x})
         events = json.loads(Path(s.end_profiling()).read_text())
-    by_op, by_node = Counter(), Counter()
+    by_op, by_node, op_of, shape = Counter(), Counter(), {}, {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            by_op[e["args"]["op_name"]] += e["dur"]
-            by_node[e["name"].removesuffix("_kernel_time")] += e["dur"]
+            node = e["name"].removesuffix("_kernel_time")
+            op_of[node] = e["args"].get("op_name", "?")
+            shape[node] = e["args"].get("output_type_shape")
+            by_op[op_of[node]] += e["dur"]
+            by_node[node] += e["dur"]
     total = sum(by_op.values()) or 1
-    return {"ms_per_run": round(total / runs / 1000, 1),
-            "by_op": {k: round(v / total, 3) for k, v in by_op.most_common(8)},
-            "top_nodes": {k: round(v / total, 3) for k, v in by_node.most_common(10)}}
+    ms = lambda us: round(us / runs / 1000, 2)  # noqa: E731
+    return {"ms_per_run": ms(total),
+            "by_op": [{"op": k, "ms": ms(v), "share": round(v / total, 3)} for k, v in by_op.most_common()],
+            "top_nodes": [{"node": k, "op": op_of[k], "ms": ms(v), "share": round(v / total, 3),
+                           "output": shape[k]} for k, v in by_node.most_common(top)]}
+
+
+def print_profile(name: str, p: dict, top: int) -> None:
+    print(f"{name}: {p['ms_per_run']:.1f} ms of kernels a run at one thread")
+    for o in p["by_op"][:top]:
+        print(f"  {o['op']:24s} {o['ms']:8.1f} ms  {100 * o['share']:5.1f} %")
+    print("  costliest nodes:")
+    for n in p["top_nodes"]:
+        print(f"  {n['ms']:8.1f} ms  {n['op']:14s} {n['node'][:48]:48s} {n['output']}")
 
 
 def main(argv=None) -> None:
@@ -85,6 +104,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--top", type=int, default=10, help="operator types and nodes listed by --profile")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     import torch
@@ -95,9 +115,9 @@ def main(argv=None) -> None:
     for k, v in out["timings"].items():
         print(f"{k:50s} {v['median_ms']:8.1f} ms median  {v['min_ms']:8.1f} min")
     if a.profile:
-        out["profiles"] = {k: profile(p) for k, p in paths.items()}
+        out["profiles"] = {k: profile(p, top=a.top) for k, p in paths.items()}
         for k, v in out["profiles"].items():
-            print(k, json.dumps(v))
+            print_profile(k, v, a.top)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1) + "\n")
 

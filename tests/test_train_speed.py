@@ -14,14 +14,15 @@ from wsi_nuc.dataset import list_stems, load_sample
 from wsi_nuc.train.augment import AugmentConfig
 from wsi_nuc.train.prefetch import Batches
 from wsi_nuc.train.sources import load_sources
-from wsi_nuc.train.speed import cpu_has_native_bf16, fp32_losses, step_settings
+from wsi_nuc.train.speed import cpu_has_native_bf16, cpu_prefers_channels_last, fp32_losses, step_settings
 
 
 def test_auto_settings_follow_the_hardware():
     s = step_settings({})
     assert s.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert s.bf16 == (s.device == "cuda" or cpu_has_native_bf16())
-    assert s.channels_last == s.bf16
+    assert s.channels_last == (s.bf16 or (s.device == "cpu" and cpu_prefers_channels_last()))
+    assert step_settings({"precision": "fp32"}).channels_last == cpu_prefers_channels_last()
     assert step_settings({"channels_last": True}).channels_last
     assert not step_settings({"precision": "fp32", "channels_last": False, "prefetch": 0}).bf16
     assert step_settings({"precision": "bf16", "device": "cpu"}).bf16

@@ -9,12 +9,16 @@
 #   4. type trust (calibrated type probabilities, thresholds, tissue check) on CoNSeP val;
 #   5. the val sets with v0.5 beside it, in one run.
 # Usage: workflows/models/build-he-types-v06.sh DISTILLED_MODEL_DIR OUT_DIR   (OUT_DIR must not exist)
+# The build is made in OUT_DIR.partial and renamed to OUT_DIR when every step has passed, so a folder
+# OUT_DIR is always a whole build; a stopped build is started again from the beginning.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 M=${1:?distilled model folder}; Q=${2:?output folder (new)}
 D=../shared/data
 PY=${PYTHON:-.venv/bin/python}
 if [ -e "$Q" ]; then echo "$Q: exists; give a new folder" >&2; exit 2; fi
+OUT=$Q; Q=$OUT.partial
+rm -rf "$Q"                        # this script's own unfinished build
 cp -r "$M" "$Q"
 $PY -m wsi_nuc.cli calibrate "$Q" --dataset $D/monuseg2018-train --dataset $D/consep-train \
     --dataset $D/dsb2018-stage1-train:colour_brightfield --dataset $D/nuinsseg-train
@@ -46,4 +50,5 @@ $PY -m wsi_nuc.train.onnx_export "$Q" --dataset $D/monuseg2018-train --int8-defa
 $PY -m wsi_nuc.train.calibrate_types --model "$Q" --dataset $D/consep-train --write \
     --report "$Q/types-calibration"
 $PY benchmarks/eval_sets.py --models "$Q" he-types-int8 --threads 2 --out "$Q/val-sets.json"
-echo "built $Q"
+mv "$Q" "$OUT"
+echo "built $OUT"

@@ -37,8 +37,6 @@ SM=$R/he-types-v06-slim/model
 B=$R/he-types-v06-build
 if [ ! -e "$B" ]; then
     echo "$(date -u +%FT%TZ) build"
-    rm -rf "$B.partial"            # this script's own unfinished build
-    workflows/models/build-he-types-v06.sh "$SM" "$B.partial" >> "$R/he-types-v06-build.log" 2>&1
-    mv "$B.partial" "$B"
+    workflows/models/build-he-types-v06.sh "$SM" "$B" >> "$R/he-types-v06-build.log" 2>&1
 fi
 echo "$(date -u +%FT%TZ) built $B: val sets with v0.5 in $B/val-sets.json"

@@ -7,10 +7,10 @@
   AVX512-BF16 or AMX), fp32 elsewhere: on an AVX2-only CPU oneDNN emulates bfloat16 and a step of the
   he-teacher config takes 8x longer (59.7 s vs 7.4 s, batch 8 of 256²). ``bf16`` / ``fp32`` force it.
   The losses are always computed in fp32 (:func:`fp32_losses`).
-- ``channels_last``: ``auto`` = NHWC with bfloat16 (the layout of oneDNN's bf16 kernels, and of the
-  10.0 -> 5.4 s bf16 trial on an AVX512-BF16 CPU in issue 23), contiguous NCHW in fp32: on an AVX2 CPU the
-  he-teacher step took 8.64 s channels-last against 7.16 s NCHW, inline, in one benchmark run
-  (``benchmarks/results/train-speed-avx2-variants.json``); true / false force it.
+- ``channels_last``: ``auto`` = NHWC with bfloat16 (the layout of oneDNN's bf16 kernels) and in fp32 on an
+  AVX512 CPU, contiguous NCHW in fp32 elsewhere. The he-teacher step, inline, fp32: on an AVX2 CPU 8.64 s
+  channels-last against 7.16 s NCHW (``benchmarks/results/train-speed-avx2-variants.json``); on an AVX512
+  CPU 3.31 s against 3.93 s (``benchmarks/results/train-speed-avx512bf16.json``). true / false force it.
 - ``prefetch``: worker processes that prepare batches ahead (``auto``: 1 on a CPU with more than one core,
   on CUDA one per spare core up to 8; 0 = inline). Every batch is drawn from ``(seed, step)`` alone, so
   all give the same batches.
@@ -80,7 +80,13 @@ def step_settings(tc: dict) -> StepSettings:
     if isinstance(pf, bool) or not isinstance(pf, int) or pf < 0:
         raise ValueError(f"train.prefetch: {pf!r} (auto, or a number of worker processes >= 0)")
     bf16 = prec == "bf16"
-    return StepSettings(dev, bf16, cl == "true" or (cl == "auto" and bf16), int(pf))
+    nhwc = bf16 or (dev == "cpu" and cpu_prefers_channels_last())
+    return StepSettings(dev, bf16, cl == "true" or (cl == "auto" and nhwc), int(pf))
+
+
+def cpu_prefers_channels_last() -> bool:
+    """True on an AVX512 CPU, where oneDNN's fp32 convolutions train faster channels-last (module docstring)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def fp32_losses(fn):
