@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from wsi_nuc.cli import main
+from wsi_nuc.train import carry
 from wsi_nuc.train.carry import export, restore
 
 
@@ -33,6 +34,9 @@ def test_carried_checkpoint_resumes_the_run(shared, tmp_path, capsys):
     assert r.dtype == torch.float32 and torch.allclose(m, r, rtol=1e-2, atol=0) and not torch.equal(m, r)
     with pytest.raises(FileExistsError):           # never replaces a checkpoint that is there
         restore(carried, moved)
+    with pytest.raises(SystemExit) as stop:        # the command line: one line naming the file, exit 2
+        carry.main(["restore", str(carried), str(moved)])
+    assert stop.value.code == 2 and "checkpoint.pt" in capsys.readouterr().err
     capsys.readouterr()
     sets[sets.index("train.stop_at=2")] = "train.stop_at=4"
     assert main(["train", "configs/he-teacher.yaml", "--out", str(moved), *sets]) == 0

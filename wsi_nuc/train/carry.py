@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -92,7 +93,11 @@ def main(argv=None) -> None:
     r.add_argument("file", type=Path)
     r.add_argument("run", type=Path)
     a = ap.parse_args(argv)
-    done = export(a.run, a.file) if a.cmd == "export" else restore(a.file, a.run)
+    try:
+        done = export(a.run, a.file) if a.cmd == "export" else restore(a.file, a.run)
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"wsi_nuc.train.carry: {e}", file=sys.stderr)              # one line, exit status 2
+        raise SystemExit(2) from None
     print(a.cmd, json.dumps(done))
 
 
