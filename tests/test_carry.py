@@ -37,7 +37,6 @@ def test_carried_checkpoint_resumes_the_run(shared, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:        # the command line: one line naming the file, exit 2
         carry.main(["restore", str(carried), str(moved)])
     assert stop.value.code == 2 and "checkpoint.pt" in capsys.readouterr().err
-    capsys.readouterr()
     sets[sets.index("train.stop_at=2")] = "train.stop_at=4"
     assert main(["train", "configs/he-teacher.yaml", "--out", str(moved), *sets]) == 0
     assert "resumed from" in capsys.readouterr().out
