@@ -17,7 +17,12 @@ and records under ``"onnx"`` in ``config.json`` the files' SHA-256, the settings
 fp32 network on held-out crops. These files are built where the training data is (calibration needs it)
 and shipped in the model folder; nothing is exported or calibrated on a user's machine.
 
-Run it on a folder: ``python -m wsi_nuc.train.onnx_export MODEL_DIR --dataset ../shared/data/monuseg2018-train``.
+In ``model.int8.onnx`` every x2 up-sampling has constant scales, not sizes computed from a tensor's shape
+(:mod:`wsi_nuc.train.onnx_static`; the same outputs bit for bit, less time a tile). ``model.onnx`` keeps the
+computed sizes: ONNX Runtime would run its float up-sampling with another kernel (differences up to 2e-6).
+
+Run it on a folder: ``python -m wsi_nuc.train.onnx_export MODEL_DIR --dataset ../shared/data/monuseg2018-train``;
+``--upsampling-only`` rewrites a folder's existing ``model.int8.onnx`` that way (no data needed).
 """
 from __future__ import annotations
 
@@ -31,7 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .onnx_static import fix_upsampling
+
 OPSET = 17
+UPSAMPLING = ("model.int8.onnx: constant x2 scales (wsi_nuc.train.onnx_static; outputs checked bit for bit "
+              "against computed sizes)")
 
 
 def _sha256(path: Path) -> str:
@@ -223,7 +232,7 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     """
     import onnxruntime
 
-    from ..model.engines import folded_fp32
+    from ..model.engines import arch_stride, folded_fp32
     from ..model.io import read_model_config, resolve_model_dir
     from ..model.inputs import to_input
     from .quantize import calibration_crops
@@ -250,9 +259,10 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
         torch_int8_integers(i8, model_dir)
     for f in (f32, i8):
         with_post(f, model_dir, cfg)
+    fix_upsampling(i8, arch_stride(cfg["arch"]))
     q = _int8_record(i8, qparams, overrides is not None, method,
                      {"calibration_crops": int(n_crops), "crop": int(crop), "seed": int(seed), "batch": int(batch)})
-    info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "upsampling": UPSAMPLING,
             "fp32": {"file": f32.name, "sha256": _sha256(f32), "source": "BatchNorm-folded fp32 network"
                      + (" of the INT8 folder (observers removed)" if int8 else "")}, "int8": q}
     info["fp32"]["check"] = _check(net, f32, check_x)
@@ -272,17 +282,46 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     return info
 
 
+def refresh_upsampling(model_dir, log=print) -> dict:
+    """Give a folder's existing ``model.int8.onnx`` constant x2 up-sampling (:func:`fix_upsampling`: outputs bit for bit the
+    same, checked) and record their new SHA-256 in its config.json; no data needed."""
+    from ..model.engines import arch_stride
+    from ..model.io import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir)
+    cfg_path = model_dir / "config.json"
+    full = json.loads(cfg_path.read_text())
+    info = full.get("onnx")
+    if not info:
+        raise ValueError(f"{model_dir}: no ONNX files recorded (python -m wsi_nuc.train.onnx_export)")
+    rec = info["int8"]
+    n = fix_upsampling(model_dir / rec["file"], arch_stride(full["arch"]))
+    rec["sha256"] = _sha256(model_dir / rec["file"])
+    if log:
+        log(f"{rec['file']}: {n} Resize nodes given constant x2 scales, outputs unchanged")
+    info["upsampling"] = UPSAMPLING
+    cfg_path.write_text(json.dumps(full, indent=2) + "\n")
+    return info
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m wsi_nuc.train.onnx_export", description=__doc__.split("\n")[0])
     ap.add_argument("model", help="model folder (or shipped name) to add model.onnx and model.int8.onnx to")
-    ap.add_argument("--dataset", required=True, help="annotated dataset folder (its train split calibrates)")
+    ap.add_argument("--dataset", help="annotated dataset folder (its train split calibrates); needed to export")
     ap.add_argument("--crops", type=int, default=80)
     ap.add_argument("--method", default="MinMax", choices=("MinMax", "Entropy", "Percentile", "Distribution"))
     ap.add_argument("--qparams", choices=("torch", "calibrate"),
                     help="INT8 scales: the torch INT8 graph's (default for INT8 folders) or ONNX Runtime's own")
     ap.add_argument("--int8-default", action="store_true",
                     help="fp32 folder: make model.int8.onnx what CPUs run by default (\"quantized\": \"onnx-int8\")")
+    ap.add_argument("--upsampling-only", action="store_true",
+                    help="only rewrite the folder's existing ONNX files with constant x2 up-sampling (no data used)")
     a = ap.parse_args(argv)
+    if a.upsampling_only:
+        refresh_upsampling(a.model)
+        return 0
+    if not a.dataset:
+        ap.error("--dataset is needed to export (or give --upsampling-only)")
     export_onnx(a.model, a.dataset, a.crops, method=a.method, qparams=a.qparams, int8_default=a.int8_default)
     return 0
 
