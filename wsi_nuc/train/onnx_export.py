@@ -18,11 +18,13 @@ fp32 network on held-out crops. These files are built where the training data is
 and shipped in the model folder; nothing is exported or calibrated on a user's machine.
 
 In ``model.int8.onnx`` every x2 up-sampling has constant scales, not sizes computed from a tensor's shape
-(:mod:`wsi_nuc.train.onnx_static`; the same outputs bit for bit, less time a tile). ``model.onnx`` keeps the
+(:mod:`wsi_nuc.train.onnx_static`; the same outputs bit for bit, less time a tile), and with the PyTorch INT8
+graph's integers its uint8 up-sampling rounds as PyTorch's kernel does. ``model.onnx`` keeps the
 computed sizes: ONNX Runtime would run its float up-sampling with another kernel (differences up to 2e-6).
 
 Run it on a folder: ``python -m wsi_nuc.train.onnx_export MODEL_DIR --dataset ../shared/data/monuseg2018-train``;
-``--upsampling-only`` rewrites a folder's existing ``model.int8.onnx`` that way (no data needed).
+``--upsampling-only`` rewrites a folder's existing ``model.int8.onnx`` that way (``--dataset`` then only to
+record its checks again).
 """
 from __future__ import annotations
 
@@ -36,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx_static import fix_upsampling
+from .onnx_static import exact_upsampling, fix_upsampling
 
 OPSET = 17
 UPSAMPLING = ("model.int8.onnx: constant x2 scales (wsi_nuc.train.onnx_static; outputs checked bit for bit "
-              "against computed sizes)")
+              "against computed sizes); with the torch graph's integers, uint8 up-sampling with PyTorch's rounding")
 
 
 def _sha256(path: Path) -> str:
@@ -249,8 +251,7 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     net = folded_fp32(model_dir, cfg)
     crops = calibration_crops(dataset, cfg.get("mpp"), n_crops, crop, seed, cfg.get("stain_norm"))
     x = to_input(crops, norm).numpy()
-    check_x = to_input(calibration_crops(dataset, cfg.get("mpp"), 4, crop, seed + 1, cfg.get("stain_norm")),
-                        norm).numpy()
+    check_x = check_crops(dataset, cfg, crop, seed)
     f32 = export_fp32(net, model_dir / "model.onnx")
     overrides = torch_int8_overrides(model_dir, f32) if qparams == "torch" else None
     i8 = quantize_onnx(f32, model_dir / "model.int8.onnx", x, batch, method, reduce_range=overrides is None,
@@ -260,6 +261,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     for f in (f32, i8):
         with_post(f, model_dir, cfg)
     fix_upsampling(i8, arch_stride(cfg["arch"]))
+    if overrides is not None:        # the torch graph's integers: its up-sampling too
+        exact_upsampling(i8)
     q = _int8_record(i8, qparams, overrides is not None, method,
                      {"calibration_crops": int(n_crops), "crop": int(crop), "seed": int(seed), "batch": int(batch)})
     info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "upsampling": UPSAMPLING,
@@ -282,11 +285,23 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     return info
 
 
-def refresh_upsampling(model_dir, log=print) -> dict:
-    """Give a folder's existing ``model.int8.onnx`` constant x2 up-sampling (:func:`fix_upsampling`: outputs bit for bit the
-    same, checked) and record their new SHA-256 in its config.json; no data needed."""
-    from ..model.engines import arch_stride
-    from ..model.io import resolve_model_dir
+def check_crops(dataset, cfg: dict, crop: int = 256, seed: int = 0) -> np.ndarray:
+    """The 4 held-out crops (seed + 1) the exported files are checked on, as network inputs."""
+    from ..model.inputs import to_input
+    from .quantize import calibration_crops
+
+    norm = cfg.get("norm") or {"mean": 0.5, "std": 0.25}
+    return to_input(calibration_crops(dataset, cfg.get("mpp"), 4, crop, seed + 1, cfg.get("stain_norm")),
+                    norm).numpy()
+
+
+def refresh_upsampling(model_dir, dataset=None, log=print) -> dict:
+    """Give a folder's existing ``model.int8.onnx`` constant x2 up-sampling (:func:`fix_upsampling`: outputs bit
+    for bit the same, checked) and, with the torch graph's integers, PyTorch's uint8 up-sampling
+    (:func:`exact_upsampling`); record its new SHA-256 in config.json and, with ``dataset``, its checks again
+    (without, the old checks are dropped: they were of the file before)."""
+    from ..model.engines import arch_stride, folded_fp32
+    from ..model.io import read_model_config, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
     cfg_path = model_dir / "config.json"
@@ -296,9 +311,21 @@ def refresh_upsampling(model_dir, log=print) -> dict:
         raise ValueError(f"{model_dir}: no ONNX files recorded (python -m wsi_nuc.train.onnx_export)")
     rec = info["int8"]
     n = fix_upsampling(model_dir / rec["file"], arch_stride(full["arch"]))
+    k = exact_upsampling(model_dir / rec["file"]) if rec.get("qparams") == "torch" else 0
     rec["sha256"] = _sha256(model_dir / rec["file"])
+    for key in ("check", "check_vs_torch_int8"):
+        rec.pop(key, None)
+    if dataset is not None:
+        cfg = read_model_config(model_dir)
+        x = check_crops(dataset, cfg)
+        rec["check"] = _check(folded_fp32(model_dir, cfg), model_dir / rec["file"], x)
+        if full.get("quantized") == "int8":
+            from ..model.int8 import load_int8
+
+            rec["check_vs_torch_int8"] = _check(load_int8(model_dir), model_dir / rec["file"], x)
     if log:
-        log(f"{rec['file']}: {n} Resize nodes given constant x2 scales, outputs unchanged")
+        log(f"{rec['file']}: {n} Resize nodes given constant x2 scales (outputs unchanged), {k} up-sampling "
+            f"PyTorch's integers; checks {rec.get('check_vs_torch_int8', rec.get('check', 'dropped'))}")
     info["upsampling"] = UPSAMPLING
     cfg_path.write_text(json.dumps(full, indent=2) + "\n")
     return info
@@ -315,10 +342,10 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-default", action="store_true",
                     help="fp32 folder: make model.int8.onnx what CPUs run by default (\"quantized\": \"onnx-int8\")")
     ap.add_argument("--upsampling-only", action="store_true",
-                    help="only rewrite the folder's existing ONNX files with constant x2 up-sampling (no data used)")
+                    help="only rewrite the folder's existing model.int8.onnx's up-sampling (with --dataset: check it again)")
     a = ap.parse_args(argv)
     if a.upsampling_only:
-        refresh_upsampling(a.model)
+        refresh_upsampling(a.model, a.dataset)
         return 0
     if not a.dataset:
         ap.error("--dataset is needed to export (or give --upsampling-only)")

@@ -1,4 +1,4 @@
-"""ONNX files without shape arithmetic: every x2 up-sampling gets constant scales instead of sizes read off a tensor.
+"""ONNX INT8 files' up-sampling: constant x2 scales instead of sizes read off a tensor, and PyTorch's integers.
 
 ``torch.onnx.export`` writes ``F.interpolate(x, size=skip.shape[-2:])`` as Shape -> Slice -> Concat -> Resize
 ``sizes``. In a QDQ file the Shape reads the skip tensor *after* its DequantizeLinear, so ONNX Runtime converts the
@@ -9,6 +9,9 @@ with ``half_pixel`` coordinates, the same source coordinates: the outputs are bi
 before, which :func:`fix_upsampling` checks on a probe before it replaces the file. (Used on QDQ files only: in
 a float file ONNX Runtime runs a constant-scale Resize with its blocked-layout kernel, whose sums differ in the
 last bits.)
+
+:func:`unit_scale_upsampling` then makes the uint8 up-sampling the same integers as PyTorch's quantised kernel
+(the reference the file's integers come from); that one changes outputs, by design.
 """
 from __future__ import annotations
 
@@ -36,6 +39,66 @@ def constant_x2_scales(model) -> int:
             del node.input[3]
             n += 1
     prune(model)
+    return n
+
+
+def unit_scale_upsampling(model) -> int:
+    """Up-sample uint8 tensors exactly as PyTorch's quantised kernel does: every DequantizeLinear -> Resize ->
+    QuantizeLinear whose two steps share one scale and zero point 0 dequantises with scale 1 instead (in place;
+    returns the number of Resize nodes changed).
+
+    The float Resize then works on the integers themselves: the x2 weights (1/16, 3/16, 9/16) times values below
+    256 and their sums are exact in float32, and QuantizeLinear rounds half to even, as PyTorch's kernel does.
+    With the tensor's own scale the products carry float rounding, and about 1 % of the up-sampled values,
+    those on a half, came out one step off PyTorch's. A Resize whose zero point is not 0 (the type logits,
+    which PyTorch up-samples in float) is left as it is."""
+    from onnx import helper
+    from onnx import numpy_helper as nh
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    prod = {o: node for node in g.node for o in node.output}
+    cons: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            cons.setdefault(i, []).append(node)
+    unit = "wsi_nuc_unit_scale"
+    n = 0
+    for node in list(g.node):
+        if node.op_type != "Resize":
+            continue
+        dq, after = prod.get(node.input[0]), cons.get(node.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear":
+            continue
+        q = after[0]
+        if dq.input[1] == unit or not all(k in inits for k in (dq.input[1], dq.input[2], q.input[1], q.input[2])):
+            continue
+        s_in, s_out = (float(nh.to_array(inits[k])) for k in (dq.input[1], q.input[1]))
+        z_in, z_out = (int(nh.to_array(inits[k])) for k in (dq.input[2], q.input[2]))
+        if s_in != s_out or z_in != 0 or z_out != 0:
+            continue
+        if unit not in inits:
+            inits[unit] = nh.from_array(np.array(1.0, np.float32), unit)
+            g.initializer.append(inits[unit])
+        out = f"{node.input[0]}_unit_scale"
+        g.node.insert(list(g.node).index(node), helper.make_node(
+            "DequantizeLinear", [dq.input[0], unit, dq.input[2]], [out], name=f"{node.name}_dequantize_unit_scale"))
+        node.input[0] = out
+        q.input[1] = unit
+        n += 1
+    prune(model)
+    return n
+
+
+def exact_upsampling(path: Path) -> int:
+    """:func:`unit_scale_upsampling` on the ONNX file at ``path`` (written in place; returns the count)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    n = unit_scale_upsampling(model)
+    if n:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
     return n
 
 
