@@ -265,7 +265,8 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
         exact_upsampling(i8)
     q = _int8_record(i8, qparams, overrides is not None, method,
                      {"calibration_crops": int(n_crops), "crop": int(crop), "seed": int(seed), "batch": int(batch)})
-    info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "upsampling": UPSAMPLING,
+    info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "upsampling": UPSAMPLING,
             "fp32": {"file": f32.name, "sha256": _sha256(f32), "source": "BatchNorm-folded fp32 network"
                      + (" of the INT8 folder (observers removed)" if int8 else "")}, "int8": q}
     info["fp32"]["check"] = _check(net, f32, check_x)
@@ -342,7 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-default", action="store_true",
                     help="fp32 folder: make model.int8.onnx what CPUs run by default (\"quantized\": \"onnx-int8\")")
     ap.add_argument("--upsampling-only", action="store_true",
-                    help="only rewrite the folder's existing model.int8.onnx's up-sampling (with --dataset: check it again)")
+                    help="only rewrite the folder's existing model.int8.onnx's up-sampling "
+                         "(with --dataset: check it again)")
     a = ap.parse_args(argv)
     if a.upsampling_only:
         refresh_upsampling(a.model, a.dataset)
