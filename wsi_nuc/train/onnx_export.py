@@ -222,6 +222,20 @@ def _int8_record(i8: Path, qparams: str, torch_qparams: bool, method: str, calib
             "post": "second output 'maps': LTS, activations, type weights (wsi_nuc.train.onnx_post)", **calibration}
 
 
+def _finish(f32: Path, i8: Path, model_dir: Path, cfg: dict, torch_integers: bool) -> None:
+    """The files' last steps: the torch graph's integers into the INT8 file, both files' baked post-processing,
+    then the INT8 file's constant x2 up-sampling and, with the torch integers, PyTorch's uint8 up-sampling."""
+    from ..model.engines import arch_stride
+
+    if torch_integers:
+        torch_int8_integers(i8, model_dir)
+    for f in (f32, i8):
+        with_post(f, model_dir, cfg)
+    fix_upsampling(i8, arch_stride(cfg["arch"]))
+    if torch_integers:
+        exact_upsampling(i8)
+
+
 def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: int = 0, batch: int = 8,
                 method: str = "MinMax", qparams: str | None = None, log=print, int8_default: bool = False) -> dict:
     """Write ``model.onnx`` and ``model.int8.onnx`` into ``model_dir`` and record them in its config.json.
@@ -234,7 +248,7 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     """
     import onnxruntime
 
-    from ..model.engines import arch_stride, folded_fp32
+    from ..model.engines import folded_fp32
     from ..model.io import read_model_config, resolve_model_dir
     from ..model.inputs import to_input
     from .quantize import calibration_crops
@@ -256,13 +270,7 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
     overrides = torch_int8_overrides(model_dir, f32) if qparams == "torch" else None
     i8 = quantize_onnx(f32, model_dir / "model.int8.onnx", x, batch, method, reduce_range=overrides is None,
                        overrides=overrides)
-    if overrides is not None:
-        torch_int8_integers(i8, model_dir)
-    for f in (f32, i8):
-        with_post(f, model_dir, cfg)
-    fix_upsampling(i8, arch_stride(cfg["arch"]))
-    if overrides is not None:        # the torch graph's integers: its up-sampling too
-        exact_upsampling(i8)
+    _finish(f32, i8, model_dir, cfg, torch_integers=overrides is not None)
     q = _int8_record(i8, qparams, overrides is not None, method,
                      {"calibration_crops": int(n_crops), "crop": int(crop), "seed": int(seed), "batch": int(batch)})
     info = {"opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
