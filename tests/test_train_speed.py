@@ -159,3 +159,24 @@ def test_sigterm_writes_the_checkpoint_and_leaves_no_worker(shared, tmp_path):
     time.sleep(1)
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
 
+
+
+def test_crop_resizing_is_ndimage_zoom_faster(shared):
+    """The scale jitter's resize gives ndimage.zoom's image (to float32 rounding) and its labels exactly, on a
+    real MoNuSeg image, shrinking and enlarging."""
+    from scipy import ndimage as ndi
+
+    from wsi_nuc.train.augment import resize_linear, resize_nearest
+
+    root = shared / "data" / "monuseg2018-train"
+    sample = load_sample(root, list_stems(root, "train")[0])
+    img, lab = sample.image, sample.labels
+    for src in (193, 300, 341):
+        im = img[:src, :src].astype(np.float32)
+        la = lab[:src, :src]
+        z = 256 / src
+        want = ndi.zoom(im, (z, z, 1), order=1, grid_mode=True, mode="nearest")[:256, :256]
+        want_lab = ndi.zoom(la, z, order=0, grid_mode=True, mode="nearest")[:256, :256]
+        got = resize_linear(im, 256)
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-3
+        assert np.array_equal(resize_nearest(la, 256), want_lab)

