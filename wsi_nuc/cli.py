@@ -247,7 +247,7 @@ def _slide_options() -> argparse.ArgumentParser:
     p.add_argument("--no-tissue-detection", action="store_true", help="tile the whole slide, glass included")
     p.add_argument("--workers", type=_positive_int,
                    help="LocalCluster worker processes, or tile threads in process (default: 2)")
-    p.add_argument("--scheduler", help="where the tiles run: auto (default; run: in this process up to 64 "
+    p.add_argument("--scheduler", help="where the tiles run: auto (default; run: in this process up to 256 "
                                        "tiles, else a LocalCluster), in-process (run only), local (a "
                                        "LocalCluster), or the address of an existing Dask scheduler "
                                        "(tcp://host:8786)")
