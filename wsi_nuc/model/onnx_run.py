@@ -88,7 +88,6 @@ class OnnxNet:
         # call peaked at 369 MB); reusing the arena's freed chunks instead peaks at 220 MB and is as fast or faster
         # (AVX512-VNNI, 1 thread: 187 vs 199 ms; shrinking the arena after each call, as before: 269 MB, 256 ms)
         so.enable_mem_pattern = False
-        self.run_options = None
         self.input = self.session.get_inputs()[0].name
         outs = [o.name for o in self.session.get_outputs()]
         self.raw_name = outs[0]
@@ -102,13 +101,11 @@ class OnnxNet:
         return self
 
     def raw_np(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.raw_name], {self.input: np.ascontiguousarray(x, dtype=np.float32)},
-                                self.run_options)[0]
+        return self.session.run([self.raw_name], {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def maps_np(self, x: np.ndarray) -> np.ndarray:
         """Head maps (B, C, H, W) float32 of normalised inputs, as ``Predictor.maps`` makes them from ``raw``."""
-        return self.session.run(["maps"], {self.input: np.ascontiguousarray(x, dtype=np.float32)},
-                                self.run_options)[0]
+        return self.session.run(["maps"], {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def __call__(self, x):
         import torch

@@ -211,6 +211,17 @@ def _check(net, path: Path, x: np.ndarray) -> dict:
             "raw_max_abs_diff": round(float((a - b).abs().max()), 5)}
 
 
+def _int8_checks(net, i8: Path, model_dir: Path, x: np.ndarray, torch_int8: bool) -> dict:
+    """``model.int8.onnx`` against the fp32 network (``check``) and, for an INT8 folder, against its PyTorch INT8
+    graph (``check_vs_torch_int8``) on the check crops ``x``."""
+    out = {"check": _check(net, i8, x)}
+    if torch_int8:
+        from ..model.int8 import load_int8
+
+        out["check_vs_torch_int8"] = _check(load_int8(model_dir), i8, x)
+    return out
+
+
 def _int8_record(i8: Path, qparams: str, torch_qparams: bool, method: str, calibration: dict) -> dict:
     """config.json's description of ``model.int8.onnx``."""
     return {"file": i8.name, "sha256": _sha256(i8), "format": "QDQ", "qparams": qparams,
@@ -278,11 +289,7 @@ def export_onnx(model_dir, dataset, n_crops: int = 80, crop: int = 256, seed: in
             "fp32": {"file": f32.name, "sha256": _sha256(f32), "source": "BatchNorm-folded fp32 network"
                      + (" of the INT8 folder (observers removed)" if int8 else "")}, "int8": q}
     info["fp32"]["check"] = _check(net, f32, check_x)
-    q["check"] = _check(net, i8, check_x)
-    if int8:
-        from ..model.int8 import load_int8
-
-        q["check_vs_torch_int8"] = _check(load_int8(model_dir), i8, check_x)
+    q.update(_int8_checks(net, i8, model_dir, check_x, int8))
     cfg_path = model_dir / "config.json"
     full = json.loads(cfg_path.read_text())
     full["onnx"] = info
@@ -326,12 +333,8 @@ def refresh_upsampling(model_dir, dataset=None, log=print) -> dict:
         rec.pop(key, None)
     if dataset is not None:
         cfg = read_model_config(model_dir)
-        x = check_crops(dataset, cfg)
-        rec["check"] = _check(folded_fp32(model_dir, cfg), model_dir / rec["file"], x)
-        if full.get("quantized") == "int8":
-            from ..model.int8 import load_int8
-
-            rec["check_vs_torch_int8"] = _check(load_int8(model_dir), model_dir / rec["file"], x)
+        rec.update(_int8_checks(folded_fp32(model_dir, cfg), model_dir / rec["file"], model_dir,
+                                check_crops(dataset, cfg), full.get("quantized") == "int8"))
     if log:
         log(f"{rec['file']}: {n} Resize nodes given constant x2 scales (outputs unchanged), {k} up-sampling "
             f"PyTorch's integers; checks {rec.get('check_vs_torch_int8', rec.get('check', 'dropped'))}")
