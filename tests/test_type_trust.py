@@ -100,6 +100,45 @@ def test_tissue_check_keeps_most_consep_val_types(val_nuclei, predictor):
     assert (r["type"] > 0).mean() > 0.6
 
 
+def test_shape_prior_makes_consep_val_types_more_likely(val_nuclei, predictor):
+    """The stored shape prior (wsi_nuc.type_prior) makes the true types of real CoNSeP val nuclei more
+    likely, each way at its own temperature; at weight 0 it leaves the network's types as they are."""
+    from wsi_nuc import type_prior
+    from wsi_nuc.train.calibrate_types import fit_temperature, nll
+
+    prior = predictor.config["types_calibration"].get("prior")
+    assert prior and prior["weight"] > 0
+    d, names = val_nuclei, TypeTrust.from_config(predictor.config).types
+    m = d["true"] > 0
+    true = d["true"][m]
+    c0, q0 = type_prior.apply(d["types"][m], d["q"][m], d["features"][m], prior, names, weight=0.0)
+    assert np.array_equal(c0, d["types"][m]) and np.array_equal(q0, d["q"][m])
+    c1, q1 = type_prior.apply(d["types"][m], d["q"][m], d["features"][m], prior, names)
+    assert nll(calibrate(q1, fit_temperature(q1, true)), true) < nll(calibrate(q0, fit_temperature(q0, true)), true)
+    assert (c1 == true).mean() >= (c0 == true).mean()
+
+
+def test_shape_prior_weight_is_chosen_by_what_shape_tells(val_nuclei, predictor):
+    """Fitted on half the images of real nuclei and chosen on the other half, as calibrate_types does with
+    train and val, the weight is positive; with the shapes shuffled between nuclei (shape then says nothing
+    of the type) it is 0 or next to it."""
+    from wsi_nuc import type_prior
+    from wsi_nuc.train.calibrate_types import choose_prior_weight
+
+    names = TypeTrust.from_config(predictor.config).types
+    d = val_nuclei
+    shuffled = {**d, "features": d["features"][np.random.default_rng(0).permutation(len(d["features"]))]}
+    weights = []
+    for data in (d, shuffled):
+        fit_on = {k: v[data["image"] % 2 == 0] for k, v in data.items() if k != "stain"}
+        chosen_on = {k: v[data["image"] % 2 == 1] for k, v in data.items() if k != "stain"}
+        w, path = choose_prior_weight(chosen_on, type_prior.fit(fit_on["features"], fit_on["true"], names), names)
+        weights.append((w, path))
+    (w_real, path), (w_shuffled, _) = weights
+    assert w_real > 0 and path[w_real] < path[0.0]
+    assert w_shuffled <= 0.1
+
+
 def _cmu_crop(shared, region):
     from wsi_nuc.slide import open_slide, read_region
 

@@ -20,6 +20,9 @@ are written *untyped* (plain ``Nucleus``) with the reason, their probabilities k
     vector, :func:`wsi_nuc.type_map.nucleus_type_probs`, fitted on CoNSeP val) is below the threshold of
     its type, chosen on CoNSeP val for a precision of 0.8 (``--type-threshold`` sets one for all types).
 
+Before the checks, a model's shape prior (:mod:`wsi_nuc.type_prior`) may reweight the probabilities by
+the nucleus' size and elongation, and so change its type.
+
 Everything is fitted by :mod:`wsi_nuc.train.calibrate_types` and stored in the model's ``config.json``
 under ``"types_calibration"``; a model without that block keeps every type (only ``--type-threshold``
 applies, on the raw probabilities). The type the model gave is kept as ``type_model``.
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import type_prior
 from .metrics_types import type_key
 from .type_features import FEATURES, normalised
 
@@ -62,6 +66,7 @@ class TypeTrust:
     ood: dict | None = None         # {"features", "mean": {type: [...]}, "icov": {type: [[...]]}, "limit": {type: x}}
     stain: dict | None = None       # {"lo": [6], "hi": [6]}: CIELAB mean and std ranges of the training images
     abstain: bool = True            # False: every nucleus keeps the model's type (probabilities still calibrated)
+    prior: dict | None = None       # the shape prior (:mod:`wsi_nuc.type_prior`), applied before everything else
     threshold_source: str = "model"
     info: dict = field(default_factory=dict)
 
@@ -84,7 +89,7 @@ class TypeTrust:
                 raise ValueError(f"type threshold must be within 0..1, got {threshold}")
             thresholds, source = (t,) * len(types), "user"
         return cls(types, float(block.get("temperature", 1.0)), thresholds, block.get("ood"), block.get("stain"),
-                   bool(abstain), source,
+                   bool(abstain), block.get("prior"), source,
                    {k: block[k] for k in ("trained_on", "checked_on", "precision_target") if k in block})
 
     def describe(self) -> dict:
@@ -94,6 +99,7 @@ class TypeTrust:
                 "thresholds": {n: round(t, 4) for n, t in zip(self.types, self.thresholds)},
                 "threshold_source": self.threshold_source,
                 "precision_target": self.info.get("precision_target"),
+                "shape_prior_weight": float((self.prior or {}).get("weight", 0.0)),
                 "ood_check": bool(self.ood), "stain_check": bool(self.stain),
                 "checked_on": self.info.get("checked_on", "")}
 
@@ -144,7 +150,8 @@ def decide(codes, q, features, trust: TypeTrust, stain_ok: bool = True) -> dict:
 
     Parameters: ``codes`` (N,) the model's type (1..K, 0 none), ``q`` (N, K) raw probabilities, ``features``
     (N, F) stain-normalised :data:`~wsi_nuc.type_features.FEATURES` or None, ``stain_ok`` the image's
-    stain check. Returns ``{"type": codes or 0, "prob": calibrated probability of the model's type,
+    stain check. The trust's shape prior (:mod:`wsi_nuc.type_prior`) first reweights ``q`` and may change
+    the type. Returns ``{"type": codes or 0, "prob": calibrated probability of the (reweighted) type,
     "reason": 0 typed or 1 + index into REASONS, "p": (N, K) calibrated, "distance": (N,)}``.
 
     >>> t = TypeTrust(("a", "b"), thresholds=(0.7, 0.0))
@@ -152,7 +159,7 @@ def decide(codes, q, features, trust: TypeTrust, stain_ok: bool = True) -> dict:
     >>> r["type"].tolist(), r["reason"].tolist()
     ([1, 0, 2], [0, 3, 0])
     """
-    codes = np.asarray(codes, np.int64).ravel()
+    codes, q = type_prior.apply(np.asarray(codes, np.int64).ravel(), q, features, trust.prior, trust.types)
     n = len(codes)
     p = calibrate(q, trust.temperature) if n else np.zeros((0, len(trust.types)))
     rows = np.arange(n)

@@ -7,15 +7,19 @@
 1. Every image of the train and val splits is segmented with the same code as ``wsi-nuc eval``
    (:func:`wsi_nuc.segment.segment_image_detail`); each predicted nucleus is paired with a true one as
    HoVer-Net pairs them (:func:`wsi_nuc.metrics_types.match_centroids`, 3 µm) and gets its true type.
-2. **Temperature** (val): the T of :func:`wsi_nuc.type_trust.calibrate` that minimises the negative
+2. **Shape prior** (:mod:`wsi_nuc.type_prior`): per type, a Gaussian over ``log_area`` and ``elongation``
+   of the train nuclei truly of that type; its weight is the one of :data:`PRIOR_WEIGHTS` whose reweighted
+   val probabilities reach the least NLL after their own temperature (``--prior-weight`` fixes it). The
+   steps below see the reweighted probabilities and types.
+3. **Temperature** (val): the T of :func:`wsi_nuc.type_trust.calibrate` that minimises the negative
    log-likelihood of the true type over the paired val nuclei (bounded 1-D search).
-3. **Thresholds** (val): per type, the least calibrated probability at which the val nuclei given that
+4. **Thresholds** (val): per type, the least calibrated probability at which the val nuclei given that
    type and at least that probability are of that type with the target precision (0.8); a type that
    never reaches it with :data:`MIN_SUPPORT` nuclei gets 1.0 (never given).
-4. **Familiar tissue** (train): per type, the mean and inverse covariance (shrunk) of the stain-normalised
+5. **Familiar tissue** (train): per type, the mean and inverse covariance (shrunk) of the stain-normalised
    features (:mod:`wsi_nuc.type_features`) of the train nuclei truly of that type and given it, and a
    limit on the Mahalanobis distance: the :data:`OOD_QUANTILE` quantile of those nuclei's own distances.
-5. **Stain range** (train): per-image CIELAB mean and std, widened by :data:`STAIN_MARGIN` of their spread.
+6. **Stain range** (train): per-image CIELAB mean and std, widened by :data:`STAIN_MARGIN` of their spread.
 
 Reported: NLL and top-label ECE (15 equal bins; confidence = probability of the model's type) before and
 after, the reliability diagram (JSON and PNG), and how many val nuclei each check withholds.
@@ -33,6 +37,8 @@ OOD_QUANTILE = 0.95
 # the nucleus' size and the colour of the tissue around it: on CoNSeP val and CMU skin these separate the
 # nuclei the head types wrongly off its tissue best among the features of wsi_nuc.type_features
 OOD_FEATURES = ("log_area", "ring_L", "ring_b")
+# the shape prior's weights tried on val (0: none)
+PRIOR_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 SHRINK = 0.05
 STAIN_MARGIN = 0.5
 BINS = 15
@@ -166,31 +172,65 @@ def stain_range(stats: np.ndarray, margin: float = STAIN_MARGIN) -> dict:
             "n_images": int(len(s))}
 
 
-def fit(train: dict, val: dict, names, precision: float = PRECISION) -> tuple[dict, dict]:
-    """(the ``types_calibration`` block, the report) from :func:`collect` results of train and val."""
-    from ..type_trust import TypeTrust, calibrate, decide
+def choose_prior_weight(val: dict, prior: dict, names, weights=PRIOR_WEIGHTS) -> tuple[float, dict]:
+    """The shape prior's weight (:mod:`wsi_nuc.type_prior`) with the least val NLL after its own temperature
+    (the first of equals; 0 keeps the network's probabilities), and the NLL of every weight tried."""
+    from .. import type_prior
+    from ..type_trust import calibrate
 
     m = val["true"] > 0
+    path = {}
+    for w in weights:
+        _, q = type_prior.apply(val["types"][m], val["q"][m], val["features"][m], prior, names, weight=w)
+        path[float(w)] = round(nll(calibrate(q, fit_temperature(q, val["true"][m])), val["true"][m]), 5)
+    best = min(path, key=lambda w: (path[w], w))
+    return best, path
+
+
+def with_prior(d: dict, prior: dict, names) -> dict:
+    """:func:`collect` results with the model's types and probabilities reweighted by the shape prior."""
+    from .. import type_prior
+
+    types, q = type_prior.apply(d["types"], d["q"], d["features"], prior, names)
+    return {**d, "types": types, "q": q}
+
+
+def fit(train: dict, val: dict, names, precision: float = PRECISION,
+        prior_weight: float | None = None) -> tuple[dict, dict]:
+    """(the ``types_calibration`` block, the report) from :func:`collect` results of train and val.
+    ``prior_weight``: the shape prior's weight (None: chosen on val, :func:`choose_prior_weight`)."""
+    from .. import type_prior
+    from ..type_trust import TypeTrust, calibrate, decide
+
+    prior = type_prior.fit(train["features"], train["true"], names)
+    path = {}
+    if prior_weight is None:
+        prior_weight, path = choose_prior_weight(val, prior, names)
+    prior["weight"] = float(prior_weight)
+    m = val["true"] > 0
+    t0, p0 = val["types"][m], calibrate(val["q"][m], 1.0)     # "before": the network's own probabilities
+    train, val = with_prior(train, prior, names), with_prior(val, prior, names)
     q, t, true = val["q"][m], val["types"][m], val["true"][m]
     temp = fit_temperature(q, true)
     rows = np.arange(len(t))
-    p0, p1 = calibrate(q, 1.0), calibrate(q, temp)
+    p1 = calibrate(q, temp)
     th, kept = choose_thresholds(p1[rows, t - 1], t, true, names, precision)
     ood = fit_ood(train["features"], train["types"], train["true"], names)
     block = {"method": "temperature", "temperature": round(temp, 4),
              "thresholds": {n: round(th[n], 4) for n in names}, "precision_target": precision,
-             "ood": ood, "stain": stain_range(train["stain"]),
+             "ood": ood, "stain": stain_range(train["stain"]), "prior": prior,
              "trained_on": "colorectal tissue (CoNSeP)",
              "fitted_on": "CoNSeP val (temperature, thresholds; per nucleus, paired with the true nuclei at 3 µm), "
                           "CoNSeP train (tissue check, stain range)"}
-    report = {"temperature": block["temperature"], "n_val_paired": int(m.sum()),
+    report = {"temperature": block["temperature"], "prior_weight": prior["weight"], "prior_nll_by_weight": path,
+              "n_val_paired": int(m.sum()),
               "nll_before": round(nll(p0, true), 4), "nll_after": round(nll(p1, true), 4),
-              "reliability_before": reliability(p0[rows, t - 1], t == true),
+              "reliability_before": reliability(p0[rows, t0 - 1], t0 == true),
               "reliability_after": reliability(p1[rows, t - 1], t == true),
               "thresholds": block["thresholds"], "kept_at_threshold": kept}
     report["ece_before"] = report["reliability_before"]["ece"]
     report["ece_after"] = report["reliability_after"]["ece"]
-    trust = TypeTrust(tuple(names), temp, tuple(th[n] for n in names), ood, block["stain"])
+    trust = TypeTrust(tuple(names), temp, tuple(th[n] for n in names), ood, block["stain"])  # prior applied above
     for split, d in (("val", val), ("train", train)):
         r = decide(d["types"], d["q"], d["features"], trust)
         n = max(len(r["type"]), 1)
@@ -248,13 +288,15 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="store the block in the model's config.json")
     ap.add_argument("--report", help="write REPORT.json and REPORT.png")
     ap.add_argument("--cache", help="an .npz of the collected nuclei (read when it exists, else written)")
+    ap.add_argument("--prior-weight", type=float, default=None,
+                    help="the shape prior's weight (default: chosen on val; 0: no prior)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     pred = get_predictor(a.model, "cpu", types=True)
     pred.config = {k: v for k, v in pred.config.items() if k != "types_calibration"}
     names = list(pred.types)
     data = _cached(a.cache, lambda: {s: collect(a.dataset, s, pred, log=print) for s in ("train", "val")})
-    block, report = fit(data["train"], data["val"], names, a.precision)
+    block, report = fit(data["train"], data["val"], names, a.precision, a.prior_weight)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("reliability")}, indent=1))
     if a.report:
         Path(a.report).parent.mkdir(parents=True, exist_ok=True)
