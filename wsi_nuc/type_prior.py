@@ -10,12 +10,11 @@ type, and a weight ``w`` chosen on CoNSeP val (:mod:`wsi_nuc.train.calibrate_typ
 
     q'(t) ∝ q(t) · (N(shape | t) / c_t)^w
 
-with ``log c_t`` the mean of ``log N(shape | t)`` over all the fitted nuclei, so that the prior moves
-nuclei between types by their shape and not the types' overall frequencies.
-
-replaces the network's probabilities ``q`` and its type (the argmax of ``q'``) before the temperature,
+replaces the network's probabilities ``q``, and its argmax the network's type, before the temperature,
 thresholds and the tissue check of :mod:`wsi_nuc.type_trust`; the network's own type stays in
-``type_model``. ``w = 0`` or no block: ``q`` unchanged.
+``type_model``. ``log c_t`` is the mean of ``log N(shape | t)`` over all the fitted nuclei, so that the
+prior moves nuclei between types by their shape and not by the types' overall frequencies. ``w = 0`` or no
+block: ``q`` unchanged.
 """
 from __future__ import annotations
 
