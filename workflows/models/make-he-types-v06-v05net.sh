@@ -15,9 +15,8 @@ R=${1:-runs}
 PY=${PYTHON:-.venv/bin/python}
 T=${THREADS:-2}
 STEP=${TEACHER_STEP:-9000}
-# TEACHER: a teacher model folder instead of the snapshot, e.g. runs/he-teacher-v06/model, the finished run's
-# step-12,000 weight average, which `workflows/models/teacher-v06.sh start` writes from the carried state on a
-# fresh checkout (where runs/ holds no snapshots)
+# TEACHER: a teacher model folder instead of the snapshot, e.g. workflows/models/state/he-teacher-v06, the
+# finished run's step-12,000 weight average, committed (a fresh checkout's runs/ holds no snapshots)
 TM=${TEACHER:-$R/he-teacher-v06/snapshots/$(printf 'step%06d-ema' "$STEP")}
 [ -f "$TM/config.json" ] || { echo "$TM: no such teacher snapshot (workflows/models/make-he-types-v06.sh)" >&2; exit 1; }
 echo "$(date -u +%FT%TZ) trunk from v0.5, taught by $TM"

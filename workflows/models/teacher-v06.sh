@@ -6,12 +6,14 @@
 #                                            log in RUNS/he-teacher-v06.log); the same command resumes
 #   workflows/models/teacher-v06.sh stop     SIGTERM: the run finishes its step, writes its checkpoint, exits
 #   workflows/models/teacher-v06.sh carry    stop, then export the checkpoint over the carried file (commit it)
-# RUNS defaults to runs/.
+# RUNS defaults to runs/. The run finished at step 12,000: its carried checkpoint was replaced by its final
+# weights, the model folder workflows/models/state/he-teacher-v06, and `start` says so instead of training.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=${RUNS:-runs}
 PY=${PYTHON:-.venv/bin/python}
 STATE=workflows/models/state/he-teacher-v06.safetensors
+FINAL=workflows/models/state/he-teacher-v06    # the finished run's weights (step 12,000, weight average)
 RUN=$R/he-teacher-v06
 PID=$R/TRAIN.pid
 running() { [ -f "$PID" ] && kill -0 "$(cat "$PID")" 2>/dev/null; }
@@ -25,6 +27,9 @@ stop() {
 case "${1:-}" in
 start)
     if running; then echo "already training: PID $(cat "$PID")" >&2; exit 1; fi
+    if [ ! -f "$RUN/checkpoint.pt" ] && [ ! -f "$STATE" ] && [ -f "$FINAL/config.json" ]; then
+        echo "the run is finished (12,000 steps): its weights are the model folder $FINAL" >&2; exit 0
+    fi
     mkdir -p "$R"
     if [ ! -f "$RUN/checkpoint.pt" ] && [ -f "$STATE" ]; then
         $PY -m wsi_nuc.train.carry restore "$STATE" "$RUN"
