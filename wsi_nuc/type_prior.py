@@ -26,6 +26,20 @@ PRIOR_FEATURES = ("log_area", "elongation")
 SHRINK = 0.1
 
 
+def shrunk_gaussian(f: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, inverse and log-determinant of the covariance of the rows of ``f`` (N, F), shrunk towards its
+    diagonal by ``shrink``: the Gaussians of the shape prior and of the tissue check
+    (:func:`wsi_nuc.train.calibrate_types.fit_ood`)."""
+    cov = np.atleast_2d(np.cov(f, rowvar=False))
+    cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov))
+    return f.mean(0), np.linalg.inv(cov), float(np.linalg.slogdet(cov)[1])
+
+
+def mahalanobis_sq(d: np.ndarray, icov) -> np.ndarray:
+    """Squared Mahalanobis length of each row of the differences ``d`` (N, F) under the inverse covariance."""
+    return np.einsum("ij,jk,ik->i", d, np.asarray(icov, float), d)
+
+
 def fit(features: np.ndarray, true: np.ndarray, names, use=PRIOR_FEATURES, shrink: float = SHRINK) -> dict:
     """Per type name: mean, inverse and log-determinant of the shrunk covariance of ``features`` (N, F
     in :data:`~wsi_nuc.type_features.FEATURES` order) of the nuclei whose true type (1..K) is that type.
@@ -37,11 +51,10 @@ def fit(features: np.ndarray, true: np.ndarray, names, use=PRIOR_FEATURES, shrin
         f = f[np.isfinite(f).all(1)]
         if len(f) < 5 * len(cols):
             continue
-        cov = np.atleast_2d(np.cov(f, rowvar=False))
-        cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov))
-        out["mean"][name] = np.round(f.mean(0), 5).tolist()
-        out["icov"][name] = np.round(np.linalg.inv(cov), 5).tolist()
-        out["logdet"][name] = round(float(np.linalg.slogdet(cov)[1]), 5)
+        mu, icov, logdet = shrunk_gaussian(f, shrink)
+        out["mean"][name] = np.round(mu, 5).tolist()
+        out["icov"][name] = np.round(icov, 5).tolist()
+        out["logdet"][name] = round(logdet, 5)
         out["n"][name] = int(len(f))
     # centred over all the nuclei (every type): on average no type gains, so the weight buys shape, not a
     # shift of the types' frequencies (which the network's calibration owns)
@@ -64,8 +77,7 @@ def log_likelihood(features: np.ndarray, prior: dict, types) -> np.ndarray:
         if name not in prior.get("mean", {}):
             continue
         d = f[ok] - np.asarray(prior["mean"][name], float)
-        icov = np.asarray(prior["icov"][name], float)
-        out[ok, k] = (-0.5 * np.einsum("ij,jk,ik->i", d, icov, d) - 0.5 * float(prior["logdet"][name])
+        out[ok, k] = (-0.5 * mahalanobis_sq(d, prior["icov"][name]) - 0.5 * float(prior["logdet"][name])
                       - float(prior.get("offset", {}).get(name, 0.0)))
     return out
 

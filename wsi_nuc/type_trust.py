@@ -129,11 +129,9 @@ def ood_distance(features: np.ndarray, codes: np.ndarray, ood: dict, types) -> n
         m = codes == k
         if not m.any() or name not in ood.get("mean", {}):
             continue
-        mu = np.asarray(ood["mean"][name], float)
-        icov = np.asarray(ood["icov"][name], float)
-        d = f[m] - mu
+        d = f[m] - np.asarray(ood["mean"][name], float)
         d[~np.isfinite(d)] = 0.0
-        out[m] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, icov, d), 0.0))
+        out[m] = np.sqrt(np.maximum(type_prior.mahalanobis_sq(d, ood["icov"][name]), 0.0))
     return out
 
 

@@ -140,6 +140,7 @@ def fit_ood(features: np.ndarray, types: np.ndarray, true: np.ndarray, names, qu
     """Per type: mean, inverse of the shrunk covariance and distance limit of the train nuclei truly of that
     type and given it (missing feature values at the mean)."""
     from ..type_features import FEATURES
+    from ..type_prior import shrunk_gaussian
     from ..type_trust import ood_distance
 
     out = {"features": list(use), "quantile": quantile, "shrink": shrink, "mean": {}, "icov": {},
@@ -149,11 +150,8 @@ def fit_ood(features: np.ndarray, types: np.ndarray, true: np.ndarray, names, qu
         f = features[(types == k) & (true == k)][:, cols]
         if len(f) < 2 * f.shape[1]:
             continue
-        mu = np.nanmean(f, 0)
-        g = np.where(np.isfinite(f), f, mu)
-        cov = np.cov(g, rowvar=False)
-        cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov))
-        icov = np.linalg.inv(cov)
+        g = np.where(np.isfinite(f), f, np.nanmean(f, 0))
+        mu, icov, _ = shrunk_gaussian(g, shrink)
         out["mean"][name] = np.round(mu, 5).tolist()
         out["icov"][name] = np.round(icov, 5).tolist()
         d = ood_distance(g, np.full(len(g), k), {"features": list(use), "mean": {name: out["mean"][name]},
