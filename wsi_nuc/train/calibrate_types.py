@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..type_features import FEATURES
+
 PRECISION = 0.8
 MIN_SUPPORT = 20
 OOD_QUANTILE = 0.95
@@ -139,7 +141,6 @@ def fit_ood(features: np.ndarray, types: np.ndarray, true: np.ndarray, names, qu
             shrink: float = SHRINK, use=OOD_FEATURES) -> dict:
     """Per type: mean, inverse of the shrunk covariance and distance limit of the train nuclei truly of that
     type and given it (missing feature values at the mean)."""
-    from ..type_features import FEATURES
     from ..type_prior import shrunk_gaussian
     from ..type_trust import ood_distance
 
@@ -194,13 +195,14 @@ def with_prior(d: dict, prior: dict, names) -> dict:
 
 
 def fit(train: dict, val: dict, names, precision: float = PRECISION,
-        prior_weight: float | None = None) -> tuple[dict, dict]:
+        prior_weight: float | None = None, prior_features=None) -> tuple[dict, dict]:
     """(the ``types_calibration`` block, the report) from :func:`collect` results of train and val.
-    ``prior_weight``: the shape prior's weight (None: chosen on val, :func:`choose_prior_weight`)."""
+    ``prior_weight``: the shape prior's weight (None: chosen on val, :func:`choose_prior_weight`);
+    ``prior_features``: its features (default :data:`wsi_nuc.type_prior.PRIOR_FEATURES`)."""
     from .. import type_prior
     from ..type_trust import TypeTrust, calibrate, decide
 
-    prior = type_prior.fit(train["features"], train["true"], names)
+    prior = type_prior.fit(train["features"], train["true"], names, prior_features or type_prior.PRIOR_FEATURES)
     path = {}
     if prior_weight is None:
         prior_weight, path = choose_prior_weight(val, prior, names)
@@ -288,13 +290,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="an .npz of the collected nuclei (read when it exists, else written)")
     ap.add_argument("--prior-weight", type=float, default=None,
                     help="the shape prior's weight (default: chosen on val; 0: no prior)")
+    ap.add_argument("--prior-features", nargs="+", choices=FEATURES, default=None,
+                    help="the shape prior's features (default: log_area elongation)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     pred = get_predictor(a.model, "cpu", types=True)
     pred.config = {k: v for k, v in pred.config.items() if k != "types_calibration"}
     names = list(pred.types)
     data = _cached(a.cache, lambda: {s: collect(a.dataset, s, pred, log=print) for s in ("train", "val")})
-    block, report = fit(data["train"], data["val"], names, a.precision, a.prior_weight)
+    block, report = fit(data["train"], data["val"], names, a.precision, a.prior_weight, a.prior_features)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("reliability")}, indent=1))
     if a.report:
         Path(a.report).parent.mkdir(parents=True, exist_ok=True)
