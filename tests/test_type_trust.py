@@ -139,6 +139,27 @@ def test_shape_prior_weight_is_chosen_by_what_shape_tells(val_nuclei, predictor)
     assert w_shuffled <= 0.1
 
 
+def test_shape_prior_takes_other_features(val_nuclei, predictor):
+    """calibrate_types --prior-features: a prior fitted on other features of real nuclei stores them and
+    reads them (changing a nucleus' density moves its probabilities), and the default stays shape only."""
+    from wsi_nuc import type_prior
+    from wsi_nuc.train.calibrate_types import fit
+    from wsi_nuc.type_features import FEATURES
+
+    names = TypeTrust.from_config(predictor.config).types
+    d = {k: v for k, v in val_nuclei.items() if k != "stain"}
+    use = ("log_area", "elongation", "density")
+    prior = type_prior.fit(d["features"], d["true"], names, use)
+    assert prior["features"] == list(use) and all(len(m) == 3 for m in prior["mean"].values())
+    m = (d["true"] > 0) & np.isfinite(d["features"]).all(1)
+    f = d["features"][m].copy()
+    _, q1 = type_prior.apply(d["types"][m], d["q"][m], f, prior, names, weight=1.0)
+    f[:, FEATURES.index("density")] += 10
+    _, q2 = type_prior.apply(d["types"][m], d["q"][m], f, prior, names, weight=1.0)
+    assert not np.allclose(q1, q2)
+    assert fit.__defaults__[-1] is None and type_prior.PRIOR_FEATURES == ("log_area", "elongation")
+
+
 def _cmu_crop(shared, region):
     from wsi_nuc.slide import open_slide, read_region
 

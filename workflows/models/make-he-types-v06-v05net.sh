@@ -12,16 +12,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=${1:-runs}
+mkdir -p "$R"
 PY=${PYTHON:-.venv/bin/python}
 T=${THREADS:-2}
 STEP=${TEACHER_STEP:-9000}
+# TRUNK_STEPS: the trunk's length (default the config's 600; the cosine schedule follows it)
+TRUNK_SET=${TRUNK_STEPS:+--set train.steps=$TRUNK_STEPS}
 # TEACHER: a teacher model folder instead of the snapshot, e.g. workflows/models/state/he-teacher-v06, the
 # finished run's step-12,000 weight average, committed (a fresh checkout's runs/ holds no snapshots)
 TM=${TEACHER:-$R/he-teacher-v06/snapshots/$(printf 'step%06d-ema' "$STEP")}
 [ -f "$TM/config.json" ] || { echo "$TM: no such teacher snapshot (workflows/models/make-he-types-v06.sh)" >&2; exit 1; }
 echo "$(date -u +%FT%TZ) trunk from v0.5, taught by $TM"
 $PY -m wsi_nuc.cli distill configs/he-student-v06-v05net.yaml --out "$R/he-student-v06-v05net" \
-    --set train.threads="$T" --set teacher="$TM" >> "$R/he-student-v06-v05net.log" 2>&1
+    --set train.threads="$T" --set teacher="$TM" $TRUNK_SET >> "$R/he-student-v06-v05net.log" 2>&1
 SM=$R/he-student-v06-v05net/model
 [ -f "$SM/config.json" ] || { echo "$SM: the trunk has not run to its last step" >&2; exit 1; }
 echo "$(date -u +%FT%TZ) type branch on $SM"
