@@ -22,10 +22,15 @@ TRUNK_SET=${TRUNK_STEPS:+--set train.steps=$TRUNK_STEPS}
 # finished run's step-12,000 weight average, committed (a fresh checkout's runs/ holds no snapshots)
 TM=${TEACHER:-$R/he-teacher-v06/snapshots/$(printf 'step%06d-ema' "$STEP")}
 [ -f "$TM/config.json" ] || { echo "$TM: no such teacher snapshot (workflows/models/make-he-types-v06.sh)" >&2; exit 1; }
-echo "$(date -u +%FT%TZ) trunk from v0.5, taught by $TM"
-$PY -m wsi_nuc.cli distill configs/he-student-v06-v05net.yaml --out "$R/he-student-v06-v05net" \
-    --set train.threads="$T" --set teacher="$TM" $TRUNK_SET >> "$R/he-student-v06-v05net.log" 2>&1
-SM=$R/he-student-v06-v05net/model
+# TRUNK: a trunk already trained (e.g. a snapshot of step 1's run, chosen by its curve) instead of step 1
+if [ -n "${TRUNK:-}" ]; then
+    SM=$TRUNK
+else
+    echo "$(date -u +%FT%TZ) trunk from v0.5, taught by $TM"
+    $PY -m wsi_nuc.cli distill configs/he-student-v06-v05net.yaml --out "$R/he-student-v06-v05net" \
+        --set train.threads="$T" --set teacher="$TM" $TRUNK_SET >> "$R/he-student-v06-v05net.log" 2>&1
+    SM=$R/he-student-v06-v05net/model
+fi
 [ -f "$SM/config.json" ] || { echo "$SM: the trunk has not run to its last step" >&2; exit 1; }
 echo "$(date -u +%FT%TZ) type branch on $SM"
 $PY -m wsi_nuc.cli distill configs/he-types-v06-v05net.yaml --out "$R/he-types-v06-v05net" \
