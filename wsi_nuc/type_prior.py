@@ -66,11 +66,11 @@ def fit(features: np.ndarray, true: np.ndarray, names, use=PRIOR_FEATURES, shrin
 
 
 def log_likelihood(features: np.ndarray, prior: dict, types) -> np.ndarray:
-    """(N, K) Gaussian log-density of each nucleus' shape under each type, less the type's mean over the
-    fitting nuclei (``offset``); 0 for a type without a fit and for a nucleus without finite shape features
-    (no information either way)."""
-    f = np.asarray(features, float)
-    f = f[:, [FEATURES.index(n) for n in prior["features"]]] if f.shape[1] == len(FEATURES) else f
+    """(N, K) Gaussian log-density of each nucleus' shape (``features``: N rows in
+    :data:`~wsi_nuc.type_features.FEATURES` order) under each type, less the type's mean over the fitting
+    nuclei (``offset``); 0 for a type without a fit and for a nucleus without finite shape features (no
+    information either way)."""
+    f = np.asarray(features, float)[:, [FEATURES.index(n) for n in prior["features"]]]
     out = np.zeros((len(f), len(types)))
     ok = np.isfinite(f).all(1)
     for k, name in enumerate(types):
